@@ -1,0 +1,228 @@
+/*
+ * traffic.h — rate-limit state shared by every process of a server.
+ *
+ * libtraffic stores small keyed entries (counters and byte values with a TTL) in a store that
+ * all processes of a server share, so that "100 requests a minute" holds for the whole server
+ * and not for each worker. One handle type, one set of calls, several backends chosen by URL:
+ *
+ *   memory://          an anonymous shared mapping: open it in the master before fork(), every
+ *                      child inherits it. Lock-free; the fastest choice for one host.
+ *   memory://NAME      a named table in /dev/shm/traffic.NAME that unrelated processes of the
+ *                      same user attach to by name.
+ *   sqlite://PATH      (see SPEC.md; reports TRAFFIC_ENOTSUP until that backend is built)
+ *   redis://…          (see SPEC.md; reports TRAFFIC_ENOTSUP until that backend is built)
+ *
+ * Conventions
+ *   - Every call returns TRAFFIC_OK (0) or a negative TRAFFIC_E… status (traffic_exists and
+ *     traffic_stats_json also return non-negative results, see there).
+ *   - traffic_errmsg(b) names what was wrong in the calling thread's last failure on b (the
+ *     key length and the limit, the URL parameter, the path). traffic_errmsg(NULL) gives the
+ *     calling thread's last failure of traffic_open / traffic_*_open / traffic_memory_unlink.
+ *   - Nothing here prints, exits or aborts on bad input.
+ *
+ * Caveats (read these)
+ *   - Threads: a handle may be used by any number of threads at once. traffic_close must not
+ *     race other calls on the same handle.
+ *   - fork(): a handle opened before fork() keeps working in the children. The memory backend
+ *     shares its mapping; the other backends open their own connections in the child.
+ *   - Crashes: a process killed at any instruction (SIGKILL included) blocks nobody: the next
+ *     process that meets its half-done insert or write undoes it after one liveness check.
+ *     An increment whose process was killed right after the update may or may not have been
+ *     counted; every increment that returned TRAFFIC_OK was.
+ *   - Memory backend, per-thread resources: each thread that uses a memory table holds a
+ *     participant record in it (at most TRAFFIC_MEMORY_MAX_PARTICIPANTS per table at once)
+ *     until it exits or next calls the library after the handle was closed; the mapping itself
+ *     is released when the last of those records is.
+ *   - Time: TTLs have millisecond resolution and run on CLOCK_MONOTONIC, which wall-clock
+ *     steps do not move. A named memory table lives in /dev/shm and does not survive a reboot.
+ */
+#ifndef TRAFFIC_TRAFFIC_H
+#define TRAFFIC_TRAFFIC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TRAFFIC_API __attribute__((visibility("default")))
+#else
+#define TRAFFIC_API
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* Status codes                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+#define TRAFFIC_OK 0
+#define TRAFFIC_ENOTFOUND (-1)    /* key absent or expired */
+#define TRAFFIC_EINVAL (-2)       /* bad argument or URL */
+#define TRAFFIC_ETOOBIG (-3)      /* key or value over the backend's limit */
+#define TRAFFIC_EFULL (-4)        /* no room, and nothing could be evicted */
+#define TRAFFIC_ETYPE (-5)        /* increment on an entry that is not a counter */
+#define TRAFFIC_EOVERFLOW (-6)    /* the counter would leave the int64_t range */
+#define TRAFFIC_EIO (-7)          /* an operating-system or library I/O failure */
+#define TRAFFIC_EUNAVAILABLE (-8) /* server unreachable after retries */
+#define TRAFFIC_ETIMEDOUT (-9)    /* the operation did not finish in time */
+#define TRAFFIC_ECORRUPT (-10)    /* a mapping or database failed validation */
+#define TRAFFIC_ENOMEM (-11)      /* out of memory */
+#define TRAFFIC_ERANGE (-12)      /* caller's buffer too small; the needed length is reported */
+#define TRAFFIC_EPERM (-13)       /* permission denied */
+#define TRAFFIC_ENOTSUP (-14)     /* the backend or operation is not built into this library */
+
+/* Limits common to every backend. */
+#define TRAFFIC_KEY_MAX 250                   /* bytes in a key, excluding the NUL */
+#define TRAFFIC_MEMORY_VALUE_MAX_LIMIT 65536  /* the largest value_max a memory table accepts */
+#define TRAFFIC_MEMORY_MAX_PARTICIPANTS 4095  /* threads attached to one memory table at once */
+
+typedef struct traffic_backend traffic_backend;
+
+/* The name of a status ("TRAFFIC_ENOTFOUND: key not found or expired"). Never NULL. */
+TRAFFIC_API const char *traffic_strerror(int status);
+
+/* The detail of the calling thread's last failure on b, or "" if there was none.
+ * b == NULL: the last failure of an open or unlink call in this thread. */
+TRAFFIC_API const char *traffic_errmsg(const traffic_backend *b);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Opening and closing                                                                       */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Opens a store by URL (see the top of this file and SPEC.md). Query parameters not known to
+ * the chosen backend are TRAFFIC_EINVAL, naming the parameter in traffic_errmsg(NULL).
+ * memory:// parameters: max_size (keys, default 10000), cleanup_interval (seconds, default
+ * 60), key_max (1..250, default 250), value_max (1..65536, default 256), mode (octal, default
+ * 0600, named tables only).
+ * @retval TRAFFIC_OK        *out holds the new handle
+ * @retval TRAFFIC_EINVAL    malformed URL, unknown scheme or parameter, bad value
+ * @retval TRAFFIC_ENOTSUP   a scheme whose backend is not built into this library
+ * @retval TRAFFIC_ECORRUPT  an existing table or database failed validation
+ * @retval TRAFFIC_EPERM     the OS refused access (mode, owner)
+ * @retval TRAFFIC_ENOMEM / TRAFFIC_EIO */
+TRAFFIC_API int traffic_open(const char *url, traffic_backend **out);
+
+/* Releases the handle (stops its cleanup thread if this process started one). A named memory
+ * table stays in /dev/shm; see traffic_memory_unlink. NULL is accepted and ignored. */
+TRAFFIC_API int traffic_close(traffic_backend *b);
+
+/* Options of the memory backend. Zero in a field means "the default", or for an existing
+ * named table "whatever the table was created with". */
+typedef struct traffic_memory_options {
+    const char *name;        /* NULL or "": anonymous (inherited across fork); else NAME */
+    uint64_t max_size;       /* most keys kept; LRU eviction beyond (default 10000) */
+    double cleanup_interval; /* seconds between reaper passes (default 60) */
+    uint32_t key_max;        /* longest key in bytes, 1..250 (default 250) */
+    uint32_t value_max;      /* longest bytes value, 1..65536 (default 256) */
+    uint32_t mode;           /* permission bits of a new named table (default 0600) */
+} traffic_memory_options;
+
+/* Opens a memory table with typed options (opts may be NULL: an anonymous default table).
+ * Opening an existing named table checks its magic, format version and layout word
+ * (TRAFFIC_ECORRUPT on mismatch) and that any geometry given here matches it
+ * (TRAFFIC_EINVAL otherwise). Same status codes as traffic_open. */
+TRAFFIC_API int traffic_memory_open(const traffic_memory_options *opts, traffic_backend **out);
+
+/* Removes the named table /dev/shm/traffic.NAME. Processes that have it open keep using it
+ * until they close it. @retval TRAFFIC_ENOTFOUND if there was no such table. */
+TRAFFIC_API int traffic_memory_unlink(const char *name);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Operations                                                                                */
+/*                                                                                           */
+/* Keys are NUL-terminated strings of 1..250 bytes (NULL or "": TRAFFIC_EINVAL; longer, or   */
+/* longer than a memory table's key_max: TRAFFIC_ETOOBIG). TTLs are seconds: 0 means no      */
+/* expiry, a positive value is rounded up to whole milliseconds, negative / NaN / infinite / */
+/* over 1e12 are TRAFFIC_EINVAL. Expired entries are never returned, reaper or not.          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Copies the value of key into buf (cap bytes) and sets *len to its length. A counter reads
+ * as its decimal text, as in Redis. buf may be NULL when cap is 0 (a length query).
+ * @retval TRAFFIC_ENOTFOUND absent or expired
+ * @retval TRAFFIC_ERANGE    cap < length; *len still holds the length needed */
+TRAFFIC_API int traffic_get(traffic_backend *b, const char *key, void *buf, size_t cap,
+                            size_t *len);
+
+/* Stores len bytes (NULs allowed; val may be NULL when len is 0) with a TTL, replacing any
+ * earlier value or counter of that key.
+ * @retval TRAFFIC_ETOOBIG  len over the backend's value limit
+ * @retval TRAFFIC_EFULL    the store is full and nothing could be evicted */
+TRAFFIC_API int traffic_set(traffic_backend *b, const char *key, const void *val, size_t len,
+                            double ttl);
+
+/* Removes key. TRAFFIC_OK also when it was absent. */
+TRAFFIC_API int traffic_delete(traffic_backend *b, const char *key);
+
+/* 1 if key is present and not expired, 0 if not, or a negative status. */
+TRAFFIC_API int traffic_exists(traffic_backend *b, const char *key);
+
+/* Adds amount (may be negative) to the counter key atomically and stores the new value in
+ * *out (out may be NULL). A missing or expired key starts at 0 and gets ttl (0: no expiry);
+ * an existing counter keeps its expiry whatever ttl says.
+ * @retval TRAFFIC_ETYPE     the key holds a bytes value (made by traffic_set)
+ * @retval TRAFFIC_EOVERFLOW the result would leave int64_t; the counter is unchanged */
+TRAFFIC_API int traffic_increment(traffic_backend *b, const char *key, int64_t amount,
+                                  double ttl, int64_t *out);
+
+/* Remaining TTL in seconds (millisecond resolution), or -1 for an entry without expiry.
+ * @retval TRAFFIC_ENOTFOUND absent or expired */
+TRAFFIC_API int traffic_ttl(traffic_backend *b, const char *key, double *seconds);
+
+/* Removes every key of this store (Redis: only the keys under the prefix). */
+TRAFFIC_API int traffic_clear(traffic_backend *b);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Statistics and cleanup                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+/* SPEC.md writes the stats type and the stats call with the same name, which C cannot have
+ * (a typedef and a function share one namespace). The type is therefore `struct traffic_stats`
+ * (also spelled traffic_stats_t); the call keeps the name traffic_stats.
+ *
+ * Counters are totals over every process attached to the store since it was created (memory)
+ * or since this handle was opened (other backends). A figure a backend does not keep is 0. */
+struct traffic_stats {
+    const char *backend;   /* "memory", "sqlite", "redis", or a custom backend's name */
+    uint64_t keys;         /* entries holding room now, expired-not-yet-reaped included */
+    uint64_t capacity;     /* slots of the table (memory) */
+    uint64_t max_size;     /* most keys kept before eviction */
+    uint64_t bytes_used;   /* memory: bytes mapped; sqlite: file size */
+    uint64_t bytes_resident; /* memory: bytes of the mapping actually in RAM */
+    uint64_t hits;         /* get / exists / ttl that found the key */
+    uint64_t misses;       /* get / exists / ttl that did not */
+    uint64_t sets;
+    uint64_t increments;
+    uint64_t deletes;      /* deletes that removed a key */
+    uint64_t evictions;    /* keys dropped to stay within max_size */
+    uint64_t expirations;  /* expired keys reclaimed */
+    uint64_t attached;     /* memory: threads attached now, all processes */
+    uint64_t recovered;    /* memory: dead participants and half-done writes recovered */
+    uint64_t epoch;        /* memory: the reclamation epoch */
+    int64_t reaper_pid;    /* memory: pid of the elected reaper, 0 if none */
+    uint64_t reaper_runs;  /* reaper passes completed */
+    uint64_t expired_pending; /* sqlite: expired rows not yet swept */
+    uint64_t wal_bytes;    /* sqlite: size of the WAL file */
+    uint64_t busy_retries; /* sqlite: waits for another writer */
+    uint64_t reserved[8];
+};
+typedef struct traffic_stats traffic_stats_t;
+
+TRAFFIC_API int traffic_stats(traffic_backend *b, struct traffic_stats *out);
+
+/* Writes the stats as one JSON object, NUL-terminated, and returns its length (excluding the
+ * NUL). With buf == NULL and cap == 0 it only returns the length needed.
+ * @retval TRAFFIC_ERANGE cap too small (call with cap 0 for the length) */
+TRAFFIC_API int traffic_stats_json(traffic_backend *b, char *buf, size_t cap);
+
+/* Starts (stops) this process's background reaper thread, which every cleanup_interval
+ * removes expired entries in bounded batches. Any number of processes may start one; the
+ * table elects one to work at a time and another takes over when its process dies.
+ * Starting twice is TRAFFIC_OK; stopping when not started is TRAFFIC_OK.
+ * A child after fork() does not inherit the parent's reaper thread. */
+TRAFFIC_API int traffic_start_cleanup(traffic_backend *b);
+TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TRAFFIC_TRAFFIC_H */

@@ -1,0 +1,207 @@
+/*
+ * layout.h — the bytes of a shared table, and the process-local handle that maps them.
+ *
+ * The mapping is  [header][participants × SHM_MAX_PARTS][slots × capacity], every part
+ * 64-byte aligned, every link an index or an offset (each process maps the table at its own
+ * address). Nothing in it is a pointer.
+ *
+ * Guarantees that are this project's own (not liburcu's, which are per process): the
+ * cross-process epochs that decide when a slot may be reused, the owner tokens that let any
+ * process finish or undo a dead process's half-done insert or write, and the reaper election.
+ * The atomics are C11 <stdatomic.h> on the mapping: 8-byte lock-free operations are plain
+ * `lock`-prefixed instructions that work across processes, and unlike liburcu's uatomic
+ * (inline assembly) ThreadSanitizer understands them. liburcu supplies the futex the reaper
+ * sleeps on (urcu/futex.h) and its branch hints.
+ */
+#ifndef TRAFFIC_SHM_LAYOUT_H
+#define TRAFFIC_SHM_LAYOUT_H
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "shm.h"
+
+#define SHM_MAGIC 0x31424154464652ull /* "RFFTAB1" */
+#define SHM_FORMAT_VERSION 1u
+#define SHM_LINE 64
+
+/* ---- owner tokens ------------------------------------------------------------------------
+ * A token names one participant incarnation: bits 0-11 the participant index + 1 (so 0 means
+ * "nobody"), bits 12-23 the low bits of its incarnation. A participant record is recycled
+ * with its incarnation bumped, so a token left in a slot by a dead thread stops matching the
+ * record the moment the record is recovered or reused. */
+#define SHM_MAX_PARTS 4095u
+#define TOKEN_MAKE(idx, inc) ((uint32_t)(((idx) + 1u) | (((inc) & 0xfffu) << 12)))
+#define TOKEN_IDX(tok) (((tok) & 0xfffu) - 1u)
+#define TOKEN_INC(tok) (((tok) >> 12) & 0xfffu)
+
+/* ---- the slot control word ---------------------------------------------------------------
+ *   bits 0-2   state
+ *   bit  3     active value buffer (bytes entries)
+ *   bits 4-27  owner token (INSERTING, WRITING)
+ *   bits 28-63 version (LIVE, WRITING) or retire stamp epoch (FREE)
+ * The control word is the only thing ever compare-and-swapped to change a slot's state; every
+ * transition is one CAS on the exact word observed, so two processes recovering the same slot
+ * cannot both succeed.
+ *
+ *   EMPTY ──claim──▶ INSERTING(owner) ──publish──▶ LIVE(buf, v) ⇄ WRITING(owner, buf, v)
+ *     ▲                    │ owner died                  │ delete / evict / expire
+ *     never returns        ▼                             ▼
+ *                       FREE(stamp) ◀────────────────────┘ ──(epoch ≥ stamp+2)──▶ claim
+ *
+ * EMPTY means "never used": probes stop there. FREE is a tombstone that a later insert may
+ * claim once every process that could still be reading the old key has moved on. */
+enum { ST_EMPTY = 0, ST_INSERTING = 1, ST_LIVE = 2, ST_WRITING = 3, ST_FREE = 4 };
+#define CTL_STATE(c) ((unsigned)((c) & 7u))
+#define CTL_BUF(c) ((unsigned)(((c) >> 3) & 1u))
+#define CTL_OWNER(c) ((uint32_t)(((c) >> 4) & 0xffffffu))
+#define CTL_VER(c) ((c) >> 28)
+#define CTL_VER_MASK ((1ull << 36) - 1)
+#define CTL_MAKE(st, buf, owner, ver)                                                                                  \
+    ((uint64_t)(st) | ((uint64_t)(buf) << 3) | ((uint64_t)(owner) << 4) | (((uint64_t)(ver) & CTL_VER_MASK) << 28))
+
+enum { TYPE_BYTES = 1, TYPE_COUNTER = 2 };
+
+/* ---- header -------------------------------------------------------------------------------- */
+struct shm_header {
+    /* Immutable after creation; validated on attach. */
+    uint64_t magic;
+    uint32_t format;
+    uint32_t layout;       /* shm_layout_word(): struct sizes and geometry */
+    uint64_t map_size;
+    uint64_t capacity;     /* slots, a power of two */
+    uint64_t max_size;
+    uint32_t key_max, value_max;
+    uint32_t slot_size, max_parts;
+    uint64_t parts_off, slots_off;
+    uint64_t hash_seed;
+    uint64_t cleanup_ms;
+
+    /* The global epoch. Written only by shm_epoch_try_advance (CAS), read on every pin. */
+    alignas(SHM_LINE) _Atomic uint64_t epoch;
+
+    /* Occupancy: slots INSERTING or LIVE (fetch_add on insert, fetch_sub on retire), and the
+     * insert count whose high bits are the LRU clock. Written on inserts and retires only. */
+    alignas(SHM_LINE) _Atomic int64_t live;
+    _Atomic uint64_t inserts;
+
+    /* Participants and the reaper; rarely written. */
+    alignas(SHM_LINE) _Atomic uint32_t part_hwm; /* records [0, hwm) have been used */
+    _Atomic uint32_t reaper_token;               /* elected reaper, 0: none */
+    _Atomic int32_t reaper_pid;
+    _Atomic uint64_t reaper_runs;
+};
+
+/* ---- participants --------------------------------------------------------------------------
+ * One record per (thread, table). `lock` is a robust process-shared mutex that the owning
+ * thread holds for as long as it is registered: pthread_mutex_trylock by anyone else answers
+ * EBUSY while it lives and EOWNERDEAD the moment it dies (the kernel walks the robust list of
+ * a dying thread, even one SIGKILLed, before it becomes a zombie). kill(pid, 0) would be wrong:
+ * it calls a zombie alive and a recycled pid alive. */
+enum {
+    STAT_HITS, STAT_MISSES, STAT_SETS, STAT_INCRS, STAT_DELETES, STAT_EVICTIONS, STAT_EXPIRATIONS,
+    STAT_RECOVERED, STAT_N
+};
+struct shm_part {
+    pthread_mutex_t lock;
+    _Atomic uint64_t epoch;       /* epoch << 1 | pinned; written by the owner only */
+    _Atomic uint32_t incarnation; /* bumped whenever the record changes hands */
+    _Atomic int32_t pid;
+    /* Per-participant statistics: written by the owner only (relaxed load + store, no
+     * contended line), summed by readers. They survive the record changing hands. */
+    alignas(SHM_LINE) _Atomic uint64_t stat[STAT_N];
+};
+
+/* ---- slots ----------------------------------------------------------------------------------
+ * Fixed part, then the key (key_max bytes, 8-aligned), then two value buffers. Fields other
+ * than ctl, counter, tick, latch and probe_max are written only by the owner of an INSERTING
+ * slot and read only after an acquire load of ctl saw LIVE or WRITING; the epoch scheme keeps
+ * them stable until every reader that saw them has unpinned. */
+struct shm_slot {
+    _Atomic uint64_t ctl;
+    _Atomic int64_t counter;      /* counters: the value, updated by fetch_add */
+    _Atomic uint64_t hash;
+    _Atomic int64_t expires;      /* counters: absolute ms of CLOCK_MONOTONIC, 0: never */
+    _Atomic uint32_t meta;        /* klen | type << 16 */
+    _Atomic uint32_t tick;        /* LRU clock at last access; stored only when it changes */
+    /* The two fields below belong to the slot as the *home* of a hash bucket, not to the
+     * entry stored in it, and survive reuse. */
+    _Atomic uint32_t latch;       /* token of the inserter serialising inserts of this home */
+    _Atomic uint32_t probe_max;   /* farthest distance of any key ever inserted from this home */
+};
+
+struct shm_vbuf {
+    _Atomic int64_t expires; /* absolute ms, 0: never */
+    _Atomic uint32_t len;
+    uint32_t pad;
+    /* unsigned char data[value_max rounded up to 8] */
+};
+
+/* ---- process-local handle ------------------------------------------------------------------ */
+struct shm_table {
+    unsigned char *base;
+    size_t map_size;
+    struct shm_header *h;
+    struct shm_part *parts;
+    unsigned char *slots;
+    uint64_t mask;
+    uint32_t slot_size, key_off, buf_off, buf_size;
+    uint64_t uid;            /* unique per handle in this process */
+    _Atomic int refs;        /* the handle + each thread registered through it */
+    _Atomic int closed;
+    struct shm_table *next;  /* process-wide list (fork handling) */
+    /* reaper thread of this process */
+    pthread_mutex_t reaper_mu;
+    pthread_t reaper_thread;
+    pid_t reaper_owner_pid;  /* pid that started reaper_thread, 0: none */
+    _Atomic uint32_t reaper_stop; /* futex word: 1 asks the thread to stop */
+};
+
+static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i)
+{
+    return (struct shm_slot *)(t->slots + (size_t)(i & t->mask) * t->slot_size);
+}
+static inline unsigned char *shm_slot_key(const struct shm_table *t, struct shm_slot *s)
+{
+    return (unsigned char *)s + t->key_off;
+}
+static inline struct shm_vbuf *shm_slot_buf(const struct shm_table *t, struct shm_slot *s, unsigned b)
+{
+    return (struct shm_vbuf *)((unsigned char *)s + t->buf_off + (size_t)b * t->buf_size);
+}
+static inline unsigned char *shm_vbuf_data(struct shm_vbuf *v)
+{
+    return (unsigned char *)(v + 1);
+}
+
+/* ---- participants, epochs, liveness (part.c) ------------------------------------------- */
+struct shm_self {
+    struct shm_part *part;
+    uint32_t token;
+    uint64_t pin;          /* epoch this thread is pinned at while in an operation */
+};
+/* The calling thread's participant in t, registering it on first use; NULL when the table has
+ * no free participant record (SHM_EFULL). */
+struct shm_self *shm_self_get(struct shm_table *t);
+void shm_pin(struct shm_table *t, struct shm_self *me);
+void shm_unpin(struct shm_self *me);
+int shm_epoch_try_advance(struct shm_table *t);
+/* 1 if the owner named by token is alive, 0 if it is dead (its record is then recovered). */
+int shm_token_alive(struct shm_table *t, uint32_t token);
+void shm_part_release_all_closed(void);
+void shm_table_unref(struct shm_table *t);
+void shm_tables_register(struct shm_table *t);
+void shm_tables_unregister(struct shm_table *t);
+
+static inline void shm_stat_add(struct shm_self *me, int which, uint64_t n)
+{
+    _Atomic uint64_t *c = &me->part->stat[which];
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+extern unsigned shm_broken; /* SHM_BROKEN_* flags, tests only */
+
+#endif

@@ -1,0 +1,405 @@
+/*
+ * map.c — creating, attaching, validating and unlinking table mappings.
+ *
+ * A named table is published atomically: the creator builds it complete in a private file
+ * under /dev/shm, then link()s it to /dev/shm/traffic.NAME. link() fails if the name exists,
+ * so two creators racing leave exactly one table and nobody ever attaches to a half-built
+ * one. Attaching validates magic, format version and a layout word computed from the struct
+ * sizes and the geometry; any mismatch is SHM_ECORRUPT with a message, never a reset.
+ *
+ * The mapping is MAP_NORESERVE and never touched eagerly beyond the header and participant
+ * records, so a table for ten million keys opens at once and its memory grows with the keys
+ * used. The process-wide list of open tables exists for fork(): the child resets what only
+ * made sense in the parent (reference counts held by the parent's other threads, the reaper
+ * thread).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "layout.h"
+
+#define SHM_DIR "/dev/shm/"
+#define SHM_PREFIX "traffic."
+#define SHM_MIN_CAPACITY 64
+
+int64_t shm_coarse_margin_ms = 8;
+unsigned shm_broken;
+
+void shm_debug_set_broken(unsigned flags) { shm_broken = flags; }
+
+static int fail(char *err, size_t errlen, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static int errno_status(int e)
+{
+    switch (e) {
+    case EACCES: case EPERM: case EROFS: return SHM_EPERM;
+    case ENOMEM: case ENOSPC: case EFBIG: return SHM_ENOMEM;
+    case ENOENT: return SHM_ENOTFOUND;
+    default: return SHM_EIO;
+    }
+}
+
+int shm_name_valid(const char *name)
+{
+    size_t n = 0;
+    for (; name[n]; n++) {
+        char c = name[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return 0;
+    }
+    return n >= 1 && n <= SHM_NAME_MAX;
+}
+
+/* ---- geometry --------------------------------------------------------------------------- */
+
+struct geometry {
+    uint64_t capacity, max_size, parts_off, slots_off, map_size;
+    uint32_t key_max, value_max, slot_size, key_off, buf_off, buf_size;
+};
+
+static uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key_max, uint32_t value_max)
+{
+    g->max_size = max_size;
+    g->key_max = key_max;
+    g->value_max = value_max;
+    /* Load stays below 2/3 at max_size, leaving room for tombstones awaiting their epoch. */
+    uint64_t want = max_size + max_size / 2;
+    g->capacity = SHM_MIN_CAPACITY;
+    while (g->capacity < want) g->capacity <<= 1;
+    g->key_off = (uint32_t)sizeof(struct shm_slot);
+    g->buf_off = g->key_off + (uint32_t)round_up(key_max, 8);
+    g->buf_size = (uint32_t)(sizeof(struct shm_vbuf) + round_up(value_max, 8));
+    g->slot_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, SHM_LINE);
+    g->parts_off = round_up(sizeof(struct shm_header), SHM_LINE);
+    long page = sysconf(_SC_PAGESIZE);
+    g->slots_off = round_up(g->parts_off + (uint64_t)SHM_MAX_PARTS * sizeof(struct shm_part), (uint64_t)page);
+    g->map_size = round_up(g->slots_off + g->capacity * g->slot_size, (uint64_t)page);
+}
+
+/* A word that changes whenever the binary layout of the mapping would: struct sizes (which
+ * include pthread_mutex_t's), alignment and the geometry. FNV-1a over the numbers. */
+static uint32_t layout_word(const struct geometry *g)
+{
+    uint64_t parts[] = {sizeof(struct shm_header), sizeof(struct shm_part), sizeof(struct shm_slot),
+                        sizeof(struct shm_vbuf),   sizeof(pthread_mutex_t), SHM_MAX_PARTS,
+                        g->capacity,               g->max_size,             g->key_max,
+                        g->value_max,              g->slot_size,            g->slots_off};
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        for (int b = 0; b < 8; b++) h = (h ^ (uint8_t)(parts[i] >> (8 * b))) * 16777619u;
+    return h;
+}
+
+static int init_mapping(unsigned char *base, const struct geometry *g, uint64_t cleanup_ms, char *err, size_t errlen)
+{
+    struct shm_header *h = (struct shm_header *)base;
+    h->format = SHM_FORMAT_VERSION;
+    h->layout = layout_word(g);
+    h->map_size = g->map_size;
+    h->capacity = g->capacity;
+    h->max_size = g->max_size;
+    h->key_max = g->key_max;
+    h->value_max = g->value_max;
+    h->slot_size = g->slot_size;
+    h->max_parts = SHM_MAX_PARTS;
+    h->parts_off = g->parts_off;
+    h->slots_off = g->slots_off;
+    h->cleanup_ms = cleanup_ms;
+    if (getrandom(&h->hash_seed, sizeof h->hash_seed, 0) != sizeof h->hash_seed)
+        h->hash_seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+    atomic_init(&h->epoch, 2); /* start above 0 so stamps never underflow */
+
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    struct shm_part *parts = (struct shm_part *)(base + g->parts_off);
+    for (uint32_t i = 0; i < SHM_MAX_PARTS; i++) {
+        int rc = pthread_mutex_init(&parts[i].lock, &a);
+        if (rc) {
+            pthread_mutexattr_destroy(&a);
+            return fail(err, errlen, SHM_EIO, "pthread_mutex_init of participant %u: %s", i, strerror(rc));
+        }
+    }
+    pthread_mutexattr_destroy(&a);
+    /* Published last: an attacher that sees the magic sees everything above. */
+    atomic_thread_fence(memory_order_release);
+    h->magic = SHM_MAGIC;
+    return SHM_OK;
+}
+
+static int validate(const unsigned char *base, size_t file_size, char *err, size_t errlen, const char *what)
+{
+    const struct shm_header *h = (const struct shm_header *)base;
+    if (h->magic != SHM_MAGIC)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: bad magic %#llx (not a traffic table, or overwritten)", what,
+                    (unsigned long long)h->magic);
+    if (h->format != SHM_FORMAT_VERSION)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: format version %u, this library reads %u", what, h->format,
+                    SHM_FORMAT_VERSION);
+    if (h->key_max < 1 || h->key_max > SHM_KEY_LIMIT || h->value_max < 1 || h->value_max > SHM_VALUE_LIMIT ||
+        h->max_size < 1 || h->max_size > SHM_MAX_SIZE_LIMIT)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: geometry out of range", what);
+    struct geometry g;
+    geometry_compute(&g, h->max_size, h->key_max, h->value_max);
+    if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->slot_size != g.slot_size ||
+        h->slots_off != g.slots_off || h->parts_off != g.parts_off || h->map_size != g.map_size ||
+        h->max_parts != SHM_MAX_PARTS)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what,
+                    h->layout, layout_word(&g));
+    if (file_size && file_size != h->map_size)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: file is %zu bytes, header says %llu", what, file_size,
+                    (unsigned long long)h->map_size);
+    return SHM_OK;
+}
+
+/* ---- process-wide list of tables (fork handling) ----------------------------------------- */
+
+static pthread_mutex_t tables_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct shm_table *tables;
+static _Atomic uint64_t table_uids = 1;
+
+void shm_tables_register(struct shm_table *t)
+{
+    pthread_mutex_lock(&tables_mu);
+    t->next = tables;
+    tables = t;
+    pthread_mutex_unlock(&tables_mu);
+}
+
+void shm_tables_unregister(struct shm_table *t)
+{
+    pthread_mutex_lock(&tables_mu);
+    for (struct shm_table **p = &tables; *p; p = &(*p)->next)
+        if (*p == t) {
+            *p = t->next;
+            break;
+        }
+    pthread_mutex_unlock(&tables_mu);
+}
+
+extern void shm_part_atfork_child(void);
+
+static void atfork_prepare(void) { pthread_mutex_lock(&tables_mu); }
+static void atfork_parent(void) { pthread_mutex_unlock(&tables_mu); }
+static void atfork_child(void)
+{
+    /* Only the forking thread exists now. References that other threads held in the parent
+     * are gone with them; the parent's reaper thread is not ours. */
+    struct shm_table **p = &tables;
+    while (*p) {
+        struct shm_table *t = *p;
+        if (atomic_load(&t->closed)) {
+            *p = t->next;
+            munmap(t->base, t->map_size);
+            free(t);
+            continue;
+        }
+        atomic_store(&t->refs, 1);
+        pthread_mutex_init(&t->reaper_mu, NULL);
+        t->reaper_owner_pid = 0;
+        p = &t->next;
+    }
+    shm_part_atfork_child();
+    pthread_mutex_unlock(&tables_mu);
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static void process_init(void)
+{
+    struct timespec res;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+        shm_coarse_margin_ms = 2 * ((int64_t)res.tv_sec * 1000 + (res.tv_nsec + 999999) / 1000000) + 1;
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+static int make_handle(unsigned char *base, size_t size, struct shm_table **out)
+{
+    struct shm_table *t = calloc(1, sizeof *t);
+    if (!t) return SHM_ENOMEM;
+    struct shm_header *h = (struct shm_header *)base;
+    t->base = base;
+    t->map_size = size;
+    t->h = h;
+    t->parts = (struct shm_part *)(base + h->parts_off);
+    t->slots = base + h->slots_off;
+    t->mask = h->capacity - 1;
+    struct geometry g;
+    geometry_compute(&g, h->max_size, h->key_max, h->value_max);
+    t->slot_size = g.slot_size;
+    t->key_off = g.key_off;
+    t->buf_off = g.buf_off;
+    t->buf_size = g.buf_size;
+    t->uid = atomic_fetch_add(&table_uids, 1);
+    atomic_init(&t->refs, 1);
+    pthread_mutex_init(&t->reaper_mu, NULL);
+    shm_tables_register(t);
+    *out = t;
+    return SHM_OK;
+}
+
+static int check_params(const shm_params *p, char *err, size_t errlen)
+{
+    if (p->max_size > SHM_MAX_SIZE_LIMIT)
+        return fail(err, errlen, SHM_EINVAL, "max_size %llu is over %llu", (unsigned long long)p->max_size,
+                    (unsigned long long)SHM_MAX_SIZE_LIMIT);
+    if (p->key_max > SHM_KEY_LIMIT)
+        return fail(err, errlen, SHM_EINVAL, "key_max %u is over %u", p->key_max, SHM_KEY_LIMIT);
+    if (p->value_max > SHM_VALUE_LIMIT)
+        return fail(err, errlen, SHM_EINVAL, "value_max %u is over %u", p->value_max, SHM_VALUE_LIMIT);
+    if (p->mode & ~0777u) return fail(err, errlen, SHM_EINVAL, "mode %o has bits beyond 0777", p->mode);
+    if (p->name && !shm_name_valid(p->name))
+        return fail(err, errlen, SHM_EINVAL, "table name \"%.210s\" is not 1-%d of [A-Za-z0-9._-]", p->name,
+                    SHM_NAME_MAX);
+    return SHM_OK;
+}
+
+static void params_geometry(const shm_params *p, struct geometry *g)
+{
+    geometry_compute(g, p->max_size ? p->max_size : SHM_DEFAULT_MAX_SIZE, p->key_max ? p->key_max : SHM_DEFAULT_KEY_MAX,
+                     p->value_max ? p->value_max : SHM_DEFAULT_VALUE_MAX);
+}
+
+static int open_anonymous(const shm_params *p, struct shm_table **out, char *err, size_t errlen)
+{
+    struct geometry g;
+    params_geometry(p, &g);
+    void *base = mmap(NULL, g.map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED)
+        return fail(err, errlen, errno_status(errno), "mmap of %llu bytes: %s", (unsigned long long)g.map_size,
+                    strerror(errno));
+    int rc = init_mapping(base, &g, p->cleanup_ms ? p->cleanup_ms : SHM_DEFAULT_CLEANUP_MS, err, errlen);
+    if (rc == SHM_OK) rc = make_handle(base, g.map_size, out);
+    if (rc) munmap(base, g.map_size);
+    return rc;
+}
+
+/* Maps an existing table file and validates it against the build and the requested
+ * geometry (fields left 0 in p accept whatever the table has). */
+static int attach_fd(int fd, const shm_params *p, const char *path, struct shm_table **out, char *err, size_t errlen)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) return fail(err, errlen, SHM_EIO, "fstat %s: %s", path, strerror(errno));
+    if ((size_t)st.st_size < sizeof(struct shm_header))
+        return fail(err, errlen, SHM_ECORRUPT, "%s: %lld bytes is too small for a traffic table", path,
+                    (long long)st.st_size);
+    unsigned char *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (base == MAP_FAILED) return fail(err, errlen, errno_status(errno), "mmap %s: %s", path, strerror(errno));
+    int rc = validate(base, (size_t)st.st_size, err, errlen, path);
+    const struct shm_header *h = (const struct shm_header *)base;
+    if (rc == SHM_OK && ((p->max_size && p->max_size != h->max_size) || (p->key_max && p->key_max != h->key_max) ||
+                         (p->value_max && p->value_max != h->value_max)))
+        rc = fail(err, errlen, SHM_EINVAL,
+                  "%s exists with max_size=%llu key_max=%u value_max=%u, which differs from the requested geometry",
+                  path, (unsigned long long)h->max_size, h->key_max, h->value_max);
+    if (rc == SHM_OK) rc = make_handle(base, (size_t)st.st_size, out);
+    if (rc) munmap(base, (size_t)st.st_size);
+    return rc;
+}
+
+static int create_named(const shm_params *p, const char *path, struct shm_table **out, char *err, size_t errlen)
+{
+    struct geometry g;
+    params_geometry(p, &g);
+    char tmp[sizeof SHM_DIR + SHM_NAME_MAX + 64];
+    uint64_t r = 0;
+    (void)!getrandom(&r, sizeof r, 0);
+    snprintf(tmp, sizeof tmp, SHM_DIR ".traffic-new.%d.%llx", (int)getpid(), (unsigned long long)r);
+    mode_t mode = p->mode ? p->mode : 0600;
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0) return fail(err, errlen, errno_status(errno), "create %s: %s", tmp, strerror(errno));
+    int rc = SHM_OK;
+    void *base = MAP_FAILED;
+    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)g.map_size) < 0)
+        rc = fail(err, errlen, errno_status(errno), "size %s to %llu bytes: %s", tmp, (unsigned long long)g.map_size,
+                  strerror(errno));
+    if (rc == SHM_OK) {
+        base = mmap(NULL, g.map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+        if (base == MAP_FAILED) rc = fail(err, errlen, errno_status(errno), "mmap %s: %s", tmp, strerror(errno));
+    }
+    if (rc == SHM_OK) rc = init_mapping(base, &g, p->cleanup_ms ? p->cleanup_ms : SHM_DEFAULT_CLEANUP_MS, err, errlen);
+    if (rc == SHM_OK && link(tmp, path) < 0) {
+        rc = errno == EEXIST ? 1 /* lost the race: attach to the winner's */
+                             : fail(err, errlen, errno_status(errno), "link %s: %s", path, strerror(errno));
+    }
+    unlink(tmp);
+    close(fd);
+    if (rc == SHM_OK) rc = make_handle(base, g.map_size, out);
+    if (rc != SHM_OK && base != MAP_FAILED) munmap(base, g.map_size);
+    return rc;
+}
+
+int shm_open_table(const shm_params *p, shm_table **out, char *err, size_t errlen)
+{
+    pthread_once(&init_once, process_init);
+    if (err && errlen) err[0] = '\0';
+    int rc = check_params(p, err, errlen);
+    if (rc) return rc;
+    if (!p->name) return open_anonymous(p, out, err, errlen);
+
+    char path[sizeof SHM_DIR + sizeof SHM_PREFIX + SHM_NAME_MAX];
+    snprintf(path, sizeof path, SHM_DIR SHM_PREFIX "%s", p->name);
+    for (int attempt = 0; attempt < 8; attempt++) {
+        int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0) {
+            rc = attach_fd(fd, p, path, out, err, errlen);
+            close(fd);
+            return rc;
+        }
+        if (errno != ENOENT) return fail(err, errlen, errno_status(errno), "open %s: %s", path, strerror(errno));
+        rc = create_named(p, path, out, err, errlen);
+        if (rc != 1) return rc; /* created, or failed; 1: someone else created it first */
+    }
+    return fail(err, errlen, SHM_EIO, "%s keeps appearing and vanishing", path);
+}
+
+int shm_unlink_table(const char *name, char *err, size_t errlen)
+{
+    if (!name || !shm_name_valid(name))
+        return fail(err, errlen, SHM_EINVAL, "table name \"%.210s\" is not 1-%d of [A-Za-z0-9._-]", name ? name : "(null)",
+                    SHM_NAME_MAX);
+    char path[sizeof SHM_DIR + sizeof SHM_PREFIX + SHM_NAME_MAX];
+    snprintf(path, sizeof path, SHM_DIR SHM_PREFIX "%s", name);
+    if (unlink(path) < 0) return fail(err, errlen, errno_status(errno), "unlink %s: %s", path, strerror(errno));
+    return SHM_OK;
+}
+
+void shm_table_unref(struct shm_table *t)
+{
+    if (atomic_fetch_sub(&t->refs, 1) != 1) return;
+    shm_tables_unregister(t);
+    munmap(t->base, t->map_size);
+    pthread_mutex_destroy(&t->reaper_mu);
+    free(t);
+}
+
+uint32_t shm_key_max(const shm_table *t) { return t->h->key_max; }
+uint32_t shm_value_max(const shm_table *t) { return t->h->value_max; }

@@ -1,0 +1,269 @@
+/*
+ * part.c — participants, epochs and liveness: the cross-process machinery that lets a slot be
+ * reused safely and a dead thread's half-done work be taken over.
+ *
+ * Participants. Each thread that touches a table claims one record in it (lazily, on its
+ * first operation) and holds that record's robust mutex until it exits or leaves the table.
+ * A claim bumps the record's incarnation, so tokens (record index + incarnation) name one
+ * holder only. Liveness of a token is: same incarnation, and trylock says EBUSY. EOWNERDEAD
+ * means the holder died: the finder makes the mutex consistent, clears the dead holder's pin,
+ * bumps the incarnation (so every slot or latch still carrying the old token is now visibly
+ * orphaned) and unlocks it for reuse.
+ *
+ * Epochs. A global epoch E and per-participant words (e << 1 | pinned). An operation pins:
+ * it publishes E with a sequentially consistent exchange and re-reads E until the two agree.
+ * Invariant (relied on by table.c's retire stamps): while a participant is pinned at P,
+ * E <= P + 1, because E moves from e to e + 1 only when every pinned participant shows e.
+ * A slot retired by an operation pinned at P is stamped P + 1 >= E at the retire; it may be
+ * reused once E >= stamp + 2, when every reader that could have seen it live has unpinned.
+ * Dead pinned participants are found by the same trylock and cleared, so a SIGKILLed
+ * process holds the epoch back for no longer than one liveness check.
+ *
+ * The calling thread's records are cached in thread-local storage keyed by the handle's uid;
+ * a fork generation counter tells a child that the cached records belong to its parent.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "layout.h"
+
+struct tls_ent {
+    struct shm_table *t;
+    uint64_t uid;
+    struct shm_self self;
+};
+struct tls_state {
+    uint64_t gen;
+    size_t n, cap;
+    struct tls_ent *ents;
+};
+
+static _Thread_local struct tls_state *tls;
+static _Thread_local struct tls_ent *tls_last;
+static _Thread_local uint64_t tls_last_gen;
+static _Atomic uint64_t fork_gen = 1;
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+void shm_part_atfork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+/* Called with p->lock just acquired with EOWNERDEAD: make the record free and recognisably
+ * new. Every token of the dead holder stops matching. */
+static void part_recover_locked(struct shm_part *p)
+{
+    pthread_mutex_consistent(&p->lock);
+    atomic_store_explicit(&p->epoch, 0, memory_order_release);
+    atomic_fetch_add_explicit(&p->incarnation, 1, memory_order_acq_rel);
+    atomic_store_explicit(&p->pid, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->stat[STAT_RECOVERED], 1, memory_order_relaxed);
+}
+
+static void part_release(struct shm_part *p)
+{
+    atomic_store_explicit(&p->epoch, 0, memory_order_release);
+    atomic_fetch_add_explicit(&p->incarnation, 1, memory_order_acq_rel);
+    atomic_store_explicit(&p->pid, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static int part_claim(struct shm_table *t, struct shm_self *me)
+{
+    for (uint32_t i = 0; i < SHM_MAX_PARTS; i++) {
+        struct shm_part *p = &t->parts[i];
+        int rc = pthread_mutex_trylock(&p->lock);
+        if (rc == EOWNERDEAD)
+            part_recover_locked(p);
+        else if (rc != 0)
+            continue;
+        uint32_t inc = atomic_fetch_add_explicit(&p->incarnation, 1, memory_order_acq_rel) + 1;
+        atomic_store_explicit(&p->pid, (int32_t)getpid(), memory_order_relaxed);
+        atomic_store_explicit(&p->epoch, 0, memory_order_release);
+        uint32_t hwm = atomic_load(&t->h->part_hwm);
+        while (hwm < i + 1 && !atomic_compare_exchange_weak(&t->h->part_hwm, &hwm, i + 1)) {
+        }
+        me->part = p;
+        me->token = TOKEN_MAKE(i, inc);
+        me->pin = 0;
+        return SHM_OK;
+    }
+    return SHM_EFULL;
+}
+
+/* Is the record at idx held by a live thread? Dead holders are recovered on the way. */
+static int part_alive(struct shm_table *t, uint32_t idx)
+{
+    struct shm_part *p = &t->parts[idx];
+    int rc = pthread_mutex_trylock(&p->lock);
+    if (rc == EBUSY || rc == EDEADLK) return 1;
+    if (rc == EOWNERDEAD) {
+        part_recover_locked(p);
+        pthread_mutex_unlock(&p->lock);
+        return 0;
+    }
+    if (rc == 0) { /* nobody holds it: any pin left in it is stale */
+        atomic_store_explicit(&p->epoch, 0, memory_order_release);
+        pthread_mutex_unlock(&p->lock);
+    }
+    return 0;
+}
+
+int shm_token_alive(struct shm_table *t, uint32_t token)
+{
+    uint32_t idx = TOKEN_IDX(token);
+    if (token == 0 || idx >= SHM_MAX_PARTS) return 0;
+    struct shm_part *p = &t->parts[idx];
+    if ((atomic_load_explicit(&p->incarnation, memory_order_acquire) & 0xfffu) != TOKEN_INC(token)) return 0;
+    if (!part_alive(t, idx)) return 0;
+    /* Alive, but is it still the same holder? */
+    return (atomic_load_explicit(&p->incarnation, memory_order_acquire) & 0xfffu) == TOKEN_INC(token);
+}
+
+/* ---- epochs ------------------------------------------------------------------------------- */
+
+void shm_pin(struct shm_table *t, struct shm_self *me)
+{
+    uint64_t e = atomic_load_explicit(&t->h->epoch, memory_order_acquire);
+    for (;;) {
+        /* seq_cst exchange: the pin is globally visible before any load of the table below,
+         * and ordered in the single total order against retiring CASes and the advancer's
+         * scan. */
+        atomic_exchange_explicit(&me->part->epoch, e << 1 | 1, memory_order_seq_cst);
+        uint64_t now = atomic_load_explicit(&t->h->epoch, memory_order_seq_cst);
+        if (now == e) break;
+        e = now;
+    }
+    me->pin = e;
+}
+
+void shm_unpin(struct shm_self *me)
+{
+    atomic_store_explicit(&me->part->epoch, me->pin << 1, memory_order_release);
+}
+
+int shm_epoch_try_advance(struct shm_table *t)
+{
+    uint64_t e = atomic_load_explicit(&t->h->epoch, memory_order_seq_cst);
+    uint32_t n = atomic_load_explicit(&t->h->part_hwm, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t w = atomic_load_explicit(&t->parts[i].epoch, memory_order_seq_cst);
+        if (!(w & 1) || (w >> 1) == e) continue;
+        if ((w >> 1) > e || part_alive(t, i)) return 0; /* a live laggard: try later */
+    }
+    return atomic_compare_exchange_strong_explicit(&t->h->epoch, &e, e + 1, memory_order_seq_cst,
+                                                   memory_order_relaxed);
+}
+
+/* ---- thread-local cache --------------------------------------------------------------------- */
+
+static void tls_drop(struct tls_ent *e, int release)
+{
+    if (release) part_release(e->self.part);
+    shm_table_unref(e->t);
+}
+
+static void tls_destroy(void *arg)
+{
+    struct tls_state *s = arg;
+    int mine = s->gen == atomic_load(&fork_gen);
+    for (size_t i = 0; i < s->n; i++)
+        if (mine) tls_drop(&s->ents[i], 1);
+    free(s->ents);
+    free(s);
+    tls = NULL;
+    tls_last = NULL;
+}
+
+static void tls_key_init(void) { pthread_key_create(&tls_key, tls_destroy); }
+
+static struct tls_state *tls_state_get(void)
+{
+    if (!tls) {
+        pthread_once(&tls_once, tls_key_init);
+        tls = calloc(1, sizeof *tls);
+        if (!tls) return NULL;
+        tls->gen = atomic_load(&fork_gen);
+        pthread_setspecific(tls_key, tls);
+    }
+    uint64_t g = atomic_load(&fork_gen);
+    if (tls->gen != g) {
+        /* We are a child of fork(): the records belong to the parent's threads, and the
+         * references were reset by the atfork handler. Forget them without touching either. */
+        tls->n = 0;
+        tls->gen = g;
+        tls_last = NULL;
+    }
+    return tls;
+}
+
+/* Leaves tables that were closed (by any thread) since this thread last looked. */
+static void tls_sweep_closed(struct tls_state *s)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        if (atomic_load_explicit(&s->ents[i].t->closed, memory_order_acquire))
+            tls_drop(&s->ents[i], 1);
+        else
+            s->ents[w++] = s->ents[i];
+    }
+    s->n = w;
+    tls_last = NULL;
+}
+
+static struct shm_self *self_slow(struct shm_table *t)
+{
+    struct tls_state *s = tls_state_get();
+    if (!s) return NULL;
+    tls_sweep_closed(s);
+    for (size_t i = 0; i < s->n; i++)
+        if (s->ents[i].uid == t->uid) {
+            tls_last = &s->ents[i];
+            tls_last_gen = s->gen;
+            return &tls_last->self;
+        }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 4;
+        struct tls_ent *ne = realloc(s->ents, cap * sizeof *ne);
+        if (!ne) return NULL;
+        s->ents = ne;
+        s->cap = cap;
+    }
+    struct tls_ent *e = &s->ents[s->n];
+    if (part_claim(t, &e->self) != SHM_OK) return NULL;
+    e->t = t;
+    e->uid = t->uid;
+    atomic_fetch_add(&t->refs, 1);
+    s->n++;
+    tls_last = e;
+    tls_last_gen = s->gen;
+    return &e->self;
+}
+
+struct shm_self *shm_self_get(struct shm_table *t)
+{
+    struct tls_ent *e = tls_last;
+    if (__builtin_expect(e && e->uid == t->uid && tls_last_gen == atomic_load_explicit(&fork_gen, memory_order_relaxed),
+                         1))
+        return &e->self;
+    return self_slow(t);
+}
+
+/* The calling thread leaves t (used by close). */
+void shm_self_leave(struct shm_table *t)
+{
+    struct tls_state *s = tls_state_get();
+    if (!s) return;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->ents[i].uid == t->uid) {
+            tls_drop(&s->ents[i], 1);
+            s->ents[i] = s->ents[--s->n];
+            break;
+        }
+    tls_last = NULL;
+}

@@ -1,0 +1,103 @@
+/*
+ * shm.h — the shared-memory hash table behind the memory backend.
+ *
+ * A table is one mapping (anonymous MAP_SHARED, inherited across fork, or a file in /dev/shm
+ * attached by name) that any number of processes and threads update without locks on the
+ * read and increment paths. This layer knows nothing of URLs or backends: it takes a key as
+ * bytes, returns SHM_* statuses, and explains failures of open in a caller-given buffer.
+ * See layout.h for the mapping and table.c for the protocol and its invariants.
+ */
+#ifndef TRAFFIC_SHM_H
+#define TRAFFIC_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Statuses. The numbers equal the public TRAFFIC_E… codes so the adapter maps them 1:1
+ * (backends/memory.c asserts this at compile time), but this layer does not include them. */
+enum {
+    SHM_OK = 0,
+    SHM_ENOTFOUND = -1,
+    SHM_EINVAL = -2,
+    SHM_ETOOBIG = -3,
+    SHM_EFULL = -4,
+    SHM_ETYPE = -5,
+    SHM_EOVERFLOW = -6,
+    SHM_EIO = -7,
+    SHM_ECORRUPT = -10,
+    SHM_ENOMEM = -11,
+    SHM_ERANGE = -12,
+    SHM_EPERM = -13,
+};
+
+#define SHM_NAME_MAX 200
+#define SHM_KEY_LIMIT 250
+#define SHM_VALUE_LIMIT 65536
+#define SHM_DEFAULT_MAX_SIZE 10000
+#define SHM_DEFAULT_KEY_MAX 250
+#define SHM_DEFAULT_VALUE_MAX 256
+#define SHM_DEFAULT_CLEANUP_MS 60000
+#define SHM_MAX_SIZE_LIMIT (1ull << 31) /* keys; the capacity is a power of two above it */
+
+typedef struct shm_table shm_table;
+
+typedef struct shm_params {
+    const char *name;      /* NULL: anonymous mapping; else [A-Za-z0-9._-]{1,200} */
+    uint64_t max_size;     /* 0: default / existing */
+    uint32_t key_max;      /* 0: default / existing */
+    uint32_t value_max;    /* 0: default / existing */
+    uint32_t mode;         /* 0: 0600 */
+    uint64_t cleanup_ms;   /* 0: default / existing */
+} shm_params;
+
+typedef struct shm_stats {
+    uint64_t keys, capacity, max_size, map_bytes, resident_bytes;
+    uint64_t hits, misses, sets, increments, deletes, evictions, expirations, recovered;
+    uint64_t attached, epoch, reaper_runs;
+    int64_t reaper_pid;
+} shm_stats;
+
+int shm_open_table(const shm_params *p, shm_table **out, char *err, size_t errlen);
+void shm_close_table(shm_table *t);
+int shm_unlink_table(const char *name, char *err, size_t errlen);
+int shm_name_valid(const char *name);
+
+uint32_t shm_key_max(const shm_table *t);
+uint32_t shm_value_max(const shm_table *t);
+
+int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, size_t *len);
+int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms);
+int shm_del(shm_table *t, const char *key, size_t klen);
+int shm_exists(shm_table *t, const char *key, size_t klen);
+int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out);
+int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms);
+int shm_clear(shm_table *t);
+int shm_stats_get(shm_table *t, shm_stats *out);
+
+/* Reaper: a thread of this process that, while elected, reclaims expired slots. */
+int shm_reaper_start(shm_table *t);
+int shm_reaper_stop(shm_table *t);
+
+/* ---- white-box hooks for tests (not part of the library's API) ------------------------- */
+
+/* One bounded reaper pass over the whole table, run by the calling thread whether elected or
+ * not: reclaims expired slots, recovers half-done inserts and writes of dead owners. */
+int shm_reap_pass(shm_table *t, uint64_t *reclaimed);
+
+typedef struct shm_check_report {
+    uint64_t live, inserting, writing, free_slots, empty;
+    uint64_t duplicates;   /* keys present in more than one live slot */
+    uint64_t dead_owned;   /* INSERTING/WRITING slots or latches whose owner is dead */
+    uint64_t probe_violations; /* live keys beyond their home's probe bound */
+} shm_check_report;
+/* Scans every slot (single-threaded use only: call it when the table is quiet). */
+int shm_check(shm_table *t, shm_check_report *r);
+
+/* Deliberately broken protocol variants, so the stress tests can show they catch them. */
+enum {
+    SHM_BROKEN_EARLY_REUSE = 1, /* reuse a retired slot one epoch early */
+    SHM_BROKEN_NO_RECHECK = 2,  /* readers skip the version re-check after copying a value */
+};
+void shm_debug_set_broken(unsigned flags);
+
+#endif

@@ -1,0 +1,787 @@
+/*
+ * table.c — the lock-free protocol on slots: lookup, insert, in-place write, increment,
+ * retire, eviction, clear and the reaper's pass.
+ *
+ * Open addressing with linear probing over `capacity` slots (a power of two). A key's home is
+ * hash & mask; it lives at distance d <= probe_max(home) from it.
+ *
+ * Invariants, and who keeps them:
+ *  I1  A key is live in at most one slot. Inserts of one key serialise on its home slot's
+ *      latch (a word holding the inserter's token, taken by CAS, stolen only from a dead
+ *      owner); under the latch the inserter looks the key up again before claiming a slot.
+ *  I2  probe_max(home) only grows, is written only under home's latch, and is stored before
+ *      the entry it covers is published (release), so a lookup that reads it and scans that
+ *      far, stopping early only at EMPTY, finds every key published before it began. Slots
+ *      never return to EMPTY, so an EMPTY slot proves nothing was placed beyond it.
+ *  I3  Fields of an entry (hash, meta, key, counter expiry) are written only while its slot is
+ *      INSERTING by the writer and read only after an acquire load saw LIVE/WRITING; they do
+ *      not change until the slot is reused, and reuse waits for the epoch (part.c).
+ *  I4  A bytes value is written only into the inactive buffer of a slot the writer holds in
+ *      WRITING, and made visible by one CAS that flips the buffer bit and bumps the version.
+ *      A reader copies the active buffer and re-reads ctl: equal version and buffer means the
+ *      copy is not torn (the buffer it read is written only after two flips).
+ *  I5  An increment on a live counter is one fetch_add on `counter`: it either happened or not.
+ *  I6  Every transition is a CAS on the exact control word observed. A dead owner's
+ *      INSERTING is undone (slot FREE: the insert never happened); its WRITING is rolled back
+ *      to LIVE with the old buffer (the write never happened).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "hash.h"
+#include "layout.h"
+
+/* Tuning. */
+#define MAX_PROBE 128          /* farthest an insert looks from the home slot */
+#define LRU_SHIFT 3            /* the LRU clock ticks every 8 inserts */
+#define EVICT_SAMPLES 8        /* live slots compared per eviction (as in Redis) */
+#define EVICT_WINDOW 64        /* slots scanned to find them */
+#define SPIN_BEFORE_CHECK 128  /* busy-waits before a liveness check of the slot's owner */
+#define INSERT_ATTEMPTS 6      /* rounds of "advance the epoch and retry" before EFULL */
+#define REAP_BATCH 1024        /* slots per pinned stretch of a reaper pass */
+
+void shm_self_leave(struct shm_table *t);
+
+static inline void cpu_relax(void) { __builtin_ia32_pause(); }
+
+static inline uint64_t ctl_load(struct shm_slot *s)
+{
+    return atomic_load_explicit(&s->ctl, memory_order_acquire);
+}
+static inline int ctl_cas(struct shm_slot *s, uint64_t *expect, uint64_t desired)
+{
+    return atomic_compare_exchange_strong_explicit(&s->ctl, expect, desired, memory_order_acq_rel,
+                                                   memory_order_acquire);
+}
+static inline unsigned meta_type(struct shm_slot *s)
+{
+    return atomic_load_explicit(&s->meta, memory_order_relaxed) >> 16;
+}
+static inline uint32_t lru_now(struct shm_table *t)
+{
+    return (uint32_t)(atomic_load_explicit(&t->h->inserts, memory_order_relaxed) >> LRU_SHIFT);
+}
+static inline void touch(struct shm_table *t, struct shm_slot *s)
+{
+    uint32_t now = lru_now(t);
+    if (atomic_load_explicit(&s->tick, memory_order_relaxed) != now)
+        atomic_store_explicit(&s->tick, now, memory_order_relaxed);
+}
+static inline int reusable(struct shm_table *t, uint64_t c)
+{
+    uint64_t need = CTL_VER(c) + ((shm_broken & SHM_BROKEN_EARLY_REUSE) ? 1 : 2);
+    return atomic_load_explicit(&t->h->epoch, memory_order_acquire) >= need;
+}
+
+/* ---- value buffers: word-wise relaxed atomic copies (race-free by the C11 model, and
+ * ThreadSanitizer sees them as atomics). Buffers are 8-aligned and padded to 8. ---------- */
+
+static void vbuf_write(struct shm_vbuf *v, const void *src, size_t len, int64_t expires)
+{
+    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_vbuf_data(v);
+    const unsigned char *p = src;
+    for (size_t i = 0; i < len; i += 8) {
+        uint64_t x = 0;
+        memcpy(&x, p + i, len - i < 8 ? len - i : 8);
+        atomic_store_explicit(&w[i / 8], x, memory_order_relaxed);
+    }
+    atomic_store_explicit(&v->len, (uint32_t)len, memory_order_relaxed);
+    atomic_store_explicit(&v->expires, expires, memory_order_relaxed);
+}
+
+static void vbuf_read(struct shm_vbuf *v, void *dst, size_t len)
+{
+    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_vbuf_data(v);
+    unsigned char *p = dst;
+    for (size_t i = 0; i < len; i += 8) {
+        uint64_t x = atomic_load_explicit(&w[i / 8], memory_order_relaxed);
+        memcpy(p + i, &x, len - i < 8 ? len - i : 8);
+    }
+}
+
+/* A consistent snapshot of a bytes entry: copies up to cap bytes into buf (buf may be NULL),
+ * reports its length and expiry. Returns 0, or -1 if the entry was retired meanwhile. */
+static int bytes_snapshot(struct shm_table *t, struct shm_slot *s, uint64_t c, void *buf, size_t cap, size_t *len,
+                          int64_t *expires)
+{
+    for (;;) {
+        struct shm_vbuf *v = shm_slot_buf(t, s, CTL_BUF(c));
+        size_t n = atomic_load_explicit(&v->len, memory_order_relaxed);
+        int64_t e = atomic_load_explicit(&v->expires, memory_order_relaxed);
+        if (n > t->h->value_max) n = t->h->value_max; /* torn; the re-check below will see it */
+        if (buf && n <= cap) vbuf_read(v, buf, n);
+        atomic_thread_fence(memory_order_acquire);
+        uint64_t c2 = atomic_load_explicit(&s->ctl, memory_order_relaxed);
+        if ((shm_broken & SHM_BROKEN_NO_RECHECK) ||
+            (CTL_VER(c2) == CTL_VER(c) && CTL_BUF(c2) == CTL_BUF(c) &&
+             (CTL_STATE(c2) == ST_LIVE || CTL_STATE(c2) == ST_WRITING))) {
+            *len = n;
+            *expires = e;
+            return 0;
+        }
+        if (CTL_STATE(c2) != ST_LIVE && CTL_STATE(c2) != ST_WRITING) return -1;
+        c = c2;
+    }
+}
+
+static int64_t entry_expiry(struct shm_table *t, struct shm_slot *s, uint64_t c)
+{
+    if (meta_type(s) == TYPE_COUNTER) return atomic_load_explicit(&s->expires, memory_order_relaxed);
+    size_t len;
+    int64_t e;
+    if (bytes_snapshot(t, s, c, NULL, 0, &len, &e) < 0) return 1; /* retired: long expired */
+    return e;
+}
+
+/* ---- lookup ------------------------------------------------------------------------------- */
+
+static inline int key_matches(struct shm_table *t, struct shm_slot *s, uint64_t h, const char *key, size_t klen)
+{
+    if (atomic_load_explicit(&s->hash, memory_order_relaxed) != h) return 0;
+    if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != klen) return 0;
+    return memcmp(shm_slot_key(t, s), key, klen) == 0;
+}
+
+/* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
+ * bound: how far to scan (probe_max of the home, or MAX_PROBE when it cannot be trusted). */
+static struct shm_slot *lookup_bounded(struct shm_table *t, uint64_t h, const char *key, size_t klen, uint32_t bound,
+                                       uint64_t *ctl)
+{
+    for (uint32_t d = 0; d <= bound; d++) {
+        struct shm_slot *s = shm_slot_at(t, h + d);
+        uint64_t c = ctl_load(s);
+        unsigned st = CTL_STATE(c);
+        if (st == ST_EMPTY) break;
+        if ((st == ST_LIVE || st == ST_WRITING) && key_matches(t, s, h, key, klen)) {
+            *ctl = c;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static inline struct shm_slot *lookup(struct shm_table *t, uint64_t h, const char *key, size_t klen, uint64_t *ctl)
+{
+    uint32_t bound = atomic_load_explicit(&shm_slot_at(t, h)->probe_max, memory_order_acquire);
+    return lookup_bounded(t, h, key, klen, bound, ctl);
+}
+
+/* ---- retire, recovery ------------------------------------------------------------------------ */
+
+/* Retires the entry whose control word is c (LIVE or WRITING) with one CAS. The stamp is the
+ * caller's pin + 1, an upper bound of the epoch at the moment of the CAS (part.c). */
+static int retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat)
+{
+    if (!ctl_cas(s, &c, CTL_MAKE(ST_FREE, 0, 0, me->pin + 1))) return 0;
+    atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
+    if (stat >= 0) shm_stat_add(me, stat, 1);
+    return 1;
+}
+
+/* Undoes a dead owner's INSERTING or WRITING at s (observed as c). 1 if done by us. */
+static int recover_slot(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c)
+{
+    unsigned st = CTL_STATE(c);
+    uint32_t owner = CTL_OWNER(c);
+    if ((st != ST_INSERTING && st != ST_WRITING) || owner == me->token || shm_token_alive(t, owner)) return 0;
+    uint64_t to = st == ST_INSERTING ? CTL_MAKE(ST_FREE, 0, 0, me->pin + 1) : CTL_MAKE(ST_LIVE, CTL_BUF(c), 0, CTL_VER(c));
+    if (!ctl_cas(s, &c, to)) return 0;
+    if (st == ST_INSERTING) atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
+    shm_stat_add(me, STAT_RECOVERED, 1);
+    return 1;
+}
+
+/* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl. */
+static uint64_t wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c)
+{
+    for (unsigned spins = 1;; spins++) {
+        uint64_t now = ctl_load(s);
+        if (now != c) return now;
+        if (spins % SPIN_BEFORE_CHECK == 0) {
+            if (recover_slot(t, me, s, c)) return ctl_load(s);
+            sched_yield();
+        } else {
+            cpu_relax();
+        }
+    }
+}
+
+/* ---- home latch ------------------------------------------------------------------------------ */
+
+/* Returns 1 if the latch was taken from a dead owner (then probe_max may be stale: the dead
+ * owner never released, so nothing ordered its last stores before ours). */
+static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_slot *home)
+{
+    for (unsigned spins = 1;; spins++) {
+        uint32_t cur = 0;
+        if (atomic_compare_exchange_weak_explicit(&home->latch, &cur, me->token, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return 0;
+        if (cur != 0 && spins % SPIN_BEFORE_CHECK == 0) {
+            if (!shm_token_alive(t, cur) && atomic_compare_exchange_strong_explicit(&home->latch, &cur, me->token,
+                                                                                     memory_order_acquire,
+                                                                                     memory_order_relaxed)) {
+                shm_stat_add(me, STAT_RECOVERED, 1);
+                return 1;
+            }
+            sched_yield();
+        } else {
+            cpu_relax();
+        }
+    }
+}
+
+static void latch_release(struct shm_slot *home)
+{
+    atomic_store_explicit(&home->latch, 0, memory_order_release);
+}
+
+/* ---- eviction ------------------------------------------------------------------------------ */
+
+static uint64_t rng_next(void)
+{
+    static _Thread_local uint64_t x;
+    if (!x) x = (uint64_t)(uintptr_t)&x ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
+/* Retires one live entry: an expired one if the sample holds one, else the least recently
+ * used of EVICT_SAMPLES live slots found from a random point. 1 on success. */
+static int evict_one(struct shm_table *t, struct shm_self *me)
+{
+    uint32_t now = lru_now(t);
+    for (int attempt = 0; attempt < 16; attempt++) {
+        uint64_t start = rng_next();
+        struct shm_slot *best = NULL;
+        uint64_t best_c = 0;
+        uint32_t best_age = 0;
+        int seen = 0;
+        for (int k = 0; k < EVICT_WINDOW && seen < EVICT_SAMPLES; k++) {
+            struct shm_slot *s = shm_slot_at(t, start + (uint64_t)k);
+            uint64_t c = ctl_load(s);
+            if (CTL_STATE(c) != ST_LIVE) continue;
+            seen++;
+            if (shm_expired(entry_expiry(t, s, c))) {
+                if (retire(t, me, s, c, STAT_EXPIRATIONS)) return 1;
+                continue;
+            }
+            uint32_t age = now - atomic_load_explicit(&s->tick, memory_order_relaxed);
+            if (!best || age > best_age) {
+                best = s;
+                best_c = c;
+                best_age = age;
+            }
+        }
+        if (best && retire(t, me, best, best_c, STAT_EVICTIONS)) return 1;
+    }
+    return 0;
+}
+
+/* ---- insert ---------------------------------------------------------------------------------- */
+
+struct init {
+    unsigned type;
+    int64_t amount;   /* counters */
+    const void *val;  /* bytes */
+    size_t len;
+    int64_t expires;
+};
+
+enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
+
+/* Claims a free slot in the probe window of home for the caller (who holds home's latch and
+ * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
+ * reclaims what it can on the way: dead owners' inserts and expired entries. */
+static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t home, uint32_t *dist, int *young)
+{
+    uint64_t mine = CTL_MAKE(ST_INSERTING, 0, me->token, 0);
+    for (uint32_t d = 0; d < MAX_PROBE; d++) {
+        struct shm_slot *s = shm_slot_at(t, home + d);
+        uint64_t c = ctl_load(s);
+        for (;;) {
+            unsigned st = CTL_STATE(c);
+            if (st == ST_EMPTY || (st == ST_FREE && reusable(t, c))) {
+                if (ctl_cas(s, &c, mine)) {
+                    *dist = d;
+                    return s;
+                }
+                continue; /* c now holds the new word: look again */
+            }
+            if (st == ST_FREE) *young = 1;
+            else if (st == ST_INSERTING) recover_slot(t, me, s, c);
+            else if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c))) retire(t, me, s, c, STAT_EXPIRATIONS);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void fill(struct shm_table *t, struct shm_slot *s, uint64_t h, const char *key, size_t klen,
+                 const struct init *in)
+{
+    atomic_store_explicit(&s->hash, h, memory_order_relaxed);
+    atomic_store_explicit(&s->meta, (uint32_t)klen | in->type << 16, memory_order_relaxed);
+    memcpy(shm_slot_key(t, s), key, klen);
+    atomic_store_explicit(&s->tick, lru_now(t), memory_order_relaxed);
+    if (in->type == TYPE_COUNTER) {
+        atomic_store_explicit(&s->counter, in->amount, memory_order_relaxed);
+        atomic_store_explicit(&s->expires, in->expires, memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&s->expires, 0, memory_order_relaxed);
+        vbuf_write(shm_slot_buf(t, s, 0), in->val, in->len, in->expires);
+    }
+}
+
+/* Inserts key, unless a live unexpired entry of it exists that the caller wants to use:
+ * then INS_FOUND with that slot in *found / *fctl (a counter for TYPE_COUNTER callers; any
+ * bytes entry for TYPE_BYTES callers). An expired entry, or a counter that a set replaces,
+ * is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
+ * epoch move, and tries again. Caller is pinned. */
+static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
+                  const struct init *in, struct shm_slot **found, uint64_t *fctl)
+{
+    struct shm_slot *home = shm_slot_at(t, h);
+    int stolen = latch_acquire(t, me, home);
+    uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
+    uint64_t c;
+    struct shm_slot *s;
+    while ((s = lookup_bounded(t, h, key, klen, bound, &c))) {
+        int expired = shm_expired(entry_expiry(t, s, c));
+        if (!expired && (in->type == TYPE_COUNTER || meta_type(s) == TYPE_BYTES)) {
+            latch_release(home);
+            *found = s;
+            *fctl = c;
+            return INS_FOUND;
+        }
+        /* Expired, or a counter that a set replaces: retire it (a lost CAS means the entry
+         * changed under us: look again). */
+        retire(t, me, s, c, expired ? STAT_EXPIRATIONS : -1);
+    }
+
+    int64_t n = atomic_fetch_add_explicit(&t->h->live, 1, memory_order_relaxed) + 1;
+    if ((uint64_t)n > t->h->max_size && !evict_one(t, me)) {
+        atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
+        latch_release(home);
+        return SHM_EFULL;
+    }
+    uint32_t d = 0;
+    int young = 0;
+    s = claim(t, me, h, &d, &young);
+    if (!s) {
+        atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
+        latch_release(home);
+        return young ? INS_RETRY : SHM_EFULL;
+    }
+    fill(t, s, h, key, klen, in);
+    if (d > atomic_load_explicit(&home->probe_max, memory_order_relaxed))
+        atomic_store_explicit(&home->probe_max, d, memory_order_release);
+    atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
+    /* Publish: everything written above becomes visible with LIVE (I2, I3). */
+    atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, 1), memory_order_release);
+    latch_release(home);
+    return INS_DONE;
+}
+
+/* Runs insert, stepping out of the pin between attempts so the epoch can advance and free
+ * tombstones in the probe window. Returns as insert, never INS_RETRY. */
+static int insert_retrying(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
+                           const struct init *in, struct shm_slot **found, uint64_t *fctl)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = insert(t, me, h, key, klen, in, found, fctl);
+        if (rc != INS_RETRY) return rc;
+        if (attempt + 1 == INSERT_ATTEMPTS) return SHM_EFULL;
+        shm_unpin(me);
+        shm_epoch_try_advance(t);
+        if (attempt > 1) sched_yield();
+        shm_epoch_try_advance(t);
+        shm_pin(t, me);
+    }
+}
+
+/* ---- operations ------------------------------------------------------------------------------ */
+
+#define ENTER_KEY(t, me)                                                                                               \
+    if (__builtin_expect(klen > t->h->key_max, 0)) return SHM_ETOOBIG;                                                 \
+    ENTER(t, me)
+
+#define ENTER(t, me)                                                                                                   \
+    struct shm_self *me = shm_self_get(t);                                                                             \
+    if (__builtin_expect(!me, 0)) return SHM_EFULL;                                                                    \
+    shm_pin(t, me)
+
+static inline uint64_t key_hash(struct shm_table *t, const char *key, size_t klen)
+{
+    return shm_hash(t->h->hash_seed, key, klen);
+}
+
+static int format_counter(int64_t v, void *buf, size_t cap, size_t *len)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
+    *len = (size_t)n;
+    if ((size_t)n > cap) return SHM_ERANGE;
+    memcpy(buf, tmp, (size_t)n);
+    return SHM_OK;
+}
+
+int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, size_t *len)
+{
+    ENTER_KEY(t, me);
+    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    int rc = SHM_ENOTFOUND;
+    if (s && meta_type(s) == TYPE_COUNTER) {
+        if (!shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed)))
+            rc = format_counter(atomic_load_explicit(&s->counter, memory_order_relaxed), buf, cap, len);
+    } else if (s) {
+        size_t n;
+        int64_t e;
+        if (bytes_snapshot(t, s, c, buf, cap, &n, &e) == 0 && !shm_expired(e)) {
+            *len = n;
+            rc = n > cap ? SHM_ERANGE : SHM_OK;
+        }
+    }
+    if (rc != SHM_ENOTFOUND) touch(t, s);
+    shm_stat_add(me, rc == SHM_ENOTFOUND ? STAT_MISSES : STAT_HITS, 1);
+    shm_unpin(me);
+    return rc;
+}
+
+int shm_exists(shm_table *t, const char *key, size_t klen)
+{
+    ENTER_KEY(t, me);
+    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    int present = s && !shm_expired(entry_expiry(t, s, c));
+    shm_stat_add(me, present ? STAT_HITS : STAT_MISSES, 1);
+    shm_unpin(me);
+    return present;
+}
+
+int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms)
+{
+    ENTER_KEY(t, me);
+    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    int rc = SHM_ENOTFOUND;
+    if (s) {
+        int64_t e = entry_expiry(t, s, c);
+        if (e == 0) {
+            *ttl_ms = -1;
+            rc = SHM_OK;
+        } else {
+            int64_t left = e - shm_now_ms();
+            if (left > 0) {
+                *ttl_ms = left;
+                rc = SHM_OK;
+            }
+        }
+    }
+    shm_stat_add(me, rc ? STAT_MISSES : STAT_HITS, 1);
+    shm_unpin(me);
+    return rc;
+}
+
+int shm_del(shm_table *t, const char *key, size_t klen)
+{
+    ENTER_KEY(t, me);
+    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_slot *s;
+    /* Retire whatever live entry the key has; a CAS lost to a concurrent write means the
+     * entry changed version: look again. Deleting an expired entry reclaims it quietly. */
+    while ((s = lookup(t, h, key, klen, &c))) {
+        int expired = shm_expired(entry_expiry(t, s, c));
+        if (retire(t, me, s, c, expired ? STAT_EXPIRATIONS : STAT_DELETES)) break;
+    }
+    shm_unpin(me);
+    return SHM_OK;
+}
+
+/* Adds amount to a live counter (I5). SHM_EOVERFLOW leaves it unchanged. */
+static int counter_add(struct shm_table *t, struct shm_self *me, struct shm_slot *s, int64_t amount, int64_t *out)
+{
+    int64_t old = atomic_fetch_add_explicit(&s->counter, amount, memory_order_relaxed), sum;
+    if (__builtin_add_overflow(old, amount, &sum)) {
+        /* Wrapped: undo. Readers may glimpse the wrapped value for the instant in between;
+         * only a counter at the edge of int64_t ever does this. */
+        atomic_fetch_sub_explicit(&s->counter, amount, memory_order_relaxed);
+        return SHM_EOVERFLOW;
+    }
+    *out = sum;
+    touch(t, s);
+    shm_stat_add(me, STAT_INCRS, 1);
+    return SHM_OK;
+}
+
+int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out)
+{
+    ENTER_KEY(t, me);
+    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    int rc;
+    if (s && meta_type(s) == TYPE_COUNTER && !shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed))) {
+        rc = counter_add(t, me, s, amount, out); /* the fast path: one fetch_add */
+    } else if (s && meta_type(s) == TYPE_BYTES && !shm_expired(entry_expiry(t, s, c))) {
+        rc = SHM_ETYPE;
+    } else {
+        struct init in = {.type = TYPE_COUNTER, .amount = amount, .expires = ttl_ms ? shm_now_ms() + ttl_ms : 0};
+        rc = insert_retrying(t, me, h, key, klen, &in, &s, &c);
+        if (rc == INS_DONE) {
+            *out = amount;
+            shm_stat_add(me, STAT_INCRS, 1);
+        } else if (rc == INS_FOUND) {
+            rc = meta_type(s) == TYPE_COUNTER ? counter_add(t, me, s, amount, out) : SHM_ETYPE;
+        }
+    }
+    shm_unpin(me);
+    return rc;
+}
+
+/* Writes a new value into a live bytes entry (I4). 0 done, -1 the entry is gone. */
+static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, const void *val,
+                          size_t len, int64_t expires)
+{
+    for (;;) {
+        unsigned st = CTL_STATE(c);
+        if (st == ST_WRITING) {
+            c = wait_writer(t, me, s, c);
+            continue;
+        }
+        if (st != ST_LIVE) return -1;
+        uint64_t w = CTL_MAKE(ST_WRITING, CTL_BUF(c), me->token, CTL_VER(c));
+        if (!ctl_cas(s, &c, w)) continue;
+        /* Order the WRITING mark before the data stores, so a reader that sees any of them
+         * re-reads a changed version (the seqlock writer's barrier). */
+        atomic_thread_fence(memory_order_release);
+        unsigned nb = !CTL_BUF(c);
+        vbuf_write(shm_slot_buf(t, s, nb), val, len, expires);
+        /* Fails only if a delete or eviction retired the entry meanwhile: the write is then
+         * ordered before that removal, which is a correct outcome. */
+        ctl_cas(s, &w, CTL_MAKE(ST_LIVE, nb, 0, CTL_VER(c) + 1));
+        touch(t, s);
+        return 0;
+    }
+}
+
+int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms)
+{
+    if (len > t->h->value_max) return SHM_ETOOBIG;
+    ENTER_KEY(t, me);
+    uint64_t h = key_hash(t, key, klen), c;
+    int64_t expires = ttl_ms ? shm_now_ms() + ttl_ms : 0;
+    struct init in = {.type = TYPE_BYTES, .val = val, .len = len, .expires = expires};
+    int rc;
+    for (;;) {
+        struct shm_slot *s = lookup(t, h, key, klen, &c);
+        if (!(s && meta_type(s) == TYPE_BYTES && !shm_expired(entry_expiry(t, s, c)))) {
+            rc = insert_retrying(t, me, h, key, klen, &in, &s, &c);
+            if (rc != INS_FOUND) break;
+        }
+        if (write_in_place(t, me, s, c, val, len, expires) == 0) {
+            rc = SHM_OK;
+            break;
+        }
+    }
+    if (rc == SHM_OK) shm_stat_add(me, STAT_SETS, 1);
+    shm_unpin(me);
+    return rc;
+}
+
+/* ---- whole-table passes ---------------------------------------------------------------------
+ * Clear and the reaper visit every slot, but only slots on pages that have ever been touched:
+ * mincore() tells which pages of the mapping are resident, and a page never touched holds
+ * only EMPTY slots. So a pass costs the keys used, not the capacity, and never faults in the
+ * untouched part of a large table. */
+
+typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg);
+
+static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_fn fn, void *arg)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t npages = (t->map_size + (size_t)page - 1) / (size_t)page;
+    unsigned char *vec = malloc(npages);
+    if (!vec) return SHM_ENOMEM;
+    if (mincore(t->base, t->map_size, vec) < 0) memset(vec, 1, npages);
+    uint64_t cap = t->h->capacity;
+    for (uint64_t i = 0; i < cap; i++) {
+        if (i % REAP_BATCH == 0 && i) { /* let the epoch move between batches */
+            shm_unpin(me);
+            shm_pin(t, me);
+        }
+        struct shm_slot *s = shm_slot_at(t, i);
+        size_t first = (size_t)((unsigned char *)s - t->base) / (size_t)page;
+        size_t last = (size_t)((unsigned char *)s + sizeof(struct shm_slot) - 1 - t->base) / (size_t)page;
+        if (!(vec[first] & 1) && !(vec[last] & 1)) continue;
+        fn(t, me, s, arg);
+    }
+    free(vec);
+    return SHM_OK;
+}
+
+static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg)
+{
+    (void)arg;
+    uint64_t c = ctl_load(s);
+    while ((CTL_STATE(c) == ST_LIVE || CTL_STATE(c) == ST_WRITING) && !retire(t, me, s, c, -1)) c = ctl_load(s);
+}
+
+int shm_clear(shm_table *t)
+{
+    ENTER(t, me);
+    int rc = for_each_touched_slot(t, me, clear_slot, NULL);
+    shm_unpin(me);
+    return rc;
+}
+
+static void reap_slot(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg)
+{
+    uint64_t *reclaimed = arg;
+    uint64_t c = ctl_load(s);
+    unsigned st = CTL_STATE(c);
+    if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c))) {
+        *reclaimed += (uint64_t)retire(t, me, s, c, STAT_EXPIRATIONS);
+    } else if (st == ST_INSERTING || st == ST_WRITING) {
+        *reclaimed += (uint64_t)recover_slot(t, me, s, c);
+    }
+    uint32_t l = atomic_load_explicit(&s->latch, memory_order_relaxed);
+    if (l && l != me->token && !shm_token_alive(t, l) &&
+        atomic_compare_exchange_strong_explicit(&s->latch, &l, 0, memory_order_acq_rel, memory_order_relaxed))
+        shm_stat_add(me, STAT_RECOVERED, 1);
+}
+
+int shm_reap_pass(shm_table *t, uint64_t *reclaimed)
+{
+    uint64_t n = 0;
+    ENTER(t, me);
+    int rc = for_each_touched_slot(t, me, reap_slot, &n);
+    shm_unpin(me);
+    shm_epoch_try_advance(t);
+    shm_epoch_try_advance(t);
+    if (reclaimed) *reclaimed = n;
+    return rc;
+}
+
+/* ---- stats and checks ------------------------------------------------------------------------- */
+
+static uint64_t resident_bytes(struct shm_table *t)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t npages = (t->map_size + (size_t)page - 1) / (size_t)page;
+    unsigned char *vec = malloc(npages);
+    if (!vec) return 0;
+    uint64_t n = 0;
+    if (mincore(t->base, t->map_size, vec) == 0)
+        for (size_t i = 0; i < npages; i++) n += vec[i] & 1;
+    free(vec);
+    return n * (uint64_t)page;
+}
+
+int shm_stats_get(shm_table *t, shm_stats *o)
+{
+    memset(o, 0, sizeof *o);
+    struct shm_header *h = t->h;
+    int64_t live = atomic_load(&h->live);
+    o->keys = live > 0 ? (uint64_t)live : 0;
+    o->capacity = h->capacity;
+    o->max_size = h->max_size;
+    o->map_bytes = t->map_size;
+    o->resident_bytes = resident_bytes(t);
+    o->epoch = atomic_load(&h->epoch);
+    o->reaper_runs = atomic_load(&h->reaper_runs);
+    uint32_t rt = atomic_load(&h->reaper_token);
+    o->reaper_pid = rt && shm_token_alive(t, rt) ? atomic_load(&h->reaper_pid) : 0;
+    uint32_t n = atomic_load(&h->part_hwm);
+    for (uint32_t i = 0; i < n; i++) {
+        struct shm_part *p = &t->parts[i];
+        uint64_t st[STAT_N];
+        for (int k = 0; k < STAT_N; k++) st[k] = atomic_load_explicit(&p->stat[k], memory_order_relaxed);
+        o->hits += st[STAT_HITS];
+        o->misses += st[STAT_MISSES];
+        o->sets += st[STAT_SETS];
+        o->increments += st[STAT_INCRS];
+        o->deletes += st[STAT_DELETES];
+        o->evictions += st[STAT_EVICTIONS];
+        o->expirations += st[STAT_EXPIRATIONS];
+        o->recovered += st[STAT_RECOVERED];
+        if (atomic_load_explicit(&p->pid, memory_order_relaxed) != 0) {
+            uint32_t tok = TOKEN_MAKE(i, atomic_load(&p->incarnation));
+            o->attached += (uint64_t)shm_token_alive(t, tok);
+        }
+    }
+    return SHM_OK;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int shm_check(shm_table *t, shm_check_report *r)
+{
+    memset(r, 0, sizeof *r);
+    uint64_t cap = t->h->capacity, nl = 0;
+    uint64_t *idx = malloc(cap * sizeof *idx);
+    if (!idx) return SHM_ENOMEM;
+    for (uint64_t i = 0; i < cap; i++) {
+        struct shm_slot *s = shm_slot_at(t, i);
+        uint64_t c = ctl_load(s);
+        switch (CTL_STATE(c)) {
+        case ST_EMPTY: r->empty++; break;
+        case ST_FREE: r->free_slots++; break;
+        case ST_INSERTING: r->inserting++; r->dead_owned += !shm_token_alive(t, CTL_OWNER(c)); break;
+        case ST_WRITING: r->writing++; r->dead_owned += !shm_token_alive(t, CTL_OWNER(c)); /* fallthrough */
+        case ST_LIVE: {
+            r->live += CTL_STATE(c) == ST_LIVE;
+            idx[nl++] = i;
+            uint64_t h = atomic_load(&s->hash);
+            uint64_t dist = (i - (h & t->mask)) & t->mask;
+            if (dist > atomic_load(&shm_slot_at(t, h)->probe_max)) r->probe_violations++;
+            break;
+        }
+        }
+        uint32_t l = atomic_load(&s->latch);
+        if (l && !shm_token_alive(t, l)) r->dead_owned++;
+    }
+    /* duplicates: sort live slots by hash, compare keys within equal hashes */
+    uint64_t *hs = malloc(nl * 2 * sizeof *hs + 1);
+    if (!hs) { free(idx); return SHM_ENOMEM; }
+    for (uint64_t k = 0; k < nl; k++) {
+        hs[2 * k] = atomic_load(&shm_slot_at(t, idx[k])->hash);
+        hs[2 * k + 1] = idx[k];
+    }
+    qsort(hs, nl, 2 * sizeof *hs, cmp_u64);
+    for (uint64_t k = 0; k < nl; k++)
+        for (uint64_t j = k + 1; j < nl && hs[2 * j] == hs[2 * k]; j++) {
+            struct shm_slot *a = shm_slot_at(t, hs[2 * k + 1]), *b = shm_slot_at(t, hs[2 * j + 1]);
+            uint32_t la = atomic_load(&a->meta) & 0xffff;
+            if (la == (atomic_load(&b->meta) & 0xffff) && memcmp(shm_slot_key(t, a), shm_slot_key(t, b), la) == 0)
+                r->duplicates++;
+        }
+    free(hs);
+    free(idx);
+    return SHM_OK;
+}
+
+void shm_close_table(shm_table *t)
+{
+    if (!t) return;
+    shm_reaper_stop(t);
+    atomic_store_explicit(&t->closed, 1, memory_order_release);
+    shm_self_leave(t);
+    shm_table_unref(t);
+}

@@ -1,0 +1,34 @@
+/*
+ * testutil.h — helpers shared by the Check suites: unique table names, a shared scratch
+ * mapping for counting what children did, and waiting for children.
+ */
+#ifndef TRAFFIC_TESTUTIL_H
+#define TRAFFIC_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <traffic/traffic.h>
+
+/* "t<pid>-<counter>-<tag>": unique per test process and call. */
+const char *tu_name(const char *tag);
+/* memory://NAME?extra built from tu_name(tag); extra may be NULL. */
+const char *tu_memory_url(const char *tag, const char *extra);
+/* A zeroed MAP_SHARED|MAP_ANONYMOUS area that forked children write and the parent reads. */
+void *tu_shared(size_t bytes);
+/* Waits for pid; returns its exit status, or 128+signal. */
+int tu_wait(pid_t pid);
+/* Asserts rc == TRAFFIC_OK, printing the status and message otherwise. */
+#define TU_OK(b, expr)                                                                                                 \
+    do {                                                                                                               \
+        int tu_rc_ = (expr);                                                                                           \
+        ck_assert_msg(tu_rc_ == TRAFFIC_OK, "%s -> %s (%s)", #expr, traffic_strerror(tu_rc_), traffic_errmsg(b));     \
+    } while (0)
+/* Monotonic milliseconds. */
+int64_t tu_now_ms(void);
+/* Runs the suite; returns the process exit status for main(). */
+int tu_run(Suite *s);
+
+#endif
