@@ -1,0 +1,3 @@
+/* test_crash.c — placeholder, being written. */
+#include "testutil.h"
+int main(void) { return 0; }

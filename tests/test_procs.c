@@ -1,0 +1,3 @@
+/* test_procs.c — placeholder, being written. */
+#include "testutil.h"
+int main(void) { return 0; }
