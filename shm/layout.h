@@ -53,7 +53,9 @@
  *                       FREE(stamp) ◀────────────────────┘ ──(epoch ≥ stamp+2)──▶ claim
  *
  * EMPTY means "never used": probes stop there. FREE is a tombstone that a later insert may
- * claim once every process that could still be reading the old key has moved on. */
+ * claim once every process that could still be reading the old key has moved on — or at once
+ * by an insert of the same key (revival): a stale reader of that slot compared the same key
+ * bytes, which do not change, and its version re-check fails on the new LIVE word. */
 enum { ST_EMPTY = 0, ST_INSERTING = 1, ST_LIVE = 2, ST_WRITING = 3, ST_FREE = 4 };
 #define CTL_STATE(c) ((unsigned)((c) & 7u))
 #define CTL_BUF(c) ((unsigned)(((c) >> 3) & 1u))
@@ -131,6 +133,10 @@ struct shm_slot {
      * entry stored in it, and survive reuse. */
     _Atomic uint32_t latch;       /* token of the inserter serialising inserts of this home */
     _Atomic uint32_t probe_max;   /* farthest distance of any key ever inserted from this home */
+    /* The source of this slot's versions, across all its entries: whoever publishes a LIVE
+     * word (the owner of INSERTING or WRITING) takes the next number from it. So a LIVE word
+     * never repeats (modulo 2^36), even when the slot is reused for the same key at once. */
+    _Atomic uint64_t vseq;
 };
 
 struct shm_vbuf {

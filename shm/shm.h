@@ -95,8 +95,9 @@ int shm_check(shm_table *t, shm_check_report *r);
 
 /* Deliberately broken protocol variants, so the stress tests can show they catch them. */
 enum {
-    SHM_BROKEN_EARLY_REUSE = 1, /* reuse a retired slot one epoch early */
+    SHM_BROKEN_NO_GRACE = 1,    /* reuse a retired slot at once, without waiting out the epochs */
     SHM_BROKEN_NO_RECHECK = 2,  /* readers skip the version re-check after copying a value */
+    SHM_BROKEN_NO_LATCH = 4,    /* inserts skip the home latch that makes a key unique */
 };
 void shm_debug_set_broken(unsigned flags);
 

@@ -47,7 +47,7 @@
 #define EVICT_SAMPLES 8        /* live slots compared per eviction (as in Redis) */
 #define EVICT_WINDOW 64        /* slots scanned to find them */
 #define SPIN_BEFORE_CHECK 128  /* busy-waits before a liveness check of the slot's owner */
-#define INSERT_ATTEMPTS 6      /* rounds of "advance the epoch and retry" before EFULL */
+#define INSERT_WAIT_MS 200     /* how long an insert waits for a stalled epoch before EFULL */
 #define REAP_BATCH 1024        /* slots per pinned stretch of a reaper pass */
 
 void shm_self_leave(struct shm_table *t);
@@ -79,8 +79,8 @@ static inline void touch(struct shm_table *t, struct shm_slot *s)
 }
 static inline int reusable(struct shm_table *t, uint64_t c)
 {
-    uint64_t need = CTL_VER(c) + ((shm_broken & SHM_BROKEN_EARLY_REUSE) ? 1 : 2);
-    return atomic_load_explicit(&t->h->epoch, memory_order_acquire) >= need;
+    if (shm_broken & SHM_BROKEN_NO_GRACE) return 1;
+    return atomic_load_explicit(&t->h->epoch, memory_order_acquire) >= CTL_VER(c) + 2;
 }
 
 /* ---- value buffers: word-wise relaxed atomic copies (race-free by the C11 model, and
@@ -179,10 +179,13 @@ static inline struct shm_slot *lookup(struct shm_table *t, uint64_t h, const cha
 /* ---- retire, recovery ------------------------------------------------------------------------ */
 
 /* Retires the entry whose control word is c (LIVE or WRITING) with one CAS. The stamp is the
- * caller's pin + 1, an upper bound of the epoch at the moment of the CAS (part.c). */
+ * caller's pin + 1, an upper bound of the epoch at the moment of the CAS (part.c). An entry
+ * retired while WRITING keeps the buffer bit set in its FREE word: a live writer may still be
+ * copying into the slot, so only the full grace period (not revival) may hand it out again. */
 static int retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat)
 {
-    if (!ctl_cas(s, &c, CTL_MAKE(ST_FREE, 0, 0, me->pin + 1))) return 0;
+    unsigned busy = CTL_STATE(c) == ST_WRITING;
+    if (!ctl_cas(s, &c, CTL_MAKE(ST_FREE, busy, 0, me->pin + 1))) return 0;
     atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
     if (stat >= 0) shm_stat_add(me, stat, 1);
     return 1;
@@ -222,6 +225,7 @@ static uint64_t wait_writer(struct shm_table *t, struct shm_self *me, struct shm
  * owner never released, so nothing ordered its last stores before ours). */
 static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_slot *home)
 {
+    if (shm_broken & SHM_BROKEN_NO_LATCH) return 0;
     for (unsigned spins = 1;; spins++) {
         uint32_t cur = 0;
         if (atomic_compare_exchange_weak_explicit(&home->latch, &cur, me->token, memory_order_acquire,
@@ -243,6 +247,7 @@ static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_sl
 
 static void latch_release(struct shm_slot *home)
 {
+    if (shm_broken & SHM_BROKEN_NO_LATCH) return;
     atomic_store_explicit(&home->latch, 0, memory_order_release);
 }
 
@@ -305,15 +310,20 @@ enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
 /* Claims a free slot in the probe window of home for the caller (who holds home's latch and
  * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
  * reclaims what it can on the way: dead owners' inserts and expired entries. */
-static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t home, uint32_t *dist, int *young)
+static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
+                              uint32_t *dist, int *young)
 {
     uint64_t mine = CTL_MAKE(ST_INSERTING, 0, me->token, 0);
     for (uint32_t d = 0; d < MAX_PROBE; d++) {
-        struct shm_slot *s = shm_slot_at(t, home + d);
+        struct shm_slot *s = shm_slot_at(t, h + d);
         uint64_t c = ctl_load(s);
         for (;;) {
             unsigned st = CTL_STATE(c);
-            if (st == ST_EMPTY || (st == ST_FREE && reusable(t, c))) {
+            /* Revival: our own key's tombstone is ours at once (see layout.h), unless it was
+             * retired mid-write. Its key bytes are stable: nobody writes a FREE slot before
+             * claiming it by CAS. */
+            if (st == ST_EMPTY ||
+                (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && key_matches(t, s, h, key, klen))))) {
                 if (ctl_cas(s, &c, mine)) {
                     *dist = d;
                     return s;
@@ -379,7 +389,7 @@ static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const ch
     }
     uint32_t d = 0;
     int young = 0;
-    s = claim(t, me, h, &d, &young);
+    s = claim(t, me, h, key, klen, &d, &young);
     if (!s) {
         atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
         latch_release(home);
@@ -390,20 +400,25 @@ static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const ch
         atomic_store_explicit(&home->probe_max, d, memory_order_release);
     atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
     /* Publish: everything written above becomes visible with LIVE (I2, I3). */
-    atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, 1), memory_order_release);
+    uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
+    atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, v), memory_order_release);
     latch_release(home);
     return INS_DONE;
 }
 
 /* Runs insert, stepping out of the pin between attempts so the epoch can advance and free
- * tombstones in the probe window. Returns as insert, never INS_RETRY. */
+ * tombstones in the probe window. A participant that is pinned but descheduled holds the
+ * epoch back for a time slice; one that is stopped (SIGSTOP, a debugger) holds it for good,
+ * so the wait is bounded and ends in SHM_EFULL. Returns as insert, never INS_RETRY. */
 static int insert_retrying(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
                            const struct init *in, struct shm_slot **found, uint64_t *fctl)
 {
+    int64_t deadline = 0;
     for (int attempt = 0;; attempt++) {
         int rc = insert(t, me, h, key, klen, in, found, fctl);
         if (rc != INS_RETRY) return rc;
-        if (attempt + 1 == INSERT_ATTEMPTS) return SHM_EFULL;
+        if (attempt == 0) deadline = shm_now_ms() + INSERT_WAIT_MS;
+        else if (shm_now_ms() > deadline) return SHM_EFULL;
         shm_unpin(me);
         shm_epoch_try_advance(t);
         if (attempt > 1) sched_yield();
@@ -571,7 +586,8 @@ static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_s
         vbuf_write(shm_slot_buf(t, s, nb), val, len, expires);
         /* Fails only if a delete or eviction retired the entry meanwhile: the write is then
          * ordered before that removal, which is a correct outcome. */
-        ctl_cas(s, &w, CTL_MAKE(ST_LIVE, nb, 0, CTL_VER(c) + 1));
+        uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
+        ctl_cas(s, &w, CTL_MAKE(ST_LIVE, nb, 0, v));
         touch(t, s);
         return 0;
     }

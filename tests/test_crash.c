@@ -1,3 +1,431 @@
-/* test_crash.c — placeholder, being written. */
+/*
+ * test_crash.c — the memory table under SIGKILL and under stress, and proof that the stress
+ * tests can fail: each deliberately broken protocol variant (shm_debug_set_broken) is caught.
+ *
+ * Workers are real forked processes on one named table. Each keeps, in a scratch mapping
+ * shared with the parent, how many increments of each counter it saw acknowledged. The
+ * parent SIGKILLs random workers at random moments and respawns them. At the end:
+ *   - every counter is >= the increments acknowledged for it, and the excess over all
+ *     counters is at most the number of kills (one increment in flight per killed worker);
+ *   - no value read was torn and no read returned another key's value;
+ *   - a white-box scan finds no key twice and, after one reaper pass, no slot or latch left
+ *     owned by a dead process;
+ *   - a fresh process completes an operation on every key under a watchdog (nothing wedged).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../shm/shm.h"
 #include "testutil.h"
-int main(void) { return 0; }
+
+#define WORKERS 4
+#define NKEYS 32      /* counted keys c:0.. */
+#define NCHURN 64     /* keys t:0.. set and deleted all the time */
+#define NFRESH 20000  /* lockstep keys n:0.. for the uniqueness workload */
+#define VALUE_MAX 4096
+
+/* MIXED: counters, values, churn; FRESH: lockstep first inserts; REUSE: unique keys set,
+ * read by others and deleted in a small table, so slots pass from key to key all the time. */
+enum { MODE_MIXED, MODE_FRESH, MODE_REUSE };
+
+struct scratch {
+    _Atomic int stop;
+    _Atomic uint64_t ops[WORKERS];
+    _Atomic int64_t acked[WORKERS][NKEYS];
+    _Atomic uint64_t torn, wrongkey, errors;
+    char errmsg[256];
+};
+
+struct result {
+    int kills, wedged;
+    uint64_t torn, wrongkey, errors, ops;
+    int64_t lost_keys, excess;
+    shm_check_report check;
+    int final_rc;
+};
+
+static uint64_t rng(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static void note_error(struct scratch *sc, traffic_backend *b, const char *what, int rc)
+{
+    if (atomic_fetch_add(&sc->errors, 1) == 0)
+        snprintf(sc->errmsg, sizeof sc->errmsg, "%s: %s (%s)", what, traffic_strerror(rc), traffic_errmsg(b));
+}
+
+/* A value: [seq:8][key index:4][len:4][filler...] with filler bytes derived from seq and key. */
+static size_t make_value(unsigned char *v, uint64_t seq, uint32_t k, size_t len)
+{
+    memcpy(v, &seq, 8);
+    memcpy(v + 8, &k, 4);
+    uint32_t l = (uint32_t)len;
+    memcpy(v + 12, &l, 4);
+    memset(v + 16, (int)(uint8_t)(seq * 31 + k), len - 16);
+    return len;
+}
+
+static int value_ok(const unsigned char *v, size_t len, uint32_t k)
+{
+    uint64_t seq;
+    uint32_t kk, l;
+    if (len < 16) return 0;
+    memcpy(&seq, v, 8);
+    memcpy(&kk, v + 8, 4);
+    memcpy(&l, v + 12, 4);
+    if (kk != k || l != len) return 0;
+    uint8_t f = (uint8_t)(seq * 31 + k);
+    for (size_t i = 16; i < len; i++)
+        if (v[i] != f) return 0;
+    return 1;
+}
+
+static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *x, unsigned char *buf)
+{
+    char key[32];
+    uint64_t r = rng(x) % 100;
+    size_t len;
+    int rc;
+    if (r < 45) {
+        uint32_t k = (uint32_t)(rng(x) % NKEYS);
+        snprintf(key, sizeof key, "c:%u", k);
+        rc = traffic_increment(b, key, 1, 0, NULL);
+        if (rc) note_error(sc, b, "increment", rc);
+        else atomic_store_explicit(&sc->acked[w][k], atomic_load_explicit(&sc->acked[w][k], memory_order_relaxed) + 1,
+                                   memory_order_relaxed);
+    } else if (r < 65) {
+        uint32_t k = (uint32_t)(rng(x) % NKEYS);
+        snprintf(key, sizeof key, "v:%u", k);
+        size_t n = make_value(buf, rng(x), k, 16 + rng(x) % (VALUE_MAX - 16));
+        if ((rc = traffic_set(b, key, buf, n, 0))) note_error(sc, b, "set", rc);
+    } else if (r < 85) {
+        uint32_t k = (uint32_t)(rng(x) % NKEYS);
+        snprintf(key, sizeof key, "v:%u", k);
+        rc = traffic_get(b, key, buf, VALUE_MAX, &len);
+        if (rc == TRAFFIC_OK && !value_ok(buf, len, k)) atomic_fetch_add(&sc->torn, 1);
+        else if (rc && rc != TRAFFIC_ENOTFOUND) note_error(sc, b, "get", rc);
+    } else {
+        /* churn: short-lived keys whose value names them, so a read served from a reused
+         * slot shows up as "another key's value" */
+        uint32_t k = (uint32_t)(rng(x) % NCHURN);
+        snprintf(key, sizeof key, "t:%u", k);
+        uint64_t op = rng(x) % 3;
+        if (op == 0) {
+            size_t n = make_value(buf, k, k + 1000, 16 + rng(x) % 512);
+            if ((rc = traffic_set(b, key, buf, n, 0))) note_error(sc, b, "set churn", rc);
+        } else if (op == 1) {
+            if ((rc = traffic_delete(b, key))) note_error(sc, b, "delete", rc);
+        } else {
+            rc = traffic_get(b, key, buf, VALUE_MAX, &len);
+            if (rc == TRAFFIC_OK && !value_ok(buf, len, k + 1000)) atomic_fetch_add(&sc->wrongkey, 1);
+            else if (rc && rc != TRAFFIC_ENOTFOUND) note_error(sc, b, "get churn", rc);
+        }
+    }
+}
+
+static uint32_t name_tag(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static void reuse_step(traffic_backend *b, struct scratch *sc, int w, uint64_t i, uint64_t *x, unsigned char *buf)
+{
+    char key[48];
+    size_t len;
+    int rc;
+    snprintf(key, sizeof key, "u:%d:%llu", w, (unsigned long long)i);
+    size_t n = make_value(buf, i, name_tag(key), 16 + rng(x) % (VALUE_MAX - 16));
+    if ((rc = traffic_set(b, key, buf, n, 0))) note_error(sc, b, "set reuse", rc);
+    int o = (int)(rng(x) % WORKERS);
+    uint64_t p = atomic_load_explicit(&sc->ops[o], memory_order_relaxed), back = rng(x) % 8;
+    snprintf(key, sizeof key, "u:%d:%llu", o, (unsigned long long)(p > back ? p - back : 0));
+    rc = traffic_get(b, key, buf, VALUE_MAX, &len);
+    if (rc == TRAFFIC_OK && !value_ok(buf, len, name_tag(key))) atomic_fetch_add(&sc->wrongkey, 1);
+    else if (rc && rc != TRAFFIC_ENOTFOUND) note_error(sc, b, "get reuse", rc);
+    if (i >= 4) {
+        snprintf(key, sizeof key, "u:%d:%llu", w, (unsigned long long)(i - 4));
+        if ((rc = traffic_delete(b, key))) note_error(sc, b, "delete reuse", rc);
+    }
+}
+
+static int worker(const char *url, struct scratch *sc, int w, int mode)
+{
+    traffic_backend *b;
+    int rc = traffic_open(url, &b);
+    if (rc) {
+        note_error(sc, NULL, "open", rc);
+        return 1;
+    }
+    unsigned char *buf = malloc(VALUE_MAX);
+    uint64_t x = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull | 1;
+    for (uint32_t i = 0; !atomic_load_explicit(&sc->stop, memory_order_relaxed); i++) {
+        if (mode == MODE_MIXED) {
+            mixed_step(b, sc, w, &x, buf);
+        } else if (mode == MODE_REUSE) {
+            reuse_step(b, sc, w, atomic_load_explicit(&sc->ops[w], memory_order_relaxed), &x, buf);
+        } else {
+            /* Lockstep: every worker inserts key i at about the same moment, so first
+             * inserts of one key really race. */
+            if (i >= NFRESH) break;
+            for (int j = 0; j < WORKERS; j++)
+                while (atomic_load_explicit(&sc->ops[j], memory_order_relaxed) < i && !atomic_load(&sc->stop))
+                    sched_yield();
+            char key[32];
+            snprintf(key, sizeof key, "n:%u", i);
+            if ((rc = traffic_increment(b, key, 1, 0, NULL))) note_error(sc, b, "increment fresh", rc);
+        }
+        atomic_fetch_add_explicit(&sc->ops[w], 1, memory_order_relaxed);
+    }
+    free(buf);
+    traffic_close(b);
+    return 0;
+}
+
+static pid_t spawn(const char *url, struct scratch *sc, int w, int mode)
+{
+    pid_t p = fork();
+    ck_assert_int_ge(p, 0);
+    if (p == 0) _exit(worker(url, sc, w, mode));
+    return p;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Waits up to ms for pid to exit; 0 if it did, -1 if it is still running (then killed). */
+static int wait_bounded(pid_t pid, long ms)
+{
+    for (long t = 0; t < ms; t += 10) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) return 0;
+        sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+/* A fresh process touches every key under a watchdog: nothing may be wedged. */
+static int final_sweep(const char *url, int mode)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        alarm(20);
+        traffic_backend *b;
+        if (traffic_open(url, &b)) _exit(2);
+        char key[32];
+        unsigned char buf[VALUE_MAX];
+        size_t len;
+        int n = mode == MODE_MIXED ? NKEYS : 0;
+        for (int k = 0; k < n; k++) {
+            snprintf(key, sizeof key, "v:%d", k);
+            if (traffic_set(b, key, "x", 1, 0)) _exit(3);
+            snprintf(key, sizeof key, "t:%d", k);
+            if (traffic_set(b, key, "x", 1, 0) || traffic_get(b, key, buf, sizeof buf, &len)) _exit(4);
+            if (traffic_delete(b, key)) _exit(5);
+        }
+        traffic_close(b);
+        _exit(0);
+    }
+    return tu_wait(p);
+}
+
+static int64_t counter_value(traffic_backend *b, const char *key)
+{
+    char buf[32];
+    size_t len;
+    if (traffic_get(b, key, buf, sizeof buf - 1, &len)) return -1;
+    buf[len] = '\0';
+    return atoll(buf);
+}
+
+/* Runs workers for up to `seconds`, SIGKILLing one every 10-60 ms when kill_them; with
+ * stop_on_violation, ends as soon as a torn or wrong-key read is seen. */
+static struct result run(int mode, double seconds, int kill_them, unsigned broken, int stop_on_violation)
+{
+    struct result res = {0};
+    const char *name = tu_name("crash");
+    char url[256];
+    snprintf(url, sizeof url, "memory://%s?max_size=%d&value_max=%d", name, mode == MODE_REUSE ? 200 : 100000,
+             VALUE_MAX);
+    shm_debug_set_broken(broken);
+    struct scratch *sc = tu_shared(sizeof *sc);
+    traffic_backend *b;
+    TU_OK(NULL, traffic_open(url, &b));
+    pid_t pids[WORKERS];
+    for (int w = 0; w < WORKERS; w++) pids[w] = spawn(url, sc, w, mode);
+
+    uint64_t x = (uint64_t)getpid() | 1;
+    int64_t end = tu_now_ms() + (int64_t)(seconds * 1000);
+    while (tu_now_ms() < end) {
+        sleep_ms(10 + (long)(rng(&x) % 50));
+        if (stop_on_violation && (atomic_load(&sc->torn) || atomic_load(&sc->wrongkey))) break;
+        if (mode == MODE_FRESH) {
+            int running = 0;
+            for (int w = 0; w < WORKERS; w++) {
+                if (pids[w] > 0 && waitpid(pids[w], NULL, WNOHANG) == pids[w]) pids[w] = 0;
+                running += pids[w] > 0;
+            }
+            if (!running) break;
+            continue;
+        }
+        if (!kill_them) continue;
+        int w = (int)(rng(&x) % WORKERS);
+        kill(pids[w], SIGKILL);
+        waitpid(pids[w], NULL, 0);
+        res.kills++;
+        pids[w] = spawn(url, sc, w, mode);
+    }
+    atomic_store(&sc->stop, 1);
+    for (int w = 0; w < WORKERS; w++) res.wedged += pids[w] > 0 && wait_bounded(pids[w], 20000) != 0;
+    shm_debug_set_broken(0);
+
+    res.torn = atomic_load(&sc->torn);
+    res.wrongkey = atomic_load(&sc->wrongkey);
+    res.errors = atomic_load(&sc->errors);
+    for (int w = 0; w < WORKERS; w++) res.ops += atomic_load(&sc->ops[w]);
+    if (res.errors) fprintf(stderr, "first worker error: %s\n", sc->errmsg);
+
+    char key[32];
+    if (mode == MODE_MIXED) {
+        for (int k = 0; k < NKEYS; k++) {
+            int64_t acked = 0;
+            for (int w = 0; w < WORKERS; w++) acked += atomic_load(&sc->acked[w][k]);
+            snprintf(key, sizeof key, "c:%d", k);
+            int64_t v = counter_value(b, key);
+            if (v < acked) res.lost_keys++;
+            else res.excess += v - acked;
+        }
+    } else if (mode == MODE_FRESH) {
+        for (int i = 0; i < NFRESH; i++) {
+            snprintf(key, sizeof key, "n:%d", i);
+            int64_t v = counter_value(b, key);
+            if (v != WORKERS) res.lost_keys++;
+        }
+    }
+    res.final_rc = final_sweep(url, mode);
+
+    shm_params p = {.name = name};
+    shm_table *t;
+    char err[256];
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    ck_assert_int_eq(shm_reap_pass(t, NULL), SHM_OK);
+    ck_assert_int_eq(shm_check(t, &res.check), SHM_OK);
+    shm_close_table(t);
+    traffic_close(b);
+    traffic_memory_unlink(name);
+    fprintf(stderr,
+            "[%s broken=%u] %.1fs ops=%llu kills=%d wedged=%d torn=%llu wrongkey=%llu errors=%llu lost_keys=%lld "
+            "excess=%lld dups=%llu dead_owned=%llu inserting=%llu writing=%llu live=%llu final=%d\n",
+            mode == MODE_MIXED ? "mixed" : mode == MODE_FRESH ? "fresh" : "reuse", broken, seconds, (unsigned long long)res.ops, res.kills,
+            res.wedged, (unsigned long long)res.torn, (unsigned long long)res.wrongkey,
+            (unsigned long long)res.errors, (long long)res.lost_keys, (long long)res.excess,
+            (unsigned long long)res.check.duplicates, (unsigned long long)res.check.dead_owned,
+            (unsigned long long)res.check.inserting, (unsigned long long)res.check.writing,
+            (unsigned long long)res.check.live, res.final_rc);
+    return res;
+}
+
+static void assert_clean(const struct result *r, int max_excess)
+{
+    ck_assert_int_eq(r->wedged, 0);
+    ck_assert_int_eq(r->errors, 0);
+    ck_assert_int_eq(r->torn, 0);
+    ck_assert_int_eq(r->wrongkey, 0);
+    ck_assert_int_eq(r->lost_keys, 0);
+    ck_assert_int_le(r->excess, max_excess);
+    ck_assert_int_eq(r->check.duplicates, 0);
+    ck_assert_int_eq(r->check.dead_owned, 0);
+    ck_assert_int_eq(r->check.inserting, 0);
+    ck_assert_int_eq(r->check.writing, 0);
+    ck_assert_int_eq(r->check.probe_violations, 0);
+    ck_assert_int_eq(r->final_rc, 0);
+}
+
+START_TEST(stress_exact)
+{
+    struct result r = run(MODE_MIXED, 3.0, 0, 0, 0);
+    ck_assert_int_gt(r.ops, 10000);
+    assert_clean(&r, 0);
+}
+END_TEST
+
+START_TEST(sigkill_workers)
+{
+    struct result r = run(MODE_MIXED, 8.0, 1, 0, 0);
+    ck_assert_int_ge(r.kills, 40);
+    assert_clean(&r, r.kills);
+}
+END_TEST
+
+START_TEST(slot_reuse_across_keys)
+{
+    struct result r = run(MODE_REUSE, 3.0, 0, 0, 0);
+    ck_assert_int_gt(r.ops, 10000);
+    assert_clean(&r, 0);
+}
+END_TEST
+
+START_TEST(concurrent_first_inserts_unique)
+{
+    struct result r = run(MODE_FRESH, 60.0, 0, 0, 0);
+    assert_clean(&r, 0);
+}
+END_TEST
+
+/* The broken variants: each must be caught by the same checks. */
+START_TEST(broken_no_recheck_is_caught)
+{
+    struct result r = run(MODE_MIXED, 20.0, 0, SHM_BROKEN_NO_RECHECK, 1);
+    ck_assert_msg(r.torn > 0, "skipping the version re-check went unnoticed");
+}
+END_TEST
+
+START_TEST(broken_no_grace_is_caught)
+{
+    struct result r = run(MODE_REUSE, 30.0, 0, SHM_BROKEN_NO_GRACE, 1);
+    ck_assert_msg(r.wrongkey > 0,
+                  "reusing slots without the epoch grace period went unnoticed");
+}
+END_TEST
+
+START_TEST(broken_no_latch_is_caught)
+{
+    struct result r = run(MODE_FRESH, 60.0, 0, SHM_BROKEN_NO_LATCH, 0);
+    ck_assert_msg(r.lost_keys + r.check.duplicates > 0, "inserting without the home latch went unnoticed");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("crash");
+    TCase *tc = tcase_create("crash");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, stress_exact);
+    tcase_add_test(tc, sigkill_workers);
+    tcase_add_test(tc, slot_reuse_across_keys);
+    tcase_add_test(tc, concurrent_first_inserts_unique);
+    tcase_add_test(tc, broken_no_recheck_is_caught);
+    tcase_add_test(tc, broken_no_grace_is_caught);
+    tcase_add_test(tc, broken_no_latch_is_caught);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
