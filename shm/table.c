@@ -46,6 +46,7 @@
 #define LRU_SHIFT 3            /* the LRU clock ticks every 8 inserts */
 #define EVICT_SAMPLES 8        /* live slots compared per eviction (as in Redis) */
 #define EVICT_WINDOW 64        /* slots scanned to find them */
+#define EVICT_ROUNDS 3         /* samples looked at for an expired entry before LRU decides */
 #define SPIN_BEFORE_CHECK 128  /* busy-waits before a liveness check of the slot's owner */
 #define INSERT_WAIT_MS 200     /* how long an insert waits for a stalled epoch before EFULL */
 #define REAP_BATCH 1024        /* slots per pinned stretch of a reaper pass */
@@ -263,31 +264,31 @@ static uint64_t rng_next(void)
     return x;
 }
 
-/* Retires one live entry: an expired one if the sample holds one, else the least recently
- * used of EVICT_SAMPLES live slots found from a random point. 1 on success. */
+/* Retires one live entry: an expired one if the samples hold one, else the least recently
+ * used of up to EVICT_ROUNDS x EVICT_SAMPLES live slots, each round found from a random
+ * point. 1 on success. */
 static int evict_one(struct shm_table *t, struct shm_self *me)
 {
     uint32_t now = lru_now(t);
     for (int attempt = 0; attempt < 16; attempt++) {
-        uint64_t start = rng_next();
         struct shm_slot *best = NULL;
         uint64_t best_c = 0;
         uint32_t best_age = 0;
-        int seen = 0;
-        for (int k = 0; k < EVICT_WINDOW && seen < EVICT_SAMPLES; k++) {
-            struct shm_slot *s = shm_slot_at(t, start + (uint64_t)k);
-            uint64_t c = ctl_load(s);
-            if (CTL_STATE(c) != ST_LIVE) continue;
-            seen++;
-            if (shm_expired(entry_expiry(t, s, c))) {
-                if (retire(t, me, s, c, STAT_EXPIRATIONS)) return 1;
-                continue;
-            }
-            uint32_t age = now - atomic_load_explicit(&s->tick, memory_order_relaxed);
-            if (!best || age > best_age) {
-                best = s;
-                best_c = c;
-                best_age = age;
+        for (int round = 0; round < EVICT_ROUNDS; round++) {
+            uint64_t start = rng_next();
+            int seen = 0;
+            for (int k = 0; k < EVICT_WINDOW && seen < EVICT_SAMPLES; k++) {
+                struct shm_slot *s = shm_slot_at(t, start + (uint64_t)k);
+                uint64_t c = ctl_load(s);
+                if (CTL_STATE(c) != ST_LIVE) continue;
+                seen++;
+                if (shm_expired(entry_expiry(t, s, c)) && retire(t, me, s, c, STAT_EXPIRATIONS)) return 1;
+                uint32_t age = now - atomic_load_explicit(&s->tick, memory_order_relaxed);
+                if (!best || age > best_age) {
+                    best = s;
+                    best_c = c;
+                    best_age = age;
+                }
             }
         }
         if (best && retire(t, me, best, best_c, STAT_EVICTIONS)) return 1;
@@ -721,6 +722,11 @@ int shm_stats_get(shm_table *t, shm_stats *o)
     uint32_t rt = atomic_load(&h->reaper_token);
     o->reaper_pid = rt && shm_token_alive(t, rt) ? atomic_load(&h->reaper_pid) : 0;
     uint32_t n = atomic_load(&h->part_hwm);
+    for (uint32_t i = 0; i < n; i++) { /* liveness first: it recovers dead records' counts */
+        struct shm_part *p = &t->parts[i];
+        if (atomic_load_explicit(&p->pid, memory_order_relaxed) != 0)
+            o->attached += (uint64_t)shm_token_alive(t, TOKEN_MAKE(i, atomic_load(&p->incarnation)));
+    }
     for (uint32_t i = 0; i < n; i++) {
         struct shm_part *p = &t->parts[i];
         uint64_t st[STAT_N];
@@ -733,10 +739,6 @@ int shm_stats_get(shm_table *t, shm_stats *o)
         o->evictions += st[STAT_EVICTIONS];
         o->expirations += st[STAT_EXPIRATIONS];
         o->recovered += st[STAT_RECOVERED];
-        if (atomic_load_explicit(&p->pid, memory_order_relaxed) != 0) {
-            uint32_t tok = TOKEN_MAKE(i, atomic_load(&p->incarnation));
-            o->attached += (uint64_t)shm_token_alive(t, tok);
-        }
     }
     return SHM_OK;
 }
