@@ -164,6 +164,7 @@ struct shm_table {
     pthread_t reaper_thread;
     pid_t reaper_owner_pid;  /* pid that started reaper_thread, 0: none */
     _Atomic uint32_t reaper_stop; /* futex word: 1 asks the thread to stop */
+    unsigned char *reaper_vec;    /* mincore() vector, allocated before the thread starts */
 };
 
 static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i)
@@ -197,7 +198,7 @@ void shm_unpin(struct shm_self *me);
 int shm_epoch_try_advance(struct shm_table *t);
 /* 1 if the owner named by token is alive, 0 if it is dead (its record is then recovered). */
 int shm_token_alive(struct shm_table *t, uint32_t token);
-void shm_part_release_all_closed(void);
+size_t shm_mincore_vec_size(const struct shm_table *t);
 void shm_table_unref(struct shm_table *t);
 void shm_tables_register(struct shm_table *t);
 void shm_tables_unregister(struct shm_table *t);

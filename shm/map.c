@@ -218,6 +218,7 @@ static void atfork_child(void)
         if (atomic_load(&t->closed)) {
             *p = t->next;
             munmap(t->base, t->map_size);
+            free(t->reaper_vec);
             free(t);
             continue;
         }
@@ -398,6 +399,7 @@ void shm_table_unref(struct shm_table *t)
     shm_tables_unregister(t);
     munmap(t->base, t->map_size);
     pthread_mutex_destroy(&t->reaper_mu);
+    free(t->reaper_vec);
     free(t);
 }
 

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 #include <urcu/futex.h>
@@ -62,7 +63,8 @@ int shm_reaper_start(shm_table *t)
     pthread_mutex_lock(&t->reaper_mu);
     if (t->reaper_owner_pid != getpid()) {
         atomic_store(&t->reaper_stop, 0);
-        int e = pthread_create(&t->reaper_thread, NULL, reaper_main, t);
+        if (!t->reaper_vec) t->reaper_vec = malloc(shm_mincore_vec_size(t));
+        int e = t->reaper_vec ? pthread_create(&t->reaper_thread, NULL, reaper_main, t) : EAGAIN;
         if (e == 0)
             t->reaper_owner_pid = getpid();
         else

@@ -626,12 +626,15 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
 
 typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg);
 
-static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_fn fn, void *arg)
+/* vec: a mincore() vector for the whole mapping, or NULL to allocate one here. The reaper
+ * passes its own, allocated once, so that its loop never calls malloc: a fork() in another
+ * thread of the process must not catch the allocator's lock held by the reaper. */
+static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, unsigned char *vec, slot_fn fn, void *arg)
 {
     long page = sysconf(_SC_PAGESIZE);
     size_t npages = (t->map_size + (size_t)page - 1) / (size_t)page;
-    unsigned char *vec = malloc(npages);
-    if (!vec) return SHM_ENOMEM;
+    unsigned char *own = NULL;
+    if (!vec && !(vec = own = malloc(npages))) return SHM_ENOMEM;
     if (mincore(t->base, t->map_size, vec) < 0) memset(vec, 1, npages);
     uint64_t cap = t->h->capacity;
     for (uint64_t i = 0; i < cap; i++) {
@@ -645,8 +648,14 @@ static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_
         if (!(vec[first] & 1) && !(vec[last] & 1)) continue;
         fn(t, me, s, arg);
     }
-    free(vec);
+    free(own);
     return SHM_OK;
+}
+
+size_t shm_mincore_vec_size(const struct shm_table *t)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    return (t->map_size + (size_t)page - 1) / (size_t)page;
 }
 
 static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg)
@@ -659,7 +668,7 @@ static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot
 int shm_clear(shm_table *t)
 {
     ENTER(t, me);
-    int rc = for_each_touched_slot(t, me, clear_slot, NULL);
+    int rc = for_each_touched_slot(t, me, NULL, clear_slot, NULL);
     shm_unpin(me);
     return rc;
 }
@@ -684,7 +693,7 @@ int shm_reap_pass(shm_table *t, uint64_t *reclaimed)
 {
     uint64_t n = 0;
     ENTER(t, me);
-    int rc = for_each_touched_slot(t, me, reap_slot, &n);
+    int rc = for_each_touched_slot(t, me, t->reaper_vec, reap_slot, &n);
     shm_unpin(me);
     shm_epoch_try_advance(t);
     shm_epoch_try_advance(t);

@@ -4,7 +4,9 @@
 #endif
 #include "testutil.h"
 
+#include <dirent.h>
 #include <signal.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -12,13 +14,28 @@
 #include <time.h>
 #include <unistd.h>
 
+static pid_t main_pid;
+
 const char *tu_name(const char *tag)
 {
     static char buf[8][128];
     static int n;
     char *b = buf[n++ % 8];
-    snprintf(b, 128, "t%d-%d-%s", (int)getpid(), n, tag);
+    snprintf(b, 128, "t%d-%d-%d-%s", (int)(main_pid ? main_pid : getpid()), (int)getpid(), n, tag);
     return b;
+}
+
+/* Named tables of this run that a failed test could not unlink. */
+static void remove_leftovers(void)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "traffic.t%d-", (int)main_pid);
+    DIR *d = opendir("/dev/shm");
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) traffic_memory_unlink(e->d_name + strlen("traffic."));
+    closedir(d);
 }
 
 const char *tu_memory_url(const char *tag, const char *extra)
@@ -54,9 +71,11 @@ int64_t tu_now_ms(void)
 
 int tu_run(Suite *s)
 {
+    main_pid = getpid();
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    remove_leftovers();
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages traffic builds and tests with, if any is missing.
+# Runs apt-get update first, as root or through sudo; does nothing when all are present.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config liburcu-dev libsqlite3-dev libhiredis-dev check
+      redis-server redis-sentinel)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]})) || exit 0
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+echo "installing: ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
