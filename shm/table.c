@@ -146,11 +146,30 @@ static int64_t entry_expiry(struct shm_table *t, struct shm_slot *s, uint64_t c)
 
 /* ---- lookup ------------------------------------------------------------------------------- */
 
+/* Key bytes are stored and compared as relaxed atomic words (the key area is 8-aligned and
+ * padded): a reader may compare a key that a claimer of a reusable slot is overwriting; its
+ * CAS or version check then fails, and no access is a data race. */
+static inline uint64_t key_word(const char *key, size_t klen, size_t i)
+{
+    uint64_t w = 0;
+    memcpy(&w, key + i, klen - i < 8 ? klen - i : 8);
+    return w;
+}
+
 static inline int key_matches(struct shm_table *t, struct shm_slot *s, uint64_t h, const char *key, size_t klen)
 {
     if (atomic_load_explicit(&s->hash, memory_order_relaxed) != h) return 0;
     if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != klen) return 0;
-    return memcmp(shm_slot_key(t, s), key, klen) == 0;
+    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
+    for (size_t i = 0; i < klen; i += 8)
+        if (atomic_load_explicit(&w[i / 8], memory_order_relaxed) != key_word(key, klen, i)) return 0;
+    return 1;
+}
+
+static void key_store(struct shm_table *t, struct shm_slot *s, const char *key, size_t klen)
+{
+    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
+    for (size_t i = 0; i < klen; i += 8) atomic_store_explicit(&w[i / 8], key_word(key, klen, i), memory_order_relaxed);
 }
 
 /* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
@@ -312,7 +331,7 @@ enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
  * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
  * reclaims what it can on the way: dead owners' inserts and expired entries. */
 static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
-                              uint32_t *dist, int *young)
+                              uint32_t *dist, int *young, int *revived)
 {
     uint64_t mine = CTL_MAKE(ST_INSERTING, 0, me->token, 0);
     for (uint32_t d = 0; d < MAX_PROBE; d++) {
@@ -325,8 +344,13 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t
              * claiming it by CAS. */
             if (st == ST_EMPTY ||
                 (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && key_matches(t, s, h, key, klen))))) {
+                /* Decided before the CAS, from the word the CAS will confirm. A FREE slot's
+                 * previous key counts as ours only if it matches (revival or a reused slot
+                 * that happens to hold our key: either way its bytes are already right). */
+                int same = st == ST_FREE && key_matches(t, s, h, key, klen);
                 if (ctl_cas(s, &c, mine)) {
                     *dist = d;
+                    *revived = same;
                     return s;
                 }
                 continue; /* c now holds the new word: look again */
@@ -340,12 +364,16 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t
     return NULL;
 }
 
+/* Writes a new entry into a slot the caller holds INSERTING. A revived slot already holds
+ * this key's hash and bytes, and stale readers may be comparing them: they are not rewritten. */
 static void fill(struct shm_table *t, struct shm_slot *s, uint64_t h, const char *key, size_t klen,
-                 const struct init *in)
+                 const struct init *in, int revived)
 {
-    atomic_store_explicit(&s->hash, h, memory_order_relaxed);
+    if (!revived) {
+        atomic_store_explicit(&s->hash, h, memory_order_relaxed);
+        key_store(t, s, key, klen);
+    }
     atomic_store_explicit(&s->meta, (uint32_t)klen | in->type << 16, memory_order_relaxed);
-    memcpy(shm_slot_key(t, s), key, klen);
     atomic_store_explicit(&s->tick, lru_now(t), memory_order_relaxed);
     if (in->type == TYPE_COUNTER) {
         atomic_store_explicit(&s->counter, in->amount, memory_order_relaxed);
@@ -389,14 +417,14 @@ static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const ch
         return SHM_EFULL;
     }
     uint32_t d = 0;
-    int young = 0;
-    s = claim(t, me, h, key, klen, &d, &young);
+    int young = 0, revived = 0;
+    s = claim(t, me, h, key, klen, &d, &young, &revived);
     if (!s) {
         atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
         latch_release(home);
         return young ? INS_RETRY : SHM_EFULL;
     }
-    fill(t, s, h, key, klen, in);
+    fill(t, s, h, key, klen, in, revived);
     if (d > atomic_load_explicit(&home->probe_max, memory_order_relaxed))
         atomic_store_explicit(&home->probe_max, d, memory_order_release);
     atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
