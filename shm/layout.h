@@ -11,7 +11,10 @@
  * The atomics are C11 <stdatomic.h> on the mapping: 8-byte lock-free operations are plain
  * `lock`-prefixed instructions that work across processes, and unlike liburcu's uatomic
  * (inline assembly) ThreadSanitizer understands them. liburcu supplies the futex the reaper
- * sleeps on (urcu/futex.h) and its branch hints.
+ * sleeps on and is woken through (urcu/futex.h). Its in-process RCU is not used here: a
+ * memory handle never changes after open (no remap, no resize), so there is nothing for
+ * readers of the handle to be protected from; cross-process reclamation cannot use it at all
+ * (its grace periods see one process's threads), which is why the epochs are our own.
  */
 #ifndef TRAFFIC_SHM_LAYOUT_H
 #define TRAFFIC_SHM_LAYOUT_H
