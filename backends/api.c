@@ -43,7 +43,7 @@ const char *traffic_strerror(int status)
 /* ---- per-thread error messages --------------------------------------------------------- */
 
 #define ERRMSG_SLOTS 4 /* handles whose last message a thread remembers */
-#define ERRMSG_LEN 256
+#define ERRMSG_LEN   256
 
 struct errmsg_slot {
     uint64_t id; /* 0: traffic_open and friends (no handle yet) */
@@ -262,9 +262,9 @@ int traffic_stats_json(traffic_backend *b, char *buf, size_t cap)
                      "\"recovered\":%llu,\"epoch\":%llu,\"reaper_pid\":%lld,\"reaper_runs\":%llu,"
                      "\"expired_pending\":%llu,\"wal_bytes\":%llu,\"busy_retries\":%llu}",
                      s.backend ? s.backend : "", U(keys), U(capacity), U(max_size), U(bytes_used), U(bytes_resident),
-                     U(hits), U(misses), U(sets), U(increments), U(deletes), U(evictions), U(expirations),
-                     U(attached), U(recovered), U(epoch), (long long)s.reaper_pid, U(reaper_runs),
-                     U(expired_pending), U(wal_bytes), U(busy_retries));
+                     U(hits), U(misses), U(sets), U(increments), U(deletes), U(evictions), U(expirations), U(attached),
+                     U(recovered), U(epoch), (long long)s.reaper_pid, U(reaper_runs), U(expired_pending), U(wal_bytes),
+                     U(busy_retries));
 #undef U
     if (n < 0) return traffic_backend_fail(b, TRAFFIC_EIO, "formatting stats failed");
     if ((size_t)n >= cap && buf)

@@ -24,7 +24,10 @@ typedef struct memory_backend {
     shm_table *t;
 } memory_backend;
 
-static shm_table *T(traffic_backend *b) { return ((memory_backend *)b)->t; }
+static shm_table *T(traffic_backend *b)
+{
+    return ((memory_backend *)b)->t;
+}
 
 /* Explains the statuses an operation can produce beyond the obvious. */
 static int explain(traffic_backend *b, int rc, const char *key, size_t klen, size_t vlen)
@@ -86,7 +89,10 @@ static int m_ttl(traffic_backend *b, const char *key, size_t klen, int64_t *ttl_
     return rc ? explain(b, rc, key, klen, 0) : rc;
 }
 
-static int m_clear(traffic_backend *b) { return shm_clear(T(b)); }
+static int m_clear(traffic_backend *b)
+{
+    return shm_clear(T(b));
+}
 
 static int m_stats(traffic_backend *b, struct traffic_stats *o)
 {
@@ -119,7 +125,10 @@ static int m_start_cleanup(traffic_backend *b)
     return rc ? traffic_backend_fail(b, rc, "could not start the reaper thread") : rc;
 }
 
-static int m_stop_cleanup(traffic_backend *b) { return shm_reaper_stop(T(b)); }
+static int m_stop_cleanup(traffic_backend *b)
+{
+    return shm_reaper_stop(T(b));
+}
 
 static int m_close(traffic_backend *b)
 {

@@ -53,12 +53,16 @@ void url_free(url *u)
 static int parse_query(url *u, const char *q)
 {
     size_t n = 1;
-    for (const char *p = q; *p; p++) n += *p == '&';
+    for (const char *p = q; *p; p++)
+        n += *p == '&';
     u->params = calloc(n, sizeof *u->params);
     if (!u->params) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory parsing URL");
     while (*q) {
         size_t len = strcspn(q, "&");
-        if (len == 0) { q++; continue; } /* tolerate "a=1&&b=2" and a trailing '&' */
+        if (len == 0) {
+            q++;
+            continue;
+        } /* tolerate "a=1&&b=2" and a trailing '&' */
         const char *eq = memchr(q, '=', len);
         if (!eq || eq == q)
             return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "URL parameter \"%.*s\" is not name=value", (int)len, q);
@@ -66,7 +70,8 @@ static int parse_query(url *u, const char *q)
         p->name = strndup(q, (size_t)(eq - q));
         p->value = strndup(eq + 1, len - (size_t)(eq - q) - 1);
         if (!p->name || !p->value) {
-            free(p->name); free(p->value);
+            free(p->name);
+            free(p->value);
             return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory parsing URL");
         }
         u->nparams++;
@@ -85,8 +90,7 @@ int url_parse(const char *s, url *u)
     memset(u, 0, sizeof *u);
     if (!s) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "URL is NULL");
     const char *sep = strstr(s, "://");
-    if (!sep || sep == s)
-        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "URL \"%.64s\" has no scheme:// part", s);
+    if (!sep || sep == s) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "URL \"%.64s\" has no scheme:// part", s);
     for (const char *p = s; p < sep; p++)
         if (!isalnum((unsigned char)*p) && *p != '+' && *p != '-' && *p != '.')
             return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "URL scheme \"%.*s\" is malformed", (int)(sep - s), s);
@@ -97,7 +101,8 @@ int url_parse(const char *s, url *u)
         url_free(u);
         return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory parsing URL");
     }
-    for (char *p = u->scheme; *p; p++) *p = (char)tolower((unsigned char)*p);
+    for (char *p = u->scheme; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
     int rc = q ? parse_query(u, q + 1) : TRAFFIC_OK;
     if (rc) url_free(u);
     return rc;
@@ -149,8 +154,8 @@ int url_param_octal(url *u, const char *name, uint32_t max, uint32_t *out)
     errno = 0;
     unsigned long x = strtoul(v, &end, 8);
     if (!*v || *end || errno || v[0] == '-' || x > max)
-        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "URL parameter %s=\"%s\": want octal permission bits up to %o",
-                                    name, v, max);
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL,
+                                    "URL parameter %s=\"%s\": want octal permission bits up to %o", name, v, max);
     *out = (uint32_t)x;
     return TRAFFIC_OK;
 }

@@ -48,7 +48,8 @@ int main(int argc, char **argv)
     for (int w = 0; w < WORKERS; w++)
         if (fork() == 0) _exit(worker(b, w));
     int failed = 0, status;
-    while (wait(&status) > 0) failed |= !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+    while (wait(&status) > 0)
+        failed |= !WIFEXITED(status) || WEXITSTATUS(status) != 0;
 
     long total = 0, over = 0;
     for (int c = 0; c < CLIENTS; c++) {

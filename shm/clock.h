@@ -22,7 +22,10 @@ static inline int64_t shm_clock_ms(clockid_t id)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static inline int64_t shm_now_ms(void) { return shm_clock_ms(CLOCK_MONOTONIC); }
+static inline int64_t shm_now_ms(void)
+{
+    return shm_clock_ms(CLOCK_MONOTONIC);
+}
 
 extern int64_t shm_coarse_margin_ms; /* two coarse ticks, measured once per process */
 

@@ -16,7 +16,10 @@
 #define SHM_HASH_K2 0xbf58476d1ce4e5b9ull
 #define SHM_HASH_K3 0x94d049bb133111ebull
 
-static inline uint64_t shm_hash_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t shm_hash_rotl(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
 
 static inline uint64_t shm_hash(uint64_t seed, const void *key, size_t len)
 {
@@ -30,7 +33,8 @@ static inline uint64_t shm_hash(uint64_t seed, const void *key, size_t len)
         len -= 8;
     }
     uint64_t tail = 0;
-    for (size_t i = 0; i < len; i++) tail |= (uint64_t)p[i] << (8 * i);
+    for (size_t i = 0; i < len; i++)
+        tail |= (uint64_t)p[i] << (8 * i);
     h = shm_hash_rotl((h ^ tail) * SHM_HASH_K2, 29) * SHM_HASH_K1;
     h ^= h >> 31;
     h *= SHM_HASH_K3;

@@ -27,19 +27,19 @@
 
 #include "shm.h"
 
-#define SHM_MAGIC 0x31424154464652ull /* "RFFTAB1" */
+#define SHM_MAGIC          0x31424154464652ull /* "RFFTAB1" */
 #define SHM_FORMAT_VERSION 1u
-#define SHM_LINE 64
+#define SHM_LINE           64
 
 /* ---- owner tokens ------------------------------------------------------------------------
  * A token names one participant incarnation: bits 0-11 the participant index + 1 (so 0 means
  * "nobody"), bits 12-23 the low bits of its incarnation. A participant record is recycled
  * with its incarnation bumped, so a token left in a slot by a dead thread stops matching the
  * record the moment the record is recovered or reused. */
-#define SHM_MAX_PARTS 4095u
-#define TOKEN_MAKE(idx, inc) ((uint32_t)(((idx) + 1u) | (((inc) & 0xfffu) << 12)))
-#define TOKEN_IDX(tok) (((tok) & 0xfffu) - 1u)
-#define TOKEN_INC(tok) (((tok) >> 12) & 0xfffu)
+#define SHM_MAX_PARTS        4095u
+#define TOKEN_MAKE(idx, inc) ((uint32_t)(((idx) + 1u) | (((inc)&0xfffu) << 12)))
+#define TOKEN_IDX(tok)       (((tok)&0xfffu) - 1u)
+#define TOKEN_INC(tok)       (((tok) >> 12) & 0xfffu)
 
 /* ---- the slot control word ---------------------------------------------------------------
  *   bits 0-2   state
@@ -60,13 +60,13 @@
  * by an insert of the same key (revival): a stale reader of that slot compared the same key
  * bytes, which do not change, and its version re-check fails on the new LIVE word. */
 enum { ST_EMPTY = 0, ST_INSERTING = 1, ST_LIVE = 2, ST_WRITING = 3, ST_FREE = 4 };
-#define CTL_STATE(c) ((unsigned)((c) & 7u))
-#define CTL_BUF(c) ((unsigned)(((c) >> 3) & 1u))
+#define CTL_STATE(c) ((unsigned)((c)&7u))
+#define CTL_BUF(c)   ((unsigned)(((c) >> 3) & 1u))
 #define CTL_OWNER(c) ((uint32_t)(((c) >> 4) & 0xffffffu))
-#define CTL_VER(c) ((c) >> 28)
+#define CTL_VER(c)   ((c) >> 28)
 #define CTL_VER_MASK ((1ull << 36) - 1)
 #define CTL_MAKE(st, buf, owner, ver)                                                                                  \
-    ((uint64_t)(st) | ((uint64_t)(buf) << 3) | ((uint64_t)(owner) << 4) | (((uint64_t)(ver) & CTL_VER_MASK) << 28))
+    ((uint64_t)(st) | ((uint64_t)(buf) << 3) | ((uint64_t)(owner) << 4) | (((uint64_t)(ver)&CTL_VER_MASK) << 28))
 
 enum { TYPE_BYTES = 1, TYPE_COUNTER = 2 };
 
@@ -75,9 +75,9 @@ struct shm_header {
     /* Immutable after creation; validated on attach. */
     uint64_t magic;
     uint32_t format;
-    uint32_t layout;       /* shm_layout_word(): struct sizes and geometry */
+    uint32_t layout; /* shm_layout_word(): struct sizes and geometry */
     uint64_t map_size;
-    uint64_t capacity;     /* slots, a power of two */
+    uint64_t capacity; /* slots, a power of two */
     uint64_t max_size;
     uint32_t key_max, value_max;
     uint32_t slot_size, max_parts;
@@ -107,8 +107,15 @@ struct shm_header {
  * a dying thread, even one SIGKILLed, before it becomes a zombie). kill(pid, 0) would be wrong:
  * it calls a zombie alive and a recycled pid alive. */
 enum {
-    STAT_HITS, STAT_MISSES, STAT_SETS, STAT_INCRS, STAT_DELETES, STAT_EVICTIONS, STAT_EXPIRATIONS,
-    STAT_RECOVERED, STAT_N
+    STAT_HITS,
+    STAT_MISSES,
+    STAT_SETS,
+    STAT_INCRS,
+    STAT_DELETES,
+    STAT_EVICTIONS,
+    STAT_EXPIRATIONS,
+    STAT_RECOVERED,
+    STAT_N
 };
 struct shm_part {
     pthread_mutex_t lock;
@@ -127,15 +134,15 @@ struct shm_part {
  * them stable until every reader that saw them has unpinned. */
 struct shm_slot {
     _Atomic uint64_t ctl;
-    _Atomic int64_t counter;      /* counters: the value, updated by fetch_add */
+    _Atomic int64_t counter; /* counters: the value, updated by fetch_add */
     _Atomic uint64_t hash;
-    _Atomic int64_t expires;      /* counters: absolute ms of CLOCK_MONOTONIC, 0: never */
-    _Atomic uint32_t meta;        /* klen | type << 16 */
-    _Atomic uint32_t tick;        /* LRU clock at last access; stored only when it changes */
+    _Atomic int64_t expires; /* counters: absolute ms of CLOCK_MONOTONIC, 0: never */
+    _Atomic uint32_t meta;   /* klen | type << 16 */
+    _Atomic uint32_t tick;   /* LRU clock at last access; stored only when it changes */
     /* The two fields below belong to the slot as the *home* of a hash bucket, not to the
      * entry stored in it, and survive reuse. */
-    _Atomic uint32_t latch;       /* token of the inserter serialising inserts of this home */
-    _Atomic uint32_t probe_max;   /* farthest distance of any key ever inserted from this home */
+    _Atomic uint32_t latch;     /* token of the inserter serialising inserts of this home */
+    _Atomic uint32_t probe_max; /* farthest distance of any key ever inserted from this home */
     /* The source of this slot's versions, across all its entries: whoever publishes a LIVE
      * word (the owner of INSERTING or WRITING) takes the next number from it. So a LIVE word
      * never repeats (modulo 2^36), even when the slot is reused for the same key at once. */
@@ -158,14 +165,14 @@ struct shm_table {
     unsigned char *slots;
     uint64_t mask;
     uint32_t slot_size, key_off, buf_off, buf_size;
-    uint64_t uid;            /* unique per handle in this process */
-    _Atomic int refs;        /* the handle + each thread registered through it */
+    uint64_t uid;     /* unique per handle in this process */
+    _Atomic int refs; /* the handle + each thread registered through it */
     _Atomic int closed;
-    struct shm_table *next;  /* process-wide list (fork handling) */
+    struct shm_table *next; /* process-wide list (fork handling) */
     /* reaper thread of this process */
     pthread_mutex_t reaper_mu;
     pthread_t reaper_thread;
-    pid_t reaper_owner_pid;  /* pid that started reaper_thread, 0: none */
+    pid_t reaper_owner_pid;       /* pid that started reaper_thread, 0: none */
     _Atomic uint32_t reaper_stop; /* futex word: 1 asks the thread to stop */
     unsigned char *reaper_vec;    /* mincore() vector, allocated before the thread starts */
 };
@@ -191,7 +198,7 @@ static inline unsigned char *shm_vbuf_data(struct shm_vbuf *v)
 struct shm_self {
     struct shm_part *part;
     uint32_t token;
-    uint64_t pin;          /* epoch this thread is pinned at while in an operation */
+    uint64_t pin; /* epoch this thread is pinned at while in an operation */
 };
 /* The calling thread's participant in t, registering it on first use; NULL when the table has
  * no free participant record (SHM_EFULL). */

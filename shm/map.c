@@ -31,14 +31,17 @@
 #include "clock.h"
 #include "layout.h"
 
-#define SHM_DIR "/dev/shm/"
-#define SHM_PREFIX "traffic."
+#define SHM_DIR          "/dev/shm/"
+#define SHM_PREFIX       "traffic."
 #define SHM_MIN_CAPACITY 64
 
 int64_t shm_coarse_margin_ms = 8;
 unsigned shm_broken;
 
-void shm_debug_set_broken(unsigned flags) { shm_broken = flags; }
+void shm_debug_set_broken(unsigned flags)
+{
+    shm_broken = flags;
+}
 
 static int fail(char *err, size_t errlen, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
@@ -55,8 +58,12 @@ static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
 static int errno_status(int e)
 {
     switch (e) {
-    case EACCES: case EPERM: case EROFS: return SHM_EPERM;
-    case ENOMEM: case ENOSPC: case EFBIG: return SHM_ENOMEM;
+    case EACCES:
+    case EPERM:
+    case EROFS: return SHM_EPERM;
+    case ENOMEM:
+    case ENOSPC:
+    case EFBIG: return SHM_ENOMEM;
     case ENOENT: return SHM_ENOTFOUND;
     default: return SHM_EIO;
     }
@@ -81,7 +88,10 @@ struct geometry {
     uint32_t key_max, value_max, slot_size, key_off, buf_off, buf_size;
 };
 
-static uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+static uint64_t round_up(uint64_t x, uint64_t a)
+{
+    return (x + a - 1) / a * a;
+}
 
 static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key_max, uint32_t value_max)
 {
@@ -91,7 +101,8 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
     /* Load stays below 2/3 at max_size, leaving room for tombstones awaiting their epoch. */
     uint64_t want = max_size + max_size / 2;
     g->capacity = SHM_MIN_CAPACITY;
-    while (g->capacity < want) g->capacity <<= 1;
+    while (g->capacity < want)
+        g->capacity <<= 1;
     g->key_off = (uint32_t)sizeof(struct shm_slot);
     g->buf_off = g->key_off + (uint32_t)round_up(key_max, 8);
     g->buf_size = (uint32_t)(sizeof(struct shm_vbuf) + round_up(value_max, 8));
@@ -106,13 +117,22 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
  * include pthread_mutex_t's), alignment and the geometry. FNV-1a over the numbers. */
 static uint32_t layout_word(const struct geometry *g)
 {
-    uint64_t parts[] = {sizeof(struct shm_header), sizeof(struct shm_part), sizeof(struct shm_slot),
-                        sizeof(struct shm_vbuf),   sizeof(pthread_mutex_t), SHM_MAX_PARTS,
-                        g->capacity,               g->max_size,             g->key_max,
-                        g->value_max,              g->slot_size,            g->slots_off};
+    uint64_t parts[] = {sizeof(struct shm_header),
+                        sizeof(struct shm_part),
+                        sizeof(struct shm_slot),
+                        sizeof(struct shm_vbuf),
+                        sizeof(pthread_mutex_t),
+                        SHM_MAX_PARTS,
+                        g->capacity,
+                        g->max_size,
+                        g->key_max,
+                        g->value_max,
+                        g->slot_size,
+                        g->slots_off};
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-        for (int b = 0; b < 8; b++) h = (h ^ (uint8_t)(parts[i] >> (8 * b))) * 16777619u;
+        for (int b = 0; b < 8; b++)
+            h = (h ^ (uint8_t)(parts[i] >> (8 * b))) * 16777619u;
     return h;
 }
 
@@ -171,8 +191,8 @@ static int validate(const unsigned char *base, size_t file_size, char *err, size
     if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->slot_size != g.slot_size ||
         h->slots_off != g.slots_off || h->parts_off != g.parts_off || h->map_size != g.map_size ||
         h->max_parts != SHM_MAX_PARTS)
-        return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what,
-                    h->layout, layout_word(&g));
+        return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h->layout,
+                    layout_word(&g));
     if (file_size && file_size != h->map_size)
         return fail(err, errlen, SHM_ECORRUPT, "%s: file is %zu bytes, header says %llu", what, file_size,
                     (unsigned long long)h->map_size);
@@ -206,8 +226,14 @@ void shm_tables_unregister(struct shm_table *t)
 
 extern void shm_part_atfork_child(void);
 
-static void atfork_prepare(void) { pthread_mutex_lock(&tables_mu); }
-static void atfork_parent(void) { pthread_mutex_unlock(&tables_mu); }
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&tables_mu);
+}
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&tables_mu);
+}
 static void atfork_child(void)
 {
     /* Only the forking thread exists now. References that other threads held in the parent
@@ -385,8 +411,8 @@ int shm_open_table(const shm_params *p, shm_table **out, char *err, size_t errle
 int shm_unlink_table(const char *name, char *err, size_t errlen)
 {
     if (!name || !shm_name_valid(name))
-        return fail(err, errlen, SHM_EINVAL, "table name \"%.210s\" is not 1-%d of [A-Za-z0-9._-]", name ? name : "(null)",
-                    SHM_NAME_MAX);
+        return fail(err, errlen, SHM_EINVAL, "table name \"%.210s\" is not 1-%d of [A-Za-z0-9._-]",
+                    name ? name : "(null)", SHM_NAME_MAX);
     char path[sizeof SHM_DIR + sizeof SHM_PREFIX + SHM_NAME_MAX];
     snprintf(path, sizeof path, SHM_DIR SHM_PREFIX "%s", name);
     if (unlink(path) < 0) return fail(err, errlen, errno_status(errno), "unlink %s: %s", path, strerror(errno));
@@ -403,5 +429,11 @@ void shm_table_unref(struct shm_table *t)
     free(t);
 }
 
-uint32_t shm_key_max(const shm_table *t) { return t->h->key_max; }
-uint32_t shm_value_max(const shm_table *t) { return t->h->value_max; }
+uint32_t shm_key_max(const shm_table *t)
+{
+    return t->h->key_max;
+}
+uint32_t shm_value_max(const shm_table *t)
+{
+    return t->h->value_max;
+}

@@ -50,7 +50,10 @@ static _Atomic uint64_t fork_gen = 1;
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 
-void shm_part_atfork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+void shm_part_atfork_child(void)
+{
+    atomic_fetch_add(&fork_gen, 1);
+}
 
 /* ---- records ------------------------------------------------------------------------------ */
 
@@ -156,8 +159,7 @@ int shm_epoch_try_advance(struct shm_table *t)
         if (!(w & 1) || (w >> 1) == e) continue;
         if ((w >> 1) > e || part_alive(t, i)) return 0; /* a live laggard: try later */
     }
-    return atomic_compare_exchange_strong_explicit(&t->h->epoch, &e, e + 1, memory_order_seq_cst,
-                                                   memory_order_relaxed);
+    return atomic_compare_exchange_strong_explicit(&t->h->epoch, &e, e + 1, memory_order_seq_cst, memory_order_relaxed);
 }
 
 /* ---- thread-local cache --------------------------------------------------------------------- */
@@ -180,7 +182,10 @@ static void tls_destroy(void *arg)
     tls_last = NULL;
 }
 
-static void tls_key_init(void) { pthread_key_create(&tls_key, tls_destroy); }
+static void tls_key_init(void)
+{
+    pthread_key_create(&tls_key, tls_destroy);
+}
 
 static struct tls_state *tls_state_get(void)
 {

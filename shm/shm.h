@@ -30,24 +30,24 @@ enum {
     SHM_EPERM = -13,
 };
 
-#define SHM_NAME_MAX 200
-#define SHM_KEY_LIMIT 250
-#define SHM_VALUE_LIMIT 65536
-#define SHM_DEFAULT_MAX_SIZE 10000
-#define SHM_DEFAULT_KEY_MAX 250
-#define SHM_DEFAULT_VALUE_MAX 256
+#define SHM_NAME_MAX           200
+#define SHM_KEY_LIMIT          250
+#define SHM_VALUE_LIMIT        65536
+#define SHM_DEFAULT_MAX_SIZE   10000
+#define SHM_DEFAULT_KEY_MAX    250
+#define SHM_DEFAULT_VALUE_MAX  256
 #define SHM_DEFAULT_CLEANUP_MS 60000
-#define SHM_MAX_SIZE_LIMIT (1ull << 31) /* keys; the capacity is a power of two above it */
+#define SHM_MAX_SIZE_LIMIT     (1ull << 31) /* keys; the capacity is a power of two above it */
 
 typedef struct shm_table shm_table;
 
 typedef struct shm_params {
-    const char *name;      /* NULL: anonymous mapping; else [A-Za-z0-9._-]{1,200} */
-    uint64_t max_size;     /* 0: default / existing */
-    uint32_t key_max;      /* 0: default / existing */
-    uint32_t value_max;    /* 0: default / existing */
-    uint32_t mode;         /* 0: 0600 */
-    uint64_t cleanup_ms;   /* 0: default / existing */
+    const char *name;    /* NULL: anonymous mapping; else [A-Za-z0-9._-]{1,200} */
+    uint64_t max_size;   /* 0: default / existing */
+    uint32_t key_max;    /* 0: default / existing */
+    uint32_t value_max;  /* 0: default / existing */
+    uint32_t mode;       /* 0: 0600 */
+    uint64_t cleanup_ms; /* 0: default / existing */
 } shm_params;
 
 typedef struct shm_stats {
@@ -86,8 +86,8 @@ int shm_reap_pass(shm_table *t, uint64_t *reclaimed);
 
 typedef struct shm_check_report {
     uint64_t live, inserting, writing, free_slots, empty;
-    uint64_t duplicates;   /* keys present in more than one live slot */
-    uint64_t dead_owned;   /* INSERTING/WRITING slots or latches whose owner is dead */
+    uint64_t duplicates;       /* keys present in more than one live slot */
+    uint64_t dead_owned;       /* INSERTING/WRITING slots or latches whose owner is dead */
     uint64_t probe_violations; /* live keys beyond their home's probe bound */
 } shm_check_report;
 /* Scans every slot (single-threaded use only: call it when the table is quiet). */
@@ -95,9 +95,9 @@ int shm_check(shm_table *t, shm_check_report *r);
 
 /* Deliberately broken protocol variants, so the stress tests can show they catch them. */
 enum {
-    SHM_BROKEN_NO_GRACE = 1,    /* reuse a retired slot at once, without waiting out the epochs */
-    SHM_BROKEN_NO_RECHECK = 2,  /* readers skip the version re-check after copying a value */
-    SHM_BROKEN_NO_LATCH = 4,    /* inserts skip the home latch that makes a key unique */
+    SHM_BROKEN_NO_GRACE = 1,   /* reuse a retired slot at once, without waiting out the epochs */
+    SHM_BROKEN_NO_RECHECK = 2, /* readers skip the version re-check after copying a value */
+    SHM_BROKEN_NO_LATCH = 4,   /* inserts skip the home latch that makes a key unique */
 };
 void shm_debug_set_broken(unsigned flags);
 

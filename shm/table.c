@@ -42,18 +42,21 @@
 #include "layout.h"
 
 /* Tuning. */
-#define MAX_PROBE 128          /* farthest an insert looks from the home slot */
-#define LRU_SHIFT 3            /* the LRU clock ticks every 8 inserts */
-#define EVICT_SAMPLES 8        /* live slots compared per eviction (as in Redis) */
-#define EVICT_WINDOW 64        /* slots scanned to find them */
-#define EVICT_ROUNDS 3         /* samples looked at for an expired entry before LRU decides */
+#define MAX_PROBE         128  /* farthest an insert looks from the home slot */
+#define LRU_SHIFT         3    /* the LRU clock ticks every 8 inserts */
+#define EVICT_SAMPLES     8    /* live slots compared per eviction (as in Redis) */
+#define EVICT_WINDOW      64   /* slots scanned to find them */
+#define EVICT_ROUNDS      3    /* samples looked at for an expired entry before LRU decides */
 #define SPIN_BEFORE_CHECK 128  /* busy-waits before a liveness check of the slot's owner */
-#define INSERT_WAIT_MS 200     /* how long an insert waits for a stalled epoch before EFULL */
-#define REAP_BATCH 1024        /* slots per pinned stretch of a reaper pass */
+#define INSERT_WAIT_MS    200  /* how long an insert waits for a stalled epoch before EFULL */
+#define REAP_BATCH        1024 /* slots per pinned stretch of a reaper pass */
 
 void shm_self_leave(struct shm_table *t);
 
-static inline void cpu_relax(void) { __builtin_ia32_pause(); }
+static inline void cpu_relax(void)
+{
+    __builtin_ia32_pause();
+}
 
 static inline uint64_t ctl_load(struct shm_slot *s)
 {
@@ -123,9 +126,8 @@ static int bytes_snapshot(struct shm_table *t, struct shm_slot *s, uint64_t c, v
         if (buf && n <= cap) vbuf_read(v, buf, n);
         atomic_thread_fence(memory_order_acquire);
         uint64_t c2 = atomic_load_explicit(&s->ctl, memory_order_relaxed);
-        if ((shm_broken & SHM_BROKEN_NO_RECHECK) ||
-            (CTL_VER(c2) == CTL_VER(c) && CTL_BUF(c2) == CTL_BUF(c) &&
-             (CTL_STATE(c2) == ST_LIVE || CTL_STATE(c2) == ST_WRITING))) {
+        if ((shm_broken & SHM_BROKEN_NO_RECHECK) || (CTL_VER(c2) == CTL_VER(c) && CTL_BUF(c2) == CTL_BUF(c) &&
+                                                     (CTL_STATE(c2) == ST_LIVE || CTL_STATE(c2) == ST_WRITING))) {
             *len = n;
             *expires = e;
             return 0;
@@ -169,7 +171,8 @@ static inline int key_matches(struct shm_table *t, struct shm_slot *s, uint64_t 
 static void key_store(struct shm_table *t, struct shm_slot *s, const char *key, size_t klen)
 {
     _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
-    for (size_t i = 0; i < klen; i += 8) atomic_store_explicit(&w[i / 8], key_word(key, klen, i), memory_order_relaxed);
+    for (size_t i = 0; i < klen; i += 8)
+        atomic_store_explicit(&w[i / 8], key_word(key, klen, i), memory_order_relaxed);
 }
 
 /* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
@@ -217,7 +220,8 @@ static int recover_slot(struct shm_table *t, struct shm_self *me, struct shm_slo
     unsigned st = CTL_STATE(c);
     uint32_t owner = CTL_OWNER(c);
     if ((st != ST_INSERTING && st != ST_WRITING) || owner == me->token || shm_token_alive(t, owner)) return 0;
-    uint64_t to = st == ST_INSERTING ? CTL_MAKE(ST_FREE, 0, 0, me->pin + 1) : CTL_MAKE(ST_LIVE, CTL_BUF(c), 0, CTL_VER(c));
+    uint64_t to =
+        st == ST_INSERTING ? CTL_MAKE(ST_FREE, 0, 0, me->pin + 1) : CTL_MAKE(ST_LIVE, CTL_BUF(c), 0, CTL_VER(c));
     if (!ctl_cas(s, &c, to)) return 0;
     if (st == ST_INSERTING) atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
     shm_stat_add(me, STAT_RECOVERED, 1);
@@ -252,9 +256,9 @@ static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_sl
                                                   memory_order_relaxed))
             return 0;
         if (cur != 0 && spins % SPIN_BEFORE_CHECK == 0) {
-            if (!shm_token_alive(t, cur) && atomic_compare_exchange_strong_explicit(&home->latch, &cur, me->token,
-                                                                                     memory_order_acquire,
-                                                                                     memory_order_relaxed)) {
+            if (!shm_token_alive(t, cur) &&
+                atomic_compare_exchange_strong_explicit(&home->latch, &cur, me->token, memory_order_acquire,
+                                                        memory_order_relaxed)) {
                 shm_stat_add(me, STAT_RECOVERED, 1);
                 return 1;
             }
@@ -319,8 +323,8 @@ static int evict_one(struct shm_table *t, struct shm_self *me)
 
 struct init {
     unsigned type;
-    int64_t amount;   /* counters */
-    const void *val;  /* bytes */
+    int64_t amount;  /* counters */
+    const void *val; /* bytes */
     size_t len;
     int64_t expires;
 };
@@ -355,9 +359,12 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t
                 }
                 continue; /* c now holds the new word: look again */
             }
-            if (st == ST_FREE) *young = 1;
-            else if (st == ST_INSERTING) recover_slot(t, me, s, c);
-            else if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c))) retire(t, me, s, c, STAT_EXPIRATIONS);
+            if (st == ST_FREE)
+                *young = 1;
+            else if (st == ST_INSERTING)
+                recover_slot(t, me, s, c);
+            else if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c)))
+                retire(t, me, s, c, STAT_EXPIRATIONS);
             break;
         }
     }
@@ -446,8 +453,10 @@ static int insert_retrying(struct shm_table *t, struct shm_self *me, uint64_t h,
     for (int attempt = 0;; attempt++) {
         int rc = insert(t, me, h, key, klen, in, found, fctl);
         if (rc != INS_RETRY) return rc;
-        if (attempt == 0) deadline = shm_now_ms() + INSERT_WAIT_MS;
-        else if (shm_now_ms() > deadline) return SHM_EFULL;
+        if (attempt == 0)
+            deadline = shm_now_ms() + INSERT_WAIT_MS;
+        else if (shm_now_ms() > deadline)
+            return SHM_EFULL;
         shm_unpin(me);
         shm_epoch_try_advance(t);
         if (attempt > 1) sched_yield();
@@ -690,7 +699,8 @@ static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot
 {
     (void)arg;
     uint64_t c = ctl_load(s);
-    while ((CTL_STATE(c) == ST_LIVE || CTL_STATE(c) == ST_WRITING) && !retire(t, me, s, c, -1)) c = ctl_load(s);
+    while ((CTL_STATE(c) == ST_LIVE || CTL_STATE(c) == ST_WRITING) && !retire(t, me, s, c, -1))
+        c = ctl_load(s);
 }
 
 int shm_clear(shm_table *t)
@@ -739,7 +749,8 @@ static uint64_t resident_bytes(struct shm_table *t)
     if (!vec) return 0;
     uint64_t n = 0;
     if (mincore(t->base, t->map_size, vec) == 0)
-        for (size_t i = 0; i < npages; i++) n += vec[i] & 1;
+        for (size_t i = 0; i < npages; i++)
+            n += vec[i] & 1;
     free(vec);
     return n * (uint64_t)page;
 }
@@ -767,7 +778,8 @@ int shm_stats_get(shm_table *t, shm_stats *o)
     for (uint32_t i = 0; i < n; i++) {
         struct shm_part *p = &t->parts[i];
         uint64_t st[STAT_N];
-        for (int k = 0; k < STAT_N; k++) st[k] = atomic_load_explicit(&p->stat[k], memory_order_relaxed);
+        for (int k = 0; k < STAT_N; k++)
+            st[k] = atomic_load_explicit(&p->stat[k], memory_order_relaxed);
         o->hits += st[STAT_HITS];
         o->misses += st[STAT_MISSES];
         o->sets += st[STAT_SETS];
@@ -798,7 +810,10 @@ int shm_check(shm_table *t, shm_check_report *r)
         switch (CTL_STATE(c)) {
         case ST_EMPTY: r->empty++; break;
         case ST_FREE: r->free_slots++; break;
-        case ST_INSERTING: r->inserting++; r->dead_owned += !shm_token_alive(t, CTL_OWNER(c)); break;
+        case ST_INSERTING:
+            r->inserting++;
+            r->dead_owned += !shm_token_alive(t, CTL_OWNER(c));
+            break;
         case ST_WRITING: r->writing++; r->dead_owned += !shm_token_alive(t, CTL_OWNER(c)); /* fallthrough */
         case ST_LIVE: {
             r->live += CTL_STATE(c) == ST_LIVE;
@@ -814,7 +829,10 @@ int shm_check(shm_table *t, shm_check_report *r)
     }
     /* duplicates: sort live slots by hash, compare keys within equal hashes */
     uint64_t *hs = malloc(nl * 2 * sizeof *hs + 1);
-    if (!hs) { free(idx); return SHM_ENOMEM; }
+    if (!hs) {
+        free(idx);
+        return SHM_ENOMEM;
+    }
     for (uint64_t k = 0; k < nl; k++) {
         hs[2 * k] = atomic_load(&shm_slot_at(t, idx[k])->hash);
         hs[2 * k + 1] = idx[k];

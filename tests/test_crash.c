@@ -28,10 +28,10 @@
 #include "../shm/shm.h"
 #include "testutil.h"
 
-#define WORKERS 4
-#define NKEYS 32      /* counted keys c:0.. */
-#define NCHURN 64     /* keys t:0.. set and deleted all the time */
-#define NFRESH 20000  /* lockstep keys n:0.. for the uniqueness workload */
+#define WORKERS   4
+#define NKEYS     32    /* counted keys c:0.. */
+#define NCHURN    64    /* keys t:0.. set and deleted all the time */
+#define NFRESH    20000 /* lockstep keys n:0.. for the uniqueness workload */
 #define VALUE_MAX 4096
 
 /* MIXED: counters, values, churn; FRESH: lockstep first inserts; REUSE: unique keys set,
@@ -104,9 +104,11 @@ static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *
         uint32_t k = (uint32_t)(rng(x) % NKEYS);
         snprintf(key, sizeof key, "c:%u", k);
         rc = traffic_increment(b, key, 1, 0, NULL);
-        if (rc) note_error(sc, b, "increment", rc);
-        else atomic_store_explicit(&sc->acked[w][k], atomic_load_explicit(&sc->acked[w][k], memory_order_relaxed) + 1,
-                                   memory_order_relaxed);
+        if (rc)
+            note_error(sc, b, "increment", rc);
+        else
+            atomic_store_explicit(&sc->acked[w][k], atomic_load_explicit(&sc->acked[w][k], memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
     } else if (r < 65) {
         uint32_t k = (uint32_t)(rng(x) % NKEYS);
         snprintf(key, sizeof key, "v:%u", k);
@@ -116,8 +118,10 @@ static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *
         uint32_t k = (uint32_t)(rng(x) % NKEYS);
         snprintf(key, sizeof key, "v:%u", k);
         rc = traffic_get(b, key, buf, VALUE_MAX, &len);
-        if (rc == TRAFFIC_OK && !value_ok(buf, len, k)) atomic_fetch_add(&sc->torn, 1);
-        else if (rc && rc != TRAFFIC_ENOTFOUND) note_error(sc, b, "get", rc);
+        if (rc == TRAFFIC_OK && !value_ok(buf, len, k))
+            atomic_fetch_add(&sc->torn, 1);
+        else if (rc && rc != TRAFFIC_ENOTFOUND)
+            note_error(sc, b, "get", rc);
     } else {
         /* churn: short-lived keys whose value names them, so a read served from a reused
          * slot shows up as "another key's value" */
@@ -131,8 +135,10 @@ static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *
             if ((rc = traffic_delete(b, key))) note_error(sc, b, "delete", rc);
         } else {
             rc = traffic_get(b, key, buf, VALUE_MAX, &len);
-            if (rc == TRAFFIC_OK && !value_ok(buf, len, k + 1000)) atomic_fetch_add(&sc->wrongkey, 1);
-            else if (rc && rc != TRAFFIC_ENOTFOUND) note_error(sc, b, "get churn", rc);
+            if (rc == TRAFFIC_OK && !value_ok(buf, len, k + 1000))
+                atomic_fetch_add(&sc->wrongkey, 1);
+            else if (rc && rc != TRAFFIC_ENOTFOUND)
+                note_error(sc, b, "get churn", rc);
         }
     }
 }
@@ -140,7 +146,8 @@ static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *
 static uint32_t name_tag(const char *s)
 {
     uint32_t h = 2166136261u;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
     return h;
 }
 
@@ -156,8 +163,10 @@ static void reuse_step(traffic_backend *b, struct scratch *sc, int w, uint64_t i
     uint64_t p = atomic_load_explicit(&sc->ops[o], memory_order_relaxed), back = rng(x) % 8;
     snprintf(key, sizeof key, "u:%d:%llu", o, (unsigned long long)(p > back ? p - back : 0));
     rc = traffic_get(b, key, buf, VALUE_MAX, &len);
-    if (rc == TRAFFIC_OK && !value_ok(buf, len, name_tag(key))) atomic_fetch_add(&sc->wrongkey, 1);
-    else if (rc && rc != TRAFFIC_ENOTFOUND) note_error(sc, b, "get reuse", rc);
+    if (rc == TRAFFIC_OK && !value_ok(buf, len, name_tag(key)))
+        atomic_fetch_add(&sc->wrongkey, 1);
+    else if (rc && rc != TRAFFIC_ENOTFOUND)
+        note_error(sc, b, "get reuse", rc);
     if (i >= 4) {
         snprintf(key, sizeof key, "u:%d:%llu", w, (unsigned long long)(i - 4));
         if ((rc = traffic_delete(b, key))) note_error(sc, b, "delete reuse", rc);
@@ -271,7 +280,8 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     traffic_backend *b;
     TU_OK(NULL, traffic_open(url, &b));
     pid_t pids[WORKERS];
-    for (int w = 0; w < WORKERS; w++) pids[w] = spawn(url, sc, w, mode);
+    for (int w = 0; w < WORKERS; w++)
+        pids[w] = spawn(url, sc, w, mode);
 
     uint64_t x = (uint64_t)getpid() | 1;
     int64_t end = tu_now_ms() + (int64_t)(seconds * 1000);
@@ -295,24 +305,29 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
         pids[w] = spawn(url, sc, w, mode);
     }
     atomic_store(&sc->stop, 1);
-    for (int w = 0; w < WORKERS; w++) res.wedged += pids[w] > 0 && wait_bounded(pids[w], 20000) != 0;
+    for (int w = 0; w < WORKERS; w++)
+        res.wedged += pids[w] > 0 && wait_bounded(pids[w], 20000) != 0;
     shm_debug_set_broken(0);
 
     res.torn = atomic_load(&sc->torn);
     res.wrongkey = atomic_load(&sc->wrongkey);
     res.errors = atomic_load(&sc->errors);
-    for (int w = 0; w < WORKERS; w++) res.ops += atomic_load(&sc->ops[w]);
+    for (int w = 0; w < WORKERS; w++)
+        res.ops += atomic_load(&sc->ops[w]);
     if (res.errors) fprintf(stderr, "first worker error: %s\n", sc->errmsg);
 
     char key[32];
     if (mode == MODE_MIXED) {
         for (int k = 0; k < NKEYS; k++) {
             int64_t acked = 0;
-            for (int w = 0; w < WORKERS; w++) acked += atomic_load(&sc->acked[w][k]);
+            for (int w = 0; w < WORKERS; w++)
+                acked += atomic_load(&sc->acked[w][k]);
             snprintf(key, sizeof key, "c:%d", k);
             int64_t v = counter_value(b, key);
-            if (v < acked) res.lost_keys++;
-            else res.excess += v - acked;
+            if (v < acked)
+                res.lost_keys++;
+            else
+                res.excess += v - acked;
         }
     } else if (mode == MODE_FRESH) {
         for (int i = 0; i < NFRESH; i++) {
@@ -335,10 +350,12 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     fprintf(stderr,
             "[%s broken=%u] %.1fs ops=%llu kills=%d wedged=%d torn=%llu wrongkey=%llu errors=%llu lost_keys=%lld "
             "excess=%lld dups=%llu dead_owned=%llu inserting=%llu writing=%llu live=%llu final=%d\n",
-            mode == MODE_MIXED ? "mixed" : mode == MODE_FRESH ? "fresh" : "reuse", broken, seconds, (unsigned long long)res.ops, res.kills,
-            res.wedged, (unsigned long long)res.torn, (unsigned long long)res.wrongkey,
-            (unsigned long long)res.errors, (long long)res.lost_keys, (long long)res.excess,
-            (unsigned long long)res.check.duplicates, (unsigned long long)res.check.dead_owned,
+            mode == MODE_MIXED   ? "mixed"
+            : mode == MODE_FRESH ? "fresh"
+                                 : "reuse",
+            broken, seconds, (unsigned long long)res.ops, res.kills, res.wedged, (unsigned long long)res.torn,
+            (unsigned long long)res.wrongkey, (unsigned long long)res.errors, (long long)res.lost_keys,
+            (long long)res.excess, (unsigned long long)res.check.duplicates, (unsigned long long)res.check.dead_owned,
             (unsigned long long)res.check.inserting, (unsigned long long)res.check.writing,
             (unsigned long long)res.check.live, res.final_rc);
     return res;
@@ -402,8 +419,7 @@ END_TEST
 START_TEST(broken_no_grace_is_caught)
 {
     struct result r = run(MODE_REUSE, 30.0, 0, SHM_BROKEN_NO_GRACE, 1);
-    ck_assert_msg(r.wrongkey > 0,
-                  "reusing slots without the epoch grace period went unnoticed");
+    ck_assert_msg(r.wrongkey > 0, "reusing slots without the epoch grace period went unnoticed");
 }
 END_TEST
 

@@ -111,8 +111,8 @@ START_TEST(huge_table_memory_follows_keys_used)
     struct traffic_stats st;
     TU_OK(b, traffic_stats(b, &st));
     ck_assert_uint_ge(st.capacity, 10000000);
-    ck_assert_uint_gt(st.bytes_used, 1ull << 30);         /* over a GiB mapped... */
-    ck_assert_uint_lt(st.bytes_resident, 16ull << 20);    /* ...a few MiB resident */
+    ck_assert_uint_gt(st.bytes_used, 1ull << 30);      /* over a GiB mapped... */
+    ck_assert_uint_lt(st.bytes_resident, 16ull << 20); /* ...a few MiB resident */
     char key[32];
     for (int i = 0; i < 1000; i++) {
         snprintf(key, sizeof key, "k:%d", i);

@@ -40,9 +40,9 @@ static int64_t get_counter(traffic_backend *b, const char *key)
     return atoll(buf);
 }
 
-#define WORKERS 4
+#define WORKERS    4
 #define PER_WORKER 100000
-#define HOT 16
+#define HOT        16
 
 START_TEST(workers_exact_totals)
 {
@@ -60,7 +60,8 @@ START_TEST(workers_exact_totals)
             _exit(0);
         }
     }
-    for (int w = 0; w < WORKERS; w++) ck_assert_int_eq(tu_wait(pids[w]), 0);
+    for (int w = 0; w < WORKERS; w++)
+        ck_assert_int_eq(tu_wait(pids[w]), 0);
     int64_t total = 0;
     for (int k = 0; k < HOT; k++) {
         char key[16];
@@ -139,7 +140,8 @@ START_TEST(expiry_seen_by_all_processes)
             _exit(0);
         }
     }
-    for (int c = 0; c < 3; c++) ck_assert_int_eq(tu_wait(pids[c]), 0);
+    for (int c = 0; c < 3; c++)
+        ck_assert_int_eq(tu_wait(pids[c]), 0);
     /* an expired counter starts again from the amount, with the new TTL */
     int64_t n;
     TU_OK(b, traffic_increment(b, "window", 1, 10, &n));
@@ -171,12 +173,14 @@ START_TEST(reaper_elected_and_taken_over)
         if (pids[c] == 0) {
             traffic_backend *cb;
             if (traffic_open(url, &cb) || traffic_start_cleanup(cb)) _exit(1);
-            for (;;) pause();
+            for (;;)
+                pause();
         }
     }
     /* one of them is elected... */
     int64_t elected = 0;
-    for (int i = 0; i < 200 && elected <= 0; i++, sleep_ms(20)) elected = reaper_pid(b);
+    for (int i = 0; i < 200 && elected <= 0; i++, sleep_ms(20))
+        elected = reaper_pid(b);
     int idx = -1;
     for (int c = 0; c < 3; c++)
         if (pids[c] == elected) idx = c;
@@ -184,7 +188,8 @@ START_TEST(reaper_elected_and_taken_over)
     /* ...and stays elected while it lives, working every interval */
     struct traffic_stats st0, st1;
     TU_OK(b, traffic_stats(b, &st0));
-    for (int i = 0; i < 25; i++, sleep_ms(20)) ck_assert_int_eq(reaper_pid(b), elected);
+    for (int i = 0; i < 25; i++, sleep_ms(20))
+        ck_assert_int_eq(reaper_pid(b), elected);
     TU_OK(b, traffic_stats(b, &st1));
     ck_assert_uint_gt(st1.reaper_runs, st0.reaper_runs);
 
@@ -235,7 +240,8 @@ START_TEST(attached_counts_processes_and_recovers_dead)
             traffic_increment(b, "k", 1, 0, NULL);
             char x;
             (void)!read(fds[0], &x, 1); /* wait until told to die */
-            for (;;) pause();
+            for (;;)
+                pause();
         }
     }
     struct traffic_stats st;

@@ -16,9 +16,9 @@
 
 static traffic_backend *hb;
 
-#define THREADS 8
+#define THREADS    8
 #define PER_THREAD 50000
-#define KEYS 8
+#define KEYS       8
 
 static void *incr_thread(void *arg)
 {
@@ -35,7 +35,8 @@ START_TEST(threads_exact_totals)
 {
     TU_OK(NULL, traffic_open("memory://", &hb));
     pthread_t th[THREADS];
-    for (intptr_t i = 0; i < THREADS; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, incr_thread, (void *)i), 0);
+    for (intptr_t i = 0; i < THREADS; i++)
+        ck_assert_int_eq(pthread_create(&th[i], NULL, incr_thread, (void *)i), 0);
     for (int i = 0; i < THREADS; i++) {
         void *r;
         pthread_join(th[i], &r);
@@ -88,7 +89,8 @@ static void *reader_thread(void *arg)
         snprintf(key, sizeof key, "v%d", k);
         if (traffic_get(hb, key, v, sizeof v, &len) != TRAFFIC_OK) continue;
         int ok = len >= 64 && v[0] == k;
-        for (size_t j = 2; ok && j < len; j++) ok = v[j] == v[1];
+        for (size_t j = 2; ok && j < len; j++)
+            ok = v[j] == v[1];
         atomic_fetch_add(ok ? &good_reads : &bad_reads, 1);
     }
     return NULL;
@@ -108,7 +110,8 @@ START_TEST(threads_readers_never_torn)
         nanosleep(&ts, NULL);
     }
     atomic_store(&stop_flag, 1);
-    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
     ck_assert_int_eq(atomic_load(&bad_reads), 0);
     ck_assert_int_gt(atomic_load(&good_reads), 1000);
     TU_OK(hb, traffic_close(hb));
@@ -151,7 +154,8 @@ static int step;
 static void wait_step(int s)
 {
     pthread_mutex_lock(&step_mu);
-    while (step < s) pthread_cond_wait(&step_cv, &step_mu);
+    while (step < s)
+        pthread_cond_wait(&step_cv, &step_mu);
     pthread_mutex_unlock(&step_mu);
 }
 static void set_step(int s)

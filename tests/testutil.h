@@ -24,7 +24,7 @@ int tu_wait(pid_t pid);
 #define TU_OK(b, expr)                                                                                                 \
     do {                                                                                                               \
         int tu_rc_ = (expr);                                                                                           \
-        ck_assert_msg(tu_rc_ == TRAFFIC_OK, "%s -> %s (%s)", #expr, traffic_strerror(tu_rc_), traffic_errmsg(b));     \
+        ck_assert_msg(tu_rc_ == TRAFFIC_OK, "%s -> %s (%s)", #expr, traffic_strerror(tu_rc_), traffic_errmsg(b));      \
     } while (0)
 /* Monotonic milliseconds. */
 int64_t tu_now_ms(void);

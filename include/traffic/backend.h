@@ -29,25 +29,22 @@ extern "C" {
 typedef struct traffic_backend_ops {
     const char *name; /* "memory", "sqlite", "redis", ... */
     int (*close)(traffic_backend *b);
-    int (*get)(traffic_backend *b, const char *key, size_t klen, void *buf, size_t cap,
-               size_t *len);
-    int (*set)(traffic_backend *b, const char *key, size_t klen, const void *val, size_t len,
-               int64_t ttl_ms);
+    int (*get)(traffic_backend *b, const char *key, size_t klen, void *buf, size_t cap, size_t *len);
+    int (*set)(traffic_backend *b, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms);
     int (*del)(traffic_backend *b, const char *key, size_t klen);
     int (*exists)(traffic_backend *b, const char *key, size_t klen); /* 1, 0 or < 0 */
-    int (*increment)(traffic_backend *b, const char *key, size_t klen, int64_t amount,
-                     int64_t ttl_ms, int64_t *out);
+    int (*increment)(traffic_backend *b, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out);
     /* remaining TTL in milliseconds, -1 for none */
     int (*ttl)(traffic_backend *b, const char *key, size_t klen, int64_t *ttl_ms);
     int (*clear)(traffic_backend *b);
     int (*stats)(traffic_backend *b, struct traffic_stats *out); /* out is zeroed by the caller */
-    int (*start_cleanup)(traffic_backend *b);             /* may be NULL: TRAFFIC_ENOTSUP */
-    int (*stop_cleanup)(traffic_backend *b);              /* may be NULL: TRAFFIC_OK */
+    int (*start_cleanup)(traffic_backend *b);                    /* may be NULL: TRAFFIC_ENOTSUP */
+    int (*stop_cleanup)(traffic_backend *b);                     /* may be NULL: TRAFFIC_OK */
     /* Reserved for the rate-limit algorithms of SPEC.md ("Next"): compare-and-swap of the
      * entry's 64-bit word, creating it with ttl_ms when absent and expected == 0.
      * May be NULL until a backend supports it. */
-    int (*cas)(traffic_backend *b, const char *key, size_t klen, uint64_t expected,
-               uint64_t desired, int64_t ttl_ms, uint64_t *actual);
+    int (*cas)(traffic_backend *b, const char *key, size_t klen, uint64_t expected, uint64_t desired, int64_t ttl_ms,
+               uint64_t *actual);
 } traffic_backend_ops;
 
 struct traffic_backend {
@@ -63,8 +60,7 @@ TRAFFIC_API void traffic_backend_init(traffic_backend *b, const traffic_backend_
  * reads naturally. */
 TRAFFIC_API int traffic_backend_fail(const traffic_backend *b, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-TRAFFIC_API int traffic_backend_vfail(const traffic_backend *b, int status, const char *fmt,
-                                      va_list ap);
+TRAFFIC_API int traffic_backend_vfail(const traffic_backend *b, int status, const char *fmt, va_list ap);
 
 #ifdef __cplusplus
 }
