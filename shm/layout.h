@@ -143,9 +143,14 @@ struct shm_slot {
      * entry stored in it, and survive reuse. */
     _Atomic uint32_t latch;     /* token of the inserter serialising inserts of this home */
     _Atomic uint32_t probe_max; /* farthest distance of any key ever inserted from this home */
-    /* The source of this slot's versions, across all its entries: whoever publishes a LIVE
-     * word (the owner of INSERTING or WRITING) takes the next number from it. So a LIVE word
-     * never repeats (modulo 2^36), even when the slot is reused for the same key at once. */
+};
+
+/* After the key: the source of this slot's versions, across all its entries. Whoever
+ * publishes a LIVE word (the owner of INSERTING or WRITING) takes the next number from it, so
+ * a LIVE word never repeats (modulo 2^36), even when the slot is reused for the same key at
+ * once. Kept out of the first cache line, which holds everything a lookup and an increment
+ * read (control word, counter, hash, expiry, meta, probe bound) and the first 16 key bytes. */
+struct shm_slot_tail {
     _Atomic uint64_t vseq;
 };
 
@@ -164,7 +169,7 @@ struct shm_table {
     struct shm_part *parts;
     unsigned char *slots;
     uint64_t mask;
-    uint32_t slot_size, key_off, buf_off, buf_size;
+    uint32_t slot_size, key_off, tail_off, buf_off, buf_size;
     uint64_t uid;     /* unique per handle in this process */
     _Atomic int refs; /* the handle + each thread registered through it */
     _Atomic int closed;
@@ -184,6 +189,10 @@ static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i
 static inline unsigned char *shm_slot_key(const struct shm_table *t, struct shm_slot *s)
 {
     return (unsigned char *)s + t->key_off;
+}
+static inline struct shm_slot_tail *shm_slot_tail(const struct shm_table *t, struct shm_slot *s)
+{
+    return (struct shm_slot_tail *)((unsigned char *)s + t->tail_off);
 }
 static inline struct shm_vbuf *shm_slot_buf(const struct shm_table *t, struct shm_slot *s, unsigned b)
 {

@@ -85,7 +85,7 @@ int shm_name_valid(const char *name)
 
 struct geometry {
     uint64_t capacity, max_size, parts_off, slots_off, map_size;
-    uint32_t key_max, value_max, slot_size, key_off, buf_off, buf_size;
+    uint32_t key_max, value_max, slot_size, key_off, tail_off, buf_off, buf_size;
 };
 
 static uint64_t round_up(uint64_t x, uint64_t a)
@@ -104,7 +104,8 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
     while (g->capacity < want)
         g->capacity <<= 1;
     g->key_off = (uint32_t)sizeof(struct shm_slot);
-    g->buf_off = g->key_off + (uint32_t)round_up(key_max, 8);
+    g->tail_off = g->key_off + (uint32_t)round_up(key_max, 8);
+    g->buf_off = g->tail_off + (uint32_t)sizeof(struct shm_slot_tail);
     g->buf_size = (uint32_t)(sizeof(struct shm_vbuf) + round_up(value_max, 8));
     g->slot_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, SHM_LINE);
     g->parts_off = round_up(sizeof(struct shm_header), SHM_LINE);
@@ -283,6 +284,7 @@ static int make_handle(unsigned char *base, size_t size, struct shm_table **out)
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
     t->slot_size = g.slot_size;
     t->key_off = g.key_off;
+    t->tail_off = g.tail_off;
     t->buf_off = g.buf_off;
     t->buf_size = g.buf_size;
     t->uid = atomic_fetch_add(&table_uids, 1);

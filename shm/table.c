@@ -436,7 +436,7 @@ static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const ch
         atomic_store_explicit(&home->probe_max, d, memory_order_release);
     atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
     /* Publish: everything written above becomes visible with LIVE (I2, I3). */
-    uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
+    uint64_t v = atomic_fetch_add_explicit(&shm_slot_tail(t, s)->vseq, 1, memory_order_relaxed) + 1;
     atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, v), memory_order_release);
     latch_release(home);
     return INS_DONE;
@@ -624,7 +624,7 @@ static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_s
         vbuf_write(shm_slot_buf(t, s, nb), val, len, expires);
         /* Fails only if a delete or eviction retired the entry meanwhile: the write is then
          * ordered before that removal, which is a correct outcome. */
-        uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
+        uint64_t v = atomic_fetch_add_explicit(&shm_slot_tail(t, s)->vseq, 1, memory_order_relaxed) + 1;
         ctl_cas(s, &w, CTL_MAKE(ST_LIVE, nb, 0, v));
         touch(t, s);
         return 0;
