@@ -177,7 +177,7 @@ int traffic_close(traffic_backend *b)
 
 int traffic_get(traffic_backend *b, const char *key, void *buf, size_t cap, size_t *len)
 {
-    size_t klen;
+    size_t klen = 0;
     CHECK(check_handle(b));
     CHECK(check_key(b, key, &klen));
     if (!len) return traffic_backend_fail(b, TRAFFIC_EINVAL, "len is NULL");
@@ -187,8 +187,8 @@ int traffic_get(traffic_backend *b, const char *key, void *buf, size_t cap, size
 
 int traffic_set(traffic_backend *b, const char *key, const void *val, size_t len, double ttl)
 {
-    size_t klen;
-    int64_t ms;
+    size_t klen = 0;
+    int64_t ms = 0;
     CHECK(check_handle(b));
     CHECK(check_key(b, key, &klen));
     if (!val && len) return traffic_backend_fail(b, TRAFFIC_EINVAL, "val is NULL but len is %zu", len);
@@ -198,7 +198,7 @@ int traffic_set(traffic_backend *b, const char *key, const void *val, size_t len
 
 int traffic_delete(traffic_backend *b, const char *key)
 {
-    size_t klen;
+    size_t klen = 0;
     CHECK(check_handle(b));
     CHECK(check_key(b, key, &klen));
     return b->ops->del(b, key, klen);
@@ -206,7 +206,7 @@ int traffic_delete(traffic_backend *b, const char *key)
 
 int traffic_exists(traffic_backend *b, const char *key)
 {
-    size_t klen;
+    size_t klen = 0;
     CHECK(check_handle(b));
     CHECK(check_key(b, key, &klen));
     return b->ops->exists(b, key, klen);
@@ -214,8 +214,8 @@ int traffic_exists(traffic_backend *b, const char *key)
 
 int traffic_increment(traffic_backend *b, const char *key, int64_t amount, double ttl, int64_t *out)
 {
-    size_t klen;
-    int64_t ms, scratch;
+    size_t klen = 0;
+    int64_t ms = 0, scratch;
     CHECK(check_handle(b));
     CHECK(check_key(b, key, &klen));
     CHECK(check_ttl(b, ttl, &ms));
@@ -224,8 +224,8 @@ int traffic_increment(traffic_backend *b, const char *key, int64_t amount, doubl
 
 int traffic_ttl(traffic_backend *b, const char *key, double *seconds)
 {
-    size_t klen;
-    int64_t ms;
+    size_t klen = 0;
+    int64_t ms = 0;
     CHECK(check_handle(b));
     CHECK(check_key(b, key, &klen));
     if (!seconds) return traffic_backend_fail(b, TRAFFIC_EINVAL, "seconds is NULL");

@@ -107,7 +107,8 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
     g->tail_off = g->key_off + (uint32_t)round_up(key_max, 8);
     g->buf_off = g->tail_off + (uint32_t)sizeof(struct shm_slot_tail);
     g->buf_size = (uint32_t)(sizeof(struct shm_vbuf) + round_up(value_max, 8));
-    g->slot_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, SHM_LINE);
+    /* Whole pairs of lines: the adjacent-line prefetcher then brings line 1 with line 0. */
+    g->slot_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, 2 * SHM_LINE);
     g->parts_off = round_up(sizeof(struct shm_header), SHM_LINE);
     long page = sysconf(_SC_PAGESIZE);
     g->slots_off = round_up(g->parts_off + (uint64_t)SHM_MAX_PARTS * sizeof(struct shm_part), (uint64_t)page);

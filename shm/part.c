@@ -43,9 +43,13 @@ struct tls_state {
     struct tls_ent *ents;
 };
 
-static _Thread_local struct tls_state *tls;
-static _Thread_local struct tls_ent *tls_last;
-static _Thread_local uint64_t tls_last_gen;
+/* initial-exec: a plain %fs-relative load instead of a __tls_get_addr call per operation
+ * (measured: 41 of the 450 instructions of an increment). The cost is a few bytes of the
+ * static TLS surplus that glibc keeps for libraries, dlopen()ed ones included. */
+#define SHM_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+static SHM_TLS struct tls_state *tls;
+static SHM_TLS struct tls_ent *tls_last;
+static SHM_TLS uint64_t tls_last_gen;
 static _Atomic uint64_t fork_gen = 1;
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;

@@ -148,44 +148,52 @@ static int64_t entry_expiry(struct shm_table *t, struct shm_slot *s, uint64_t c)
 
 /* ---- lookup ------------------------------------------------------------------------------- */
 
-/* Key bytes are stored and compared as relaxed atomic words (the key area is 8-aligned and
- * padded): a reader may compare a key that a claimer of a reusable slot is overwriting; its
- * CAS or version check then fails, and no access is a data race. */
-static inline uint64_t key_word(const char *key, size_t klen, size_t i)
+/* A key as the table compares it: zero-padded 64-bit words, built once per operation, and
+ * its hash. Key bytes in slots are stored and compared as relaxed atomic words (the key area
+ * is 8-aligned and padded): a reader may compare a key that a claimer of a reusable slot is
+ * overwriting; its CAS or version check then fails, and no access is a data race. */
+struct shm_key {
+    uint64_t h;
+    size_t len, nw;
+    uint64_t w[(SHM_KEY_LIMIT + 7) / 8];
+};
+
+static inline void key_prepare(struct shm_table *t, const char *key, size_t klen, struct shm_key *k)
 {
-    uint64_t w = 0;
-    memcpy(&w, key + i, klen - i < 8 ? klen - i : 8);
-    return w;
+    k->len = klen;
+    k->nw = (klen + 7) / 8;
+    k->w[k->nw - 1] = 0;
+    memcpy(k->w, key, klen);
+    k->h = shm_hash_words(t->h->hash_seed, k->w, k->nw, klen);
 }
 
-static inline int key_matches(struct shm_table *t, struct shm_slot *s, uint64_t h, const char *key, size_t klen)
+static inline int key_matches(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
 {
-    if (atomic_load_explicit(&s->hash, memory_order_relaxed) != h) return 0;
-    if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != klen) return 0;
+    if (atomic_load_explicit(&s->hash, memory_order_relaxed) != k->h) return 0;
+    if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != k->len) return 0;
     _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
-    for (size_t i = 0; i < klen; i += 8)
-        if (atomic_load_explicit(&w[i / 8], memory_order_relaxed) != key_word(key, klen, i)) return 0;
+    for (size_t i = 0; i < k->nw; i++)
+        if (atomic_load_explicit(&w[i], memory_order_relaxed) != k->w[i]) return 0;
     return 1;
 }
 
-static void key_store(struct shm_table *t, struct shm_slot *s, const char *key, size_t klen)
+static void key_store(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
 {
     _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
-    for (size_t i = 0; i < klen; i += 8)
-        atomic_store_explicit(&w[i / 8], key_word(key, klen, i), memory_order_relaxed);
+    for (size_t i = 0; i < k->nw; i++) atomic_store_explicit(&w[i], k->w[i], memory_order_relaxed);
 }
 
 /* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
  * bound: how far to scan (probe_max of the home, or MAX_PROBE when it cannot be trusted). */
-static struct shm_slot *lookup_bounded(struct shm_table *t, uint64_t h, const char *key, size_t klen, uint32_t bound,
+static struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key *k, uint32_t bound,
                                        uint64_t *ctl)
 {
     for (uint32_t d = 0; d <= bound; d++) {
-        struct shm_slot *s = shm_slot_at(t, h + d);
+        struct shm_slot *s = shm_slot_at(t, k->h + d);
         uint64_t c = ctl_load(s);
         unsigned st = CTL_STATE(c);
         if (st == ST_EMPTY) break;
-        if ((st == ST_LIVE || st == ST_WRITING) && key_matches(t, s, h, key, klen)) {
+        if ((st == ST_LIVE || st == ST_WRITING) && key_matches(t, s, k)) {
             *ctl = c;
             return s;
         }
@@ -193,10 +201,10 @@ static struct shm_slot *lookup_bounded(struct shm_table *t, uint64_t h, const ch
     return NULL;
 }
 
-static inline struct shm_slot *lookup(struct shm_table *t, uint64_t h, const char *key, size_t klen, uint64_t *ctl)
+static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key *k, uint64_t *ctl)
 {
-    uint32_t bound = atomic_load_explicit(&shm_slot_at(t, h)->probe_max, memory_order_acquire);
-    return lookup_bounded(t, h, key, klen, bound, ctl);
+    uint32_t bound = atomic_load_explicit(&shm_slot_at(t, k->h)->probe_max, memory_order_acquire);
+    return lookup_bounded(t, k, bound, ctl);
 }
 
 /* ---- retire, recovery ------------------------------------------------------------------------ */
@@ -334,12 +342,12 @@ enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
 /* Claims a free slot in the probe window of home for the caller (who holds home's latch and
  * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
  * reclaims what it can on the way: dead owners' inserts and expired entries. */
-static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
+static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const struct shm_key *k,
                               uint32_t *dist, int *young, int *revived)
 {
     uint64_t mine = CTL_MAKE(ST_INSERTING, 0, me->token, 0);
     for (uint32_t d = 0; d < MAX_PROBE; d++) {
-        struct shm_slot *s = shm_slot_at(t, h + d);
+        struct shm_slot *s = shm_slot_at(t, k->h + d);
         uint64_t c = ctl_load(s);
         for (;;) {
             unsigned st = CTL_STATE(c);
@@ -347,11 +355,11 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t
              * retired mid-write. Its key bytes are stable: nobody writes a FREE slot before
              * claiming it by CAS. */
             if (st == ST_EMPTY ||
-                (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && key_matches(t, s, h, key, klen))))) {
+                (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && key_matches(t, s, k))))) {
                 /* Decided before the CAS, from the word the CAS will confirm. A FREE slot's
                  * previous key counts as ours only if it matches (revival or a reused slot
                  * that happens to hold our key: either way its bytes are already right). */
-                int same = st == ST_FREE && key_matches(t, s, h, key, klen);
+                int same = st == ST_FREE && key_matches(t, s, k);
                 if (ctl_cas(s, &c, mine)) {
                     *dist = d;
                     *revived = same;
@@ -373,14 +381,13 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, uint64_t
 
 /* Writes a new entry into a slot the caller holds INSERTING. A revived slot already holds
  * this key's hash and bytes, and stale readers may be comparing them: they are not rewritten. */
-static void fill(struct shm_table *t, struct shm_slot *s, uint64_t h, const char *key, size_t klen,
-                 const struct init *in, int revived)
+static void fill(struct shm_table *t, struct shm_slot *s, const struct shm_key *k, const struct init *in, int revived)
 {
     if (!revived) {
-        atomic_store_explicit(&s->hash, h, memory_order_relaxed);
-        key_store(t, s, key, klen);
+        atomic_store_explicit(&s->hash, k->h, memory_order_relaxed);
+        key_store(t, s, k);
     }
-    atomic_store_explicit(&s->meta, (uint32_t)klen | in->type << 16, memory_order_relaxed);
+    atomic_store_explicit(&s->meta, (uint32_t)k->len | in->type << 16, memory_order_relaxed);
     atomic_store_explicit(&s->tick, lru_now(t), memory_order_relaxed);
     if (in->type == TYPE_COUNTER) {
         atomic_store_explicit(&s->counter, in->amount, memory_order_relaxed);
@@ -396,15 +403,14 @@ static void fill(struct shm_table *t, struct shm_slot *s, uint64_t h, const char
  * bytes entry for TYPE_BYTES callers). An expired entry, or a counter that a set replaces,
  * is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
  * epoch move, and tries again. Caller is pinned. */
-static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
-                  const struct init *in, struct shm_slot **found, uint64_t *fctl)
+static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in, struct shm_slot **found, uint64_t *fctl)
 {
-    struct shm_slot *home = shm_slot_at(t, h);
+    struct shm_slot *home = shm_slot_at(t, k->h);
     int stolen = latch_acquire(t, me, home);
     uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
     uint64_t c;
     struct shm_slot *s;
-    while ((s = lookup_bounded(t, h, key, klen, bound, &c))) {
+    while ((s = lookup_bounded(t, k, bound, &c))) {
         int expired = shm_expired(entry_expiry(t, s, c));
         if (!expired && (in->type == TYPE_COUNTER || meta_type(s) == TYPE_BYTES)) {
             latch_release(home);
@@ -425,13 +431,13 @@ static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const ch
     }
     uint32_t d = 0;
     int young = 0, revived = 0;
-    s = claim(t, me, h, key, klen, &d, &young, &revived);
+    s = claim(t, me, k, &d, &young, &revived);
     if (!s) {
         atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
         latch_release(home);
         return young ? INS_RETRY : SHM_EFULL;
     }
-    fill(t, s, h, key, klen, in, revived);
+    fill(t, s, k, in, revived);
     if (d > atomic_load_explicit(&home->probe_max, memory_order_relaxed))
         atomic_store_explicit(&home->probe_max, d, memory_order_release);
     atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
@@ -446,12 +452,11 @@ static int insert(struct shm_table *t, struct shm_self *me, uint64_t h, const ch
  * tombstones in the probe window. A participant that is pinned but descheduled holds the
  * epoch back for a time slice; one that is stopped (SIGSTOP, a debugger) holds it for good,
  * so the wait is bounded and ends in SHM_EFULL. Returns as insert, never INS_RETRY. */
-static int insert_retrying(struct shm_table *t, struct shm_self *me, uint64_t h, const char *key, size_t klen,
-                           const struct init *in, struct shm_slot **found, uint64_t *fctl)
+static int insert_retrying(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in, struct shm_slot **found, uint64_t *fctl)
 {
     int64_t deadline = 0;
     for (int attempt = 0;; attempt++) {
-        int rc = insert(t, me, h, key, klen, in, found, fctl);
+        int rc = insert(t, me, k, in, found, fctl);
         if (rc != INS_RETRY) return rc;
         if (attempt == 0)
             deadline = shm_now_ms() + INSERT_WAIT_MS;
@@ -476,26 +481,28 @@ static int insert_retrying(struct shm_table *t, struct shm_self *me, uint64_t h,
     if (__builtin_expect(!me, 0)) return SHM_EFULL;                                                                    \
     shm_pin(t, me)
 
-static inline uint64_t key_hash(struct shm_table *t, const char *key, size_t klen)
-{
-    return shm_hash(t->h->hash_seed, key, klen);
-}
 
+/* Decimal text of a counter (snprintf cost 645 of the 1087 instructions of such a get). */
 static int format_counter(int64_t v, void *buf, size_t cap, size_t *len)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
-    *len = (size_t)n;
-    if ((size_t)n > cap) return SHM_ERANGE;
-    memcpy(buf, tmp, (size_t)n);
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do *--p = (char)('0' + u % 10);
+    while ((u /= 10));
+    if (v < 0) *--p = '-';
+    *len = (size_t)(tmp + sizeof tmp - p);
+    if (*len > cap) return SHM_ERANGE;
+    memcpy(buf, p, *len);
     return SHM_OK;
 }
 
 int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, size_t *len)
 {
     ENTER_KEY(t, me);
-    uint64_t h = key_hash(t, key, klen), c;
-    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    struct shm_key k;
+    key_prepare(t, key, klen, &k);
+    uint64_t c;
+    struct shm_slot *s = lookup(t, &k, &c);
     int rc = SHM_ENOTFOUND;
     if (s && meta_type(s) == TYPE_COUNTER) {
         if (!shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed)))
@@ -517,8 +524,10 @@ int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, s
 int shm_exists(shm_table *t, const char *key, size_t klen)
 {
     ENTER_KEY(t, me);
-    uint64_t h = key_hash(t, key, klen), c;
-    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    struct shm_key k;
+    key_prepare(t, key, klen, &k);
+    uint64_t c;
+    struct shm_slot *s = lookup(t, &k, &c);
     int present = s && !shm_expired(entry_expiry(t, s, c));
     shm_stat_add(me, present ? STAT_HITS : STAT_MISSES, 1);
     shm_unpin(me);
@@ -528,8 +537,10 @@ int shm_exists(shm_table *t, const char *key, size_t klen)
 int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms)
 {
     ENTER_KEY(t, me);
-    uint64_t h = key_hash(t, key, klen), c;
-    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    struct shm_key k;
+    key_prepare(t, key, klen, &k);
+    uint64_t c;
+    struct shm_slot *s = lookup(t, &k, &c);
     int rc = SHM_ENOTFOUND;
     if (s) {
         int64_t e = entry_expiry(t, s, c);
@@ -552,11 +563,13 @@ int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms)
 int shm_del(shm_table *t, const char *key, size_t klen)
 {
     ENTER_KEY(t, me);
-    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_key k;
+    key_prepare(t, key, klen, &k);
+    uint64_t c;
     struct shm_slot *s;
     /* Retire whatever live entry the key has; a CAS lost to a concurrent write means the
      * entry changed version: look again. Deleting an expired entry reclaims it quietly. */
-    while ((s = lookup(t, h, key, klen, &c))) {
+    while ((s = lookup(t, &k, &c))) {
         int expired = shm_expired(entry_expiry(t, s, c));
         if (retire(t, me, s, c, expired ? STAT_EXPIRATIONS : STAT_DELETES)) break;
     }
@@ -583,8 +596,10 @@ static int counter_add(struct shm_table *t, struct shm_self *me, struct shm_slot
 int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out)
 {
     ENTER_KEY(t, me);
-    uint64_t h = key_hash(t, key, klen), c;
-    struct shm_slot *s = lookup(t, h, key, klen, &c);
+    struct shm_key k;
+    key_prepare(t, key, klen, &k);
+    uint64_t c;
+    struct shm_slot *s = lookup(t, &k, &c);
     int rc;
     if (s && meta_type(s) == TYPE_COUNTER && !shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed))) {
         rc = counter_add(t, me, s, amount, out); /* the fast path: one fetch_add */
@@ -592,7 +607,7 @@ int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t
         rc = SHM_ETYPE;
     } else {
         struct init in = {.type = TYPE_COUNTER, .amount = amount, .expires = ttl_ms ? shm_now_ms() + ttl_ms : 0};
-        rc = insert_retrying(t, me, h, key, klen, &in, &s, &c);
+        rc = insert_retrying(t, me, &k, &in, &s, &c);
         if (rc == INS_DONE) {
             *out = amount;
             shm_stat_add(me, STAT_INCRS, 1);
@@ -635,14 +650,16 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
 {
     if (len > t->h->value_max) return SHM_ETOOBIG;
     ENTER_KEY(t, me);
-    uint64_t h = key_hash(t, key, klen), c;
+    struct shm_key k;
+    key_prepare(t, key, klen, &k);
+    uint64_t c;
     int64_t expires = ttl_ms ? shm_now_ms() + ttl_ms : 0;
     struct init in = {.type = TYPE_BYTES, .val = val, .len = len, .expires = expires};
     int rc;
     for (;;) {
-        struct shm_slot *s = lookup(t, h, key, klen, &c);
+        struct shm_slot *s = lookup(t, &k, &c);
         if (!(s && meta_type(s) == TYPE_BYTES && !shm_expired(entry_expiry(t, s, c)))) {
-            rc = insert_retrying(t, me, h, key, klen, &in, &s, &c);
+            rc = insert_retrying(t, me, &k, &in, &s, &c);
             if (rc != INS_FOUND) break;
         }
         if (write_in_place(t, me, s, c, val, len, expires) == 0) {
