@@ -260,8 +260,11 @@ static void atfork_child(void)
 }
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+extern void shm_part_process_init(void);
+
 static void process_init(void)
 {
+    shm_part_process_init();
     struct timespec res;
     if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
         shm_coarse_margin_ms = 2 * ((int64_t)res.tv_sec * 1000 + (res.tv_nsec + 999999) / 1000000) + 1;

@@ -19,6 +19,17 @@
  * Dead pinned participants are found by the same trylock and cleared, so a SIGKILLed
  * process holds the epoch back for no longer than one liveness check.
  *
+ * Asymmetric fences. The pin needs its store ordered before the loads that follow it; a
+ * fence (the exchange) on every operation costs more than the increment itself. Instead,
+ * each process registers for MEMBARRIER_CMD_GLOBAL_EXPEDITED and pins with a plain store
+ * followed by a compiler barrier, and the rare epoch advancer calls membarrier() between
+ * reading E and scanning the pins: every running thread of every registered process then
+ * executes a full barrier, so a pin stored before that point is visible to the scan, and a
+ * pin stored after it is followed by a load of E that sees the new epoch (and re-pins).
+ * That keeps the invariant E <= P + 1 above. A process whose registration fails (an old
+ * kernel, a seccomp filter) pins with the exchange; an advancer whose membarrier() fails
+ * does not advance.
+ *
  * The calling thread's records are cached in thread-local storage keyed by the handle's uid;
  * a fork generation counter tells a child that the cached records belong to its parent.
  */
@@ -26,7 +37,9 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <linux/membarrier.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -54,9 +67,31 @@ static _Atomic uint64_t fork_gen = 1;
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 
+/* 1 when this process is registered for global expedited membarriers (cheap pins);
+ * membarrier_global: the system supports them, so advancers must issue one. */
+static int asym_pin, membarrier_global;
+
+static long sys_membarrier(int cmd)
+{
+    return syscall(__NR_membarrier, cmd, 0, 0);
+}
+
+static void asym_register(void)
+{
+    asym_pin = membarrier_global && sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
+}
+
+void shm_part_process_init(void)
+{
+    long q = sys_membarrier(MEMBARRIER_CMD_QUERY);
+    membarrier_global = q > 0 && (q & MEMBARRIER_CMD_GLOBAL_EXPEDITED) && !getenv("TRAFFIC_NO_MEMBARRIER");
+    asym_register();
+}
+
 void shm_part_atfork_child(void)
 {
     atomic_fetch_add(&fork_gen, 1);
+    asym_register(); /* a new process is not registered, whatever its parent was */
 }
 
 /* ---- records ------------------------------------------------------------------------------ */
@@ -138,10 +173,17 @@ void shm_pin(struct shm_table *t, struct shm_self *me)
 {
     uint64_t e = atomic_load_explicit(&t->h->epoch, memory_order_acquire);
     for (;;) {
-        /* seq_cst exchange: the pin is globally visible before any load of the table below,
-         * and ordered in the single total order against retiring CASes and the advancer's
-         * scan. */
-        atomic_exchange_explicit(&me->part->epoch, e << 1 | 1, memory_order_seq_cst);
+        if (__builtin_expect(asym_pin, 1)) {
+            /* Plain store + compiler barrier; the advancer's membarrier() supplies the
+             * store-load fence when (and only when) it matters (see the top). */
+            atomic_store_explicit(&me->part->epoch, e << 1 | 1, memory_order_relaxed);
+            atomic_signal_fence(memory_order_seq_cst);
+        } else {
+            /* seq_cst exchange: the pin is globally visible before any load of the table
+             * below, and ordered in the single total order against retiring CASes and the
+             * advancer's scan. */
+            atomic_exchange_explicit(&me->part->epoch, e << 1 | 1, memory_order_seq_cst);
+        }
         uint64_t now = atomic_load_explicit(&t->h->epoch, memory_order_seq_cst);
         if (now == e) break;
         e = now;
@@ -157,6 +199,8 @@ void shm_unpin(struct shm_self *me)
 int shm_epoch_try_advance(struct shm_table *t)
 {
     uint64_t e = atomic_load_explicit(&t->h->epoch, memory_order_seq_cst);
+    /* Order every registered process's pin stores before the scan (see the top). */
+    if (membarrier_global && sys_membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0) return 0;
     uint32_t n = atomic_load_explicit(&t->h->part_hwm, memory_order_acquire);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t w = atomic_load_explicit(&t->parts[i].epoch, memory_order_seq_cst);

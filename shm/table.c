@@ -158,12 +158,36 @@ struct shm_key {
     uint64_t w[(SHM_KEY_LIMIT + 7) / 8];
 };
 
+static inline uint64_t load64(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+/* The last, partial word of a key (r = klen % 8 bytes of it, zero-padded), read with whole
+ * loads inside the key: copying the key into the word array with narrow stores and reading
+ * it back as words stalls store forwarding (measured: a third of an increment). */
+static inline uint64_t key_tail(const char *key, size_t klen, size_t r)
+{
+    if (klen >= 8) return load64(key + klen - 8) >> (8 * (8 - r));
+    const unsigned char *p = (const unsigned char *)key;
+    if (r >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + r - 4, 4);
+        return lo | ((uint64_t)hi >> (8 * (8 - r))) << 32; /* 64-bit shift: r == 4 gives 0 */
+    }
+    return p[0] | (uint64_t)p[r / 2] << (8 * (r / 2)) | (uint64_t)p[r - 1] << (8 * (r - 1));
+}
+
 static inline void key_prepare(struct shm_table *t, const char *key, size_t klen, struct shm_key *k)
 {
+    size_t full = klen / 8, r = klen % 8;
     k->len = klen;
-    k->nw = (klen + 7) / 8;
-    k->w[k->nw - 1] = 0;
-    memcpy(k->w, key, klen);
+    k->nw = full + (r != 0);
+    for (size_t i = 0; i < full; i++) k->w[i] = load64(key + 8 * i);
+    if (r) k->w[full] = key_tail(key, klen, r);
     k->h = shm_hash_words(t->h->hash_seed, k->w, k->nw, klen);
 }
 

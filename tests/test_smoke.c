@@ -1,4 +1,5 @@
 /* test_smoke.c — the library opens a memory table, counts, reads back and closes. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -28,11 +29,52 @@ START_TEST(smoke_memory)
 }
 END_TEST
 
+/* Keys are hashed and compared as words built from whole loads (shm/table.c key_tail):
+ * keys of every length that differ in exactly one byte, at every position, stay distinct. */
+START_TEST(keys_of_every_length_distinct)
+{
+    traffic_backend *b;
+    TU_OK(NULL, traffic_open("memory://?max_size=40000", &b));
+    char key[TRAFFIC_KEY_MAX + 1];
+    for (int len = 1; len <= TRAFFIC_KEY_MAX; len++) {
+        memset(key, 'a', (size_t)len);
+        key[len] = '\0';
+        TU_OK(b, traffic_increment(b, key, 1000, 0, NULL));
+        for (int pos = 0; pos < len; pos++) {
+            key[pos] = 'b';
+            TU_OK(b, traffic_increment(b, key, pos + 1, 0, NULL));
+            key[pos] = 'a';
+        }
+    }
+    for (int len = 1; len <= TRAFFIC_KEY_MAX; len++) {
+        char buf[32];
+        size_t n;
+        memset(key, 'a', (size_t)len);
+        key[len] = '\0';
+        TU_OK(b, traffic_get(b, key, buf, sizeof buf - 1, &n));
+        buf[n] = '\0';
+        ck_assert_str_eq(buf, "1000");
+        for (int pos = 0; pos < len; pos++) {
+            key[pos] = 'b';
+            TU_OK(b, traffic_get(b, key, buf, sizeof buf - 1, &n));
+            buf[n] = '\0';
+            ck_assert_int_eq(atoi(buf), pos + 1);
+            key[pos] = 'a';
+        }
+    }
+    struct traffic_stats st;
+    TU_OK(b, traffic_stats(b, &st));
+    ck_assert_uint_eq(st.keys, TRAFFIC_KEY_MAX + TRAFFIC_KEY_MAX * (TRAFFIC_KEY_MAX + 1) / 2);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("smoke");
     TCase *tc = tcase_create("smoke");
     tcase_add_test(tc, smoke_memory);
+    tcase_add_test(tc, keys_of_every_length_distinct);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
