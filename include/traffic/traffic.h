@@ -9,7 +9,8 @@
  *                      child inherits it. Lock-free; the fastest choice for one host.
  *   memory://NAME      a named table in /dev/shm/traffic.NAME that unrelated processes of the
  *                      same user attach to by name.
- *   sqlite://PATH      (see SPEC.md; reports TRAFFIC_ENOTSUP until that backend is built)
+ *   sqlite://PATH      one SQLite file (WAL) shared by the processes of one host, kept across
+ *                      restarts; see "SQLite backend" below.
  *   redis://…          (see SPEC.md; reports TRAFFIC_ENOTSUP until that backend is built)
  *
  * Conventions
@@ -33,8 +34,10 @@
  *     participant record in it (at most TRAFFIC_MEMORY_MAX_PARTICIPANTS per table at once)
  *     until it exits or next calls the library after the handle was closed; the mapping itself
  *     is released when the last of those records is.
- *   - Time: TTLs have millisecond resolution and run on CLOCK_MONOTONIC, which wall-clock
- *     steps do not move. A named memory table lives in /dev/shm and does not survive a reboot.
+ *   - Time: TTLs have millisecond resolution. The memory backend runs them on CLOCK_MONOTONIC,
+ *     which wall-clock steps do not move (a named table lives in /dev/shm and does not survive a
+ *     reboot anyway). The SQLite file outlives reboots, so its expiries are wall-clock
+ *     (CLOCK_REALTIME) milliseconds.
  */
 #ifndef TRAFFIC_TRAFFIC_H
 #define TRAFFIC_TRAFFIC_H
@@ -221,6 +224,73 @@ TRAFFIC_API int traffic_stats_json(traffic_backend *b, char *buf, size_t cap);
  * A child after fork() does not inherit the parent's reaper thread. */
 TRAFFIC_API int traffic_start_cleanup(traffic_backend *b);
 TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
+
+/* ---------------------------------------------------------------------------------------- */
+/* SQLite backend                                                                           */
+/*                                                                                          */
+/* One database file shared by every process of a host that opens it; the state survives    */
+/* restarts and reboots. The file is created with its schema on first open and marked with  */
+/* PRAGMA application_id 0x54524643 ("TRFC") and PRAGMA user_version 1. Opening a file that */
+/* is not a SQLite database, belongs to another application, or carries another schema      */
+/* version is TRAFFIC_ECORRUPT (the file is left untouched); damage deeper in the file is   */
+/* reported as TRAFFIC_ECORRUPT by the operation that reads it.                             */
+/*                                                                                          */
+/* Time: unlike the memory backend, expiry is stored as absolute wall-clock time            */
+/* (CLOCK_REALTIME, milliseconds since the epoch), because the file outlives the process    */
+/* and the boot, and CLOCK_MONOTONIC restarts at every boot. Stepping the wall clock        */
+/* therefore moves every expiry: forward by an hour expires entries an hour early, backward */
+/* keeps them longer. Processes sharing one file must share one clock (one host).           */
+/*                                                                                          */
+/* Concurrency: journal_mode=WAL, synchronous=NORMAL (a power cut may lose the last         */
+/* transactions, never corrupts the file; a process crash loses nothing acknowledged). Each */
+/* process keeps a pool of up to pool_size connections, each used by one thread at a time.  */
+/* Readers never wait. A writer waits for the others up to `timeout` (default 5 s) and only */
+/* then fails with TRAFFIC_ETIMEDOUT; it never reports SQLITE_BUSY before that. Writers of  */
+/* all processes take turns fairly: one that has waited 0.5 ms claims an OFD lock on the    */
+/* file PATH-turn and the others let it go first (the file is created next to the database, */
+/* like PATH-wal and PATH-shm, and is only ever locked).                                    */
+/*                                                                                          */
+/* fork(): the child opens its own connections on first use and never uses the parent's.   */
+/* A pthread_atfork handler waits for the calls in flight in other threads and closes this  */
+/* process's idle connections, so that no SQLite lock state crosses fork() (SQLite's rule:  */
+/* never carry a connection across fork()); the parent reopens them on next use.            */
+/*                                                                                          */
+/* traffic_start_cleanup: every cleanup_interval one process (elected by a lease row in the */
+/* file, handed over when it stops or when its lease of 2 intervals + 1 s runs out) deletes */
+/* expired rows in small batches; every second the thread also runs a passive WAL           */
+/* checkpoint, so that requests rarely pay for one. Stats: keys (rows, expired-not-swept    */
+/* included), expired_pending, bytes_used (file size), wal_bytes, busy_retries              */
+/* (busy-handler waits of this handle), reaper_pid (the lease holder), and this handle's    */
+/* counts.                                                                                  */
+/*                                                                                          */
+/* URL: sqlite://PATH (sqlite:///abs/path.db, sqlite://relative.db, percent-decoded; a      */
+/* relative path is resolved against the working directory at open) with parameters         */
+/* cleanup_interval (seconds, default 300), pool_size (1..64, default 4) and timeout        */
+/* (seconds a call waits for other writers, default 5).                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+#define TRAFFIC_SQLITE_VALUE_MAX 1048576 /* bytes in a value of the SQLite backend (1 MiB) */
+#define TRAFFIC_SQLITE_POOL_MAX 64       /* the largest pool_size */
+
+/* Options of the SQLite backend. Zero in a field means "the default". */
+typedef struct traffic_sqlite_options {
+    const char *path;        /* the database file (required); its directory must exist */
+    double cleanup_interval; /* seconds between cleanup passes (default 300) */
+    uint32_t pool_size;      /* connections per process, 1..64 (default 4) */
+    double timeout;          /* seconds a call waits for other writers (default 5) */
+} traffic_sqlite_options;
+
+/* Opens (creating if absent) the SQLite store at opts->path.
+ * @retval TRAFFIC_EINVAL   no path, a path naming a directory or ":memory:", bad option
+ * @retval TRAFFIC_ECORRUPT the file is not a SQLite database, belongs to another application
+ *                          (application_id / user_version / tables), or is damaged
+ * @retval TRAFFIC_EPERM    the file or its directory is not writable (SQLite must create
+ *                          PATH-wal and PATH-shm next to it)
+ * @retval TRAFFIC_EIO      the directory does not exist, or another I/O failure
+ * @retval TRAFFIC_ETIMEDOUT another process held the database locked for over `timeout`
+ * @retval TRAFFIC_ENOMEM */
+TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_backend **out);
+
 
 #ifdef __cplusplus
 }

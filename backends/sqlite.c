@@ -1,0 +1,1497 @@
+/*
+ * sqlite.c — the SQLite backend: rate-limit state in one database file that every process of
+ * the host opens, and that survives restarts.
+ *
+ * The one idea: every operation is ONE SQL statement run in autocommit mode, so the only lock
+ * is SQLite's WAL write lock, held for the length of one statement. Readers never block
+ * (WAL snapshots); writers queue on the write lock through a busy handler of our own.
+ *
+ * File format. Table traffic_entries holds one row per key: kind 0 (bytes, in `value`) or 1
+ * (counter, in `counter`, the entry's 64-bit word), and `expires`, the absolute expiry as
+ * WALL-CLOCK milliseconds since the epoch (CLOCK_REALTIME), 0 for none. Wall clock and not
+ * CLOCK_MONOTONIC, because the file outlives processes and reboots and the monotonic clock
+ * restarts at boot; the price is that stepping the wall clock moves every expiry (traffic.h
+ * says so). Table traffic_lease holds the one row electing the process that sweeps. The file
+ * is marked with PRAGMA application_id SQ_APPLICATION_ID and PRAGMA user_version
+ * SQ_SCHEMA_VERSION; open refuses (TRAFFIC_ECORRUPT, file untouched) anything else that is
+ * not an empty database.
+ *
+ * Operations. Every read filters `expires = 0 OR expires > now`, so an expired row is never
+ * returned whether or not the sweeper has run. increment is one
+ *     INSERT … ON CONFLICT(key) DO UPDATE … WHERE <expired, or a counter that will not
+ *     overflow> RETURNING counter
+ * which creates the key with its TTL, resets an expired row (new TTL), or adds to a live
+ * counter (expiry kept). When the WHERE refuses (a live bytes value, or an overflow) nothing
+ * is written and nothing returned; a read then names the reason (ETYPE / EOVERFLOW), or
+ * finds that the row changed in between and the upsert runs again.
+ *
+ * Connections. Each process keeps a pool of up to pool_size connections (opened lazily);
+ * a thread checks one out for one operation, so no two threads ever use a connection at
+ * once, and each connection prepares its statements once. WAL, synchronous=NORMAL.
+ *
+ * Busy handling. SQLite's default handler (sqlite3_busy_timeout) sleeps 1, 2, 5, 10 … 100 ms
+ * between attempts, so a writer that just missed the lock stalls for milliseconds while the
+ * lock is free again within microseconds; and under a steady stream of writes a waiter can
+ * be passed over again and again (the lock has no queue). Ours (sq_busy) yields the CPU a
+ * few times, then polls every 20..250 us with jitter until the handle's timeout, and a
+ * waiter that has waited 0.5 ms claims a turnstile (an OFD lock on PATH-turn) that makes
+ * the other writers of every process let it go first. A caller sees SQLITE_BUSY (as
+ * TRAFFIC_ETIMEDOUT) only after waiting `timeout`. tests/test_sqlite.c, busy_latency,
+ * measures both handlers.
+ *
+ * fork(). A pool belongs to the process that made it (pool->pid). An operation first compares
+ * the pid: in a child it installs a fresh, empty pool and abandons the parent's — its
+ * connections are never used, nor sqlite3_close()d, in the child, since they share the
+ * parent's locks and file offsets. And a pthread_atfork handler makes each fork() happen
+ * with no connection of ours open, so that the child inherits no SQLite lock bookkeeping
+ * (the section "fork" below says why that matters). Connections are opened lazily, so the
+ * parent reopens its own on next use.
+ *
+ * Cleanup. traffic_start_cleanup starts a thread per process; every cleanup_interval it
+ * takes or renews the lease (a row, so one process sweeps at a time; another takes over
+ * when the holder stops or its lease of 2 intervals + 1 s runs out), deletes expired rows
+ * SQ_SWEEP_BATCH at a time (a short transaction each, so writers interleave) for at most
+ * SQ_SWEEP_PASS_MS; and every SQ_CHECKPOINT_MS it runs a passive WAL checkpoint (never
+ * blocks writers), so that requests seldom pay for one themselves. Without that thread the
+ * writers checkpoint as the WAL grows (section "checkpoints"), and the WAL stays bounded
+ * either way.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- format and tuning ----------------------------------------------------------------- */
+
+#define SQ_APPLICATION_ID 0x54524643 /* "TRFC": PRAGMA application_id of a traffic database */
+#define SQ_SCHEMA_VERSION 1          /* PRAGMA user_version of the schema below */
+
+#define SQ_DEFAULT_POOL      4     /* connections per process */
+#define SQ_DEFAULT_CLEANUP_S 300.0 /* seconds between cleanup passes */
+#define SQ_DEFAULT_TIMEOUT_S 5.0   /* seconds a call waits for other writers */
+#define SQ_TIMEOUT_MAX_S     86400.0
+
+/* The busy handler. A writer holds the lock for one short statement (~10 us with
+ * synchronous=NORMAL: no fsync at commit), so the first retries only give the CPU away;
+ * then sleeps start at SQ_BUSY_SLEEP_MIN_US and double up to SQ_BUSY_SLEEP_MAX_US, so that a
+ * waiter notices a free lock within a fraction of a millisecond, jittered so that waiters do
+ * not wake in lock-step. A wait that goes on (a long clear(), another program's transaction)
+ * lets the sleep grow to 1/SQ_BUSY_SLEEP_SHARE of the time waited so far, at most
+ * SQ_BUSY_SLEEP_CEIL_US: the polling cost stays bounded and the latency added by polling
+ * stays a small share of the wait. */
+#define SQ_BUSY_YIELDS        4
+#define SQ_BUSY_SLEEP_MIN_US  20
+#define SQ_BUSY_SLEEP_MAX_US  250
+#define SQ_BUSY_SLEEP_SHARE   16
+#define SQ_BUSY_SLEEP_CEIL_US 10000
+
+/* The turnstile (see "busy handling" below): a waiter older than SQ_STARVE_US claims it and
+ * then polls every SQ_TURN_POLL_US at most; writers hold back while it is claimed, but never
+ * longer than SQ_TURN_WAIT_MAX_US, so a stopped or slow claimant delays nobody for long. */
+#define SQ_STARVE_US        500
+#define SQ_TURN_POLL_US     40
+#define SQ_TURN_WAIT_MAX_US 20000
+
+#define SQ_SWEEP_BATCH      256        /* expired rows deleted per transaction */
+#define SQ_SWEEP_PASS_MS    200        /* most time one pass spends sweeping */
+#define SQ_SWEEP_BACKLOG_MS 50         /* the pause before the next pass when one ran out of time */
+#define SQ_CHECKPOINT_MS    1000       /* passive WAL checkpoints of the cleanup thread */
+#define SQ_WAL_LIMIT_BYTES  (16 << 20) /* journal_size_limit: the WAL shrinks to this on reset */
+
+/* Checkpoints (see sq_wal_hook): a connection runs a passive one per SQ_WAL_CKPT_FRAMES
+ * frames the WAL grew by (SQLite's default threshold, 4 MiB of 4 KiB pages), and a RESTART
+ * one once the WAL holds SQ_WAL_RESTART_FRAMES frames (40 MiB). */
+#define SQ_WAL_CKPT_FRAMES    1000
+#define SQ_WAL_RESTART_FRAMES 10000
+#define SQ_INCR_RETRIES       16 /* upserts refused by a row that then changed: give up after */
+
+static const char SQ_SCHEMA[] = "CREATE TABLE traffic_entries ("
+                                " key TEXT PRIMARY KEY NOT NULL,"
+                                " kind INTEGER NOT NULL CHECK (kind IN (0, 1))," /* 0 bytes, 1 counter */
+                                " counter INTEGER NOT NULL DEFAULT 0,"  /* the counter; the entry's 64-bit word */
+                                " value BLOB,"                          /* the bytes of kind 0 */
+                                " expires INTEGER NOT NULL DEFAULT 0);" /* wall-clock ms since the epoch, 0 none */
+                                "CREATE INDEX traffic_entries_expires ON traffic_entries (expires) WHERE expires > 0;"
+                                "CREATE TABLE traffic_lease ("
+                                " id INTEGER PRIMARY KEY CHECK (id = 1),"
+                                " owner INTEGER NOT NULL, pid INTEGER NOT NULL, until INTEGER NOT NULL);";
+
+/* The prepared statements of every connection. ?now is always wall-clock ms. */
+enum { ST_GET, ST_EXISTS, ST_TTL, ST_SET, ST_INCR, ST_DEL, ST_CLEAR, ST_SWEEP, ST_STATS, ST_LEASE, ST_UNLEASE, ST_N };
+
+#define LIVE "(expires = 0 OR expires > ?2)"
+static const char *const sq_sql[ST_N] = {
+    [ST_GET] = "SELECT kind, counter, value FROM traffic_entries WHERE key = ?1 AND " LIVE,
+    [ST_EXISTS] = "SELECT 1 FROM traffic_entries WHERE key = ?1 AND " LIVE,
+    [ST_TTL] = "SELECT expires FROM traffic_entries WHERE key = ?1 AND " LIVE,
+    [ST_SET] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, 0, ?2, ?3)"
+               " ON CONFLICT (key) DO UPDATE SET kind = 0, counter = 0, value = excluded.value,"
+               " expires = excluded.expires",
+    /* ?1 key, ?2 amount, ?3 expiry of a new entry, ?4 now, ?5..?6 the counters that
+     * amount can be added to without overflow. The SET expressions all read the old row. */
+    [ST_INCR] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 1, ?2, NULL, ?3)"
+                " ON CONFLICT (key) DO UPDATE SET"
+                " counter = CASE WHEN expires <> 0 AND expires <= ?4 THEN ?2 ELSE counter + ?2 END,"
+                " expires = CASE WHEN expires <> 0 AND expires <= ?4 THEN ?3 ELSE expires END,"
+                " kind = 1, value = NULL"
+                " WHERE (expires <> 0 AND expires <= ?4) OR (kind = 1 AND counter BETWEEN ?5 AND ?6)"
+                " RETURNING counter",
+    [ST_DEL] = "DELETE FROM traffic_entries WHERE key = ?1 RETURNING expires",
+    [ST_CLEAR] = "DELETE FROM traffic_entries",
+    [ST_SWEEP] = "DELETE FROM traffic_entries WHERE rowid IN (SELECT rowid FROM traffic_entries"
+                 " WHERE expires > 0 AND expires <= ?1 LIMIT ?2)",
+    [ST_STATS] = "SELECT (SELECT count(*) FROM traffic_entries),"
+                 " (SELECT count(*) FROM traffic_entries WHERE expires > 0 AND expires <= ?1),"
+                 " (SELECT pid FROM traffic_lease WHERE id = 1 AND until > ?1)",
+    /* ?1 owner token, ?2 pid, ?3 lease end, ?4 now: a row comes back iff we hold the lease */
+    [ST_LEASE] = "INSERT INTO traffic_lease (id, owner, pid, until) VALUES (1, ?1, ?2, ?3)"
+                 " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, pid = excluded.pid,"
+                 " until = excluded.until WHERE owner = excluded.owner OR until <= ?4 RETURNING owner",
+    [ST_UNLEASE] = "UPDATE traffic_lease SET until = 0 WHERE id = 1 AND owner = ?1",
+};
+#undef LIVE
+
+/* ---- types ----------------------------------------------------------------------------- */
+
+struct sqlite_backend;
+
+/* One connection. Owned by exactly one thread between pool_get and pool_put; every field is
+ * that thread's then. */
+typedef struct sq_conn {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_N];
+    struct sqlite_backend *s;
+    int64_t busy_started_ns; /* when the current busy wait began (CLOCK_MONOTONIC) */
+    int turn_fd;             /* PATH-turn, or -1: no turnstile for this connection */
+    int starving;            /* this connection holds the turnstile */
+    int ckpt_frames;         /* WAL size (frames) at this connection's last checkpoint */
+    uint64_t rng;            /* jitter of the busy handler's sleeps */
+    struct sq_conn *next;    /* in the pool's idle list */
+} sq_conn;
+
+/* The connections and the cleanup thread of ONE process. pid never changes; every other
+ * field is guarded by mu. In a child of that process the whole pool is abandoned (see the
+ * banner): its mutex may have been held by a thread that does not exist there. */
+typedef struct sq_pool {
+    pid_t pid;
+    pthread_mutex_t mu;
+    pthread_cond_t free_cv;    /* a connection went idle, or a slot for one opened */
+    sq_conn *idle;             /* connections nobody has checked out */
+    unsigned nconn;            /* connections open or being opened, <= pool_size */
+    pthread_cond_t reaper_cv;  /* CLOCK_MONOTONIC; wakes the reaper to stop */
+    _Atomic int reaper_stop;   /* written under mu (for reaper_cv), read anywhere */
+    pthread_mutex_t reaper_mu; /* serialises start and stop; guards the two fields below */
+    pthread_t reaper;
+    int reaper_running;
+    uint64_t lease_owner; /* this process's token in traffic_lease; fixed */
+    struct sqlite_backend *s;
+} sq_pool;
+
+typedef struct sqlite_backend {
+    traffic_backend base; /* base.ops stays NULL until the open succeeded */
+    char *path;           /* absolute, so a chdir() later changes nothing */
+    char *dir;
+    char *turn_path; /* PATH-turn, the turnstile (see "busy handling") */
+    unsigned mode;   /* permission bits of the database file, for PATH-turn */
+    uid_t uid;       /* its owner, likewise */
+    gid_t gid;
+    unsigned pool_size;
+    int64_t cleanup_ms, timeout_ns;
+    _Atomic(sq_pool *) pool;          /* the current process's pool; replaced in a forked child */
+    struct sqlite_backend *fork_next; /* in fork_handles, guarded by fork_mu */
+    struct {                          /* this handle's counts (relaxed: statistics only) */
+        _Atomic uint64_t hits, misses, sets, increments, deletes, expirations, busy_retries, reaper_runs;
+    } n;
+} sqlite_backend;
+
+static sqlite_backend *S(traffic_backend *b)
+{
+    return (sqlite_backend *)b;
+}
+
+/* The handle messages go to: none (the open slot, traffic_errmsg(NULL)) while opening. */
+static const traffic_backend *EB(const sqlite_backend *s)
+{
+    return s->base.ops ? &s->base : NULL;
+}
+
+#define COUNT(s, f) atomic_fetch_add_explicit(&(s)->n.f, 1, memory_order_relaxed)
+
+#define CHECK(expr)                                                                                                    \
+    do {                                                                                                               \
+        int rc_ = (expr);                                                                                              \
+        if (rc_ < 0) return rc_;                                                                                       \
+    } while (0)
+
+/* ---- fork: quiescing before, abandoning after ------------------------------------------ *
+ *
+ * The pid check (pool_current) keeps a child off its parent's connections. It is not enough
+ * on its own: SQLite keeps per-process bookkeeping of the POSIX locks it holds on a file
+ * (one record per inode, shared by all connections to it), and a child inherits that record
+ * claiming locks that, after fork(), only the parent holds. A child connection then believes
+ * it holds the database's SHARED lock and the -shm "dead man switch" while it holds neither,
+ * so when the parent closes its last connection SQLite there concludes it is alone,
+ * checkpoints and deletes the WAL under the child, and the child's later commits are lost
+ * (tests/test_sqlite.c, fork_parent_closes, shows it). A parent thread caught inside a write
+ * at fork() time would also leave the child believing a sibling holds the write lock.
+ *
+ * So a pthread_atfork handler makes every fork() start from a process with no SQLite
+ * connection of ours open: prepare (1) holds back new operations and waits for running ones
+ * to finish, (2) closes every idle connection of every handle of this process. Connections
+ * are reopened lazily in the parent and the child. Invariants:
+ *   - fork_active counts threads between pool_get's enter and pool_put's leave: every call
+ *     into SQLite on this process's connections happens inside that bracket.
+ *   - enter increments fork_active then reads fork_pending; prepare raises fork_pending then
+ *     reads fork_active (both seq_cst), so either the operation sees the fork and backs out,
+ *     or the fork sees the operation and waits for it.
+ *   - the child re-creates the mutex and condition variable: threads that held or waited on
+ *     them do not exist there.
+ * Forks that skip atfork handlers (a raw clone()) still get the pid check. */
+static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER; /* guards fork_handles */
+static pthread_cond_t fork_cv = PTHREAD_COND_INITIALIZER;   /* fork_active reached 0 / fork done */
+static _Atomic unsigned fork_active;
+static _Atomic unsigned fork_pending;
+static sqlite_backend *fork_handles; /* every open sqlite handle of this process */
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_leave(void)
+{
+    if (atomic_fetch_sub(&fork_active, 1) == 1 && atomic_load(&fork_pending)) {
+        pthread_mutex_lock(&fork_mu);
+        pthread_cond_broadcast(&fork_cv);
+        pthread_mutex_unlock(&fork_mu);
+    }
+}
+
+static void fork_enter(void)
+{
+    for (;;) {
+        atomic_fetch_add(&fork_active, 1);
+        if (!atomic_load(&fork_pending)) return;
+        fork_leave(); /* a fork is waiting for quiet: back out until it is done */
+        pthread_mutex_lock(&fork_mu);
+        while (atomic_load(&fork_pending))
+            pthread_cond_wait(&fork_cv, &fork_mu);
+        pthread_mutex_unlock(&fork_mu);
+    }
+}
+
+static void conn_close(sq_conn *c);
+
+/* Closes the idle connections of this process's pool of s (all of them, once quiet). */
+static void fork_close_idle(sqlite_backend *s)
+{
+    sq_pool *p = atomic_load(&s->pool);
+    if (!p || p->pid != getpid()) return; /* our parent's pool: never touched here */
+    pthread_mutex_lock(&p->mu);
+    while (p->idle) {
+        sq_conn *c = p->idle;
+        p->idle = c->next;
+        p->nconn--;
+        conn_close(c);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&fork_mu); /* held across fork(), released by the handlers below */
+    atomic_fetch_add(&fork_pending, 1);
+    while (atomic_load(&fork_active))
+        pthread_cond_wait(&fork_cv, &fork_mu);
+    for (sqlite_backend *s = fork_handles; s; s = s->fork_next)
+        fork_close_idle(s);
+}
+
+static void fork_parent(void)
+{
+    atomic_fetch_sub(&fork_pending, 1);
+    pthread_cond_broadcast(&fork_cv);
+    pthread_mutex_unlock(&fork_mu);
+}
+
+static void fork_child(void)
+{
+    atomic_store(&fork_pending, 0);
+    atomic_store(&fork_active, 0);
+    pthread_mutex_init(&fork_mu, NULL);
+    pthread_cond_init(&fork_cv, NULL);
+}
+
+static void fork_install(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void fork_register(sqlite_backend *s)
+{
+    pthread_mutex_lock(&fork_mu);
+    s->fork_next = fork_handles;
+    fork_handles = s;
+    pthread_mutex_unlock(&fork_mu);
+}
+
+static void fork_unregister(sqlite_backend *s)
+{
+    pthread_mutex_lock(&fork_mu);
+    for (sqlite_backend **pp = &fork_handles; *pp; pp = &(*pp)->fork_next)
+        if (*pp == s) {
+            *pp = s->fork_next;
+            break;
+        }
+    pthread_mutex_unlock(&fork_mu);
+}
+
+/* ---- clocks ---------------------------------------------------------------------------- */
+
+static int64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Expiry time base: wall-clock ms (see the banner for why not CLOCK_MONOTONIC). */
+static int64_t wall_ms(void)
+{
+    return clock_ns(CLOCK_REALTIME) / 1000000;
+}
+
+static int64_t mono_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC);
+}
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static int sq_status(int rc, int sys_errno)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return TRAFFIC_ETIMEDOUT;
+    case SQLITE_NOMEM: return TRAFFIC_ENOMEM;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_SCHEMA:
+    case SQLITE_ERROR: return TRAFFIC_ECORRUPT; /* our fixed SQL failing: the schema is not ours */
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+    case SQLITE_READONLY: return TRAFFIC_EPERM;
+    case SQLITE_FULL: return TRAFFIC_EFULL;
+    case SQLITE_TOOBIG: return TRAFFIC_ETOOBIG;
+    case SQLITE_CANTOPEN:
+        return sys_errno == EACCES || sys_errno == EPERM || sys_errno == EROFS ? TRAFFIC_EPERM : TRAFFIC_EIO;
+    default: return TRAFFIC_EIO;
+    }
+}
+
+/* Records why `what` failed on db with SQLite status rc, and returns the traffic status. */
+static int sq_fail(const sqlite_backend *s, sqlite3 *db, int rc, const char *what)
+{
+    int sys = db ? sqlite3_system_errno(db) : 0;
+    int status = sq_status(rc, sys);
+    const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    if (status == TRAFFIC_ETIMEDOUT)
+        return traffic_backend_fail(EB(s), status, "%s: %s stayed locked by other writers for %.3g s (%s)", what,
+                                    s->path, (double)s->timeout_ns / 1e9, msg);
+    if ((rc & 0xff) == SQLITE_NOTADB)
+        return traffic_backend_fail(EB(s), status, "%s: %s is not a SQLite database, or its header is damaged (%s)",
+                                    what, s->path, msg);
+    if ((rc & 0xff) == SQLITE_CANTOPEN || (rc & 0xff) == SQLITE_READONLY) {
+        if (access(s->dir, W_OK) != 0)
+            return traffic_backend_fail(EB(s), TRAFFIC_EPERM,
+                                        "%s: directory %s is not writable (SQLite creates the database and its "
+                                        "-wal and -shm files there): %s",
+                                        what, s->dir, strerror(errno));
+        if (sys) return traffic_backend_fail(EB(s), status, "%s: %s: %s (%s)", what, s->path, msg, strerror(sys));
+    }
+    return traffic_backend_fail(EB(s), status, "%s: %s (%s)", what, msg, s->path);
+}
+
+/* ---- busy handling: the handler and the turnstile ----------------------------------------
+ *
+ * SQLite's write lock has no queue: whoever asks at the instant it is free gets it. Under a
+ * steady stream of writes, the writer that just committed asks again within microseconds,
+ * while a waiter wakes from its sleep at some random moment and usually finds the lock taken
+ * again; it can be passed over for tens or hundreds of milliseconds. The busy handler alone
+ * (short polls) shortens the stalls of a lightly loaded lock; the turnstile bounds them
+ * under load, like the starvation mode of Go's sync.Mutex:
+ *   - a waiter that has waited SQ_STARVE_US takes an exclusive OFD lock on byte 0 of the
+ *     file PATH-turn (non-blocking; one claimant at a time) and keeps polling, fast;
+ *   - every writer, before it starts a write statement, and every other waiter, checks that
+ *     byte (F_OFD_GETLK) and holds back while it is locked;
+ *   - the claimant releases it as soon as its statement is over (sq_step).
+ * So the lock drains to the claimant within one statement. OFD locks belong to the open
+ * file description (so threads of one process are told apart: each connection has its own
+ * descriptor) and vanish when their process dies (so a crash wedges nobody). Holding back is
+ * capped at SQ_TURN_WAIT_MAX_US: a stopped claimant costs the others that much, no more.
+ * PATH-turn is never read or written, only locked; when it cannot be opened the connection
+ * works without the turnstile. */
+
+/* Test hook: new connections use SQLite's own busy handler (sqlite3_busy_timeout) and
+ * auto-checkpoint instead of ours, and no turnstile, to compare latencies. */
+_Atomic int sqlite_debug_default_busy;
+
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Sleeps a random time in [us/2, us], not past deadline (CLOCK_MONOTONIC ns). */
+static void nap(sq_conn *c, int64_t us, int64_t now, int64_t deadline)
+{
+    int64_t ns = us * 500 + (int64_t)(rng_next(&c->rng) % (uint64_t)(us * 500 + 1));
+    if (ns > deadline - now) ns = deadline - now;
+    if (ns <= 0) return;
+    struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+    nanosleep(&ts, NULL);
+}
+
+static int turn_lock(sq_conn *c, int cmd, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    if (fcntl(c->turn_fd, cmd, &fl) != 0) return -1;
+    return cmd == F_OFD_GETLK ? fl.l_type != F_UNLCK : 0;
+}
+
+/* Is the turnstile claimed by another connection? */
+static int turn_claimed(sq_conn *c)
+{
+    return c->turn_fd >= 0 && turn_lock(c, F_OFD_GETLK, F_WRLCK) == 1;
+}
+
+static void turn_release(sq_conn *c)
+{
+    if (!c->starving) return;
+    turn_lock(c, F_OFD_SETLK, F_UNLCK);
+    c->starving = 0;
+}
+
+/* Before a write statement: hold back while another waiter claims the turnstile. */
+static void turn_wait(sq_conn *c)
+{
+    if (c->turn_fd < 0 || !turn_claimed(c)) return;
+    int64_t now = mono_ns(), end = now + (int64_t)SQ_TURN_WAIT_MAX_US * 1000;
+    do {
+        nap(c, SQ_TURN_POLL_US, now, end);
+        now = mono_ns();
+    } while (now < end && turn_claimed(c));
+}
+
+/* The sleep before attempt `count` of a wait that has lasted waited_ns. */
+static int64_t busy_sleep_us(int count, int64_t waited_ns)
+{
+    int shift = count - SQ_BUSY_YIELDS > 20 ? 20 : count - SQ_BUSY_YIELDS;
+    int64_t cap = waited_ns / 1000 / SQ_BUSY_SLEEP_SHARE;
+    if (cap < SQ_BUSY_SLEEP_MAX_US) cap = SQ_BUSY_SLEEP_MAX_US;
+    if (cap > SQ_BUSY_SLEEP_CEIL_US) cap = SQ_BUSY_SLEEP_CEIL_US;
+    int64_t us = (int64_t)SQ_BUSY_SLEEP_MIN_US << shift;
+    return us < cap ? us : cap;
+}
+
+/* Called by SQLite when a lock is busy; count is 0 on the first call of each wait. Returns
+ * nonzero to try again, 0 to give up (the statement then fails with SQLITE_BUSY). */
+static int sq_busy(void *arg, int count)
+{
+    sq_conn *c = arg;
+    int64_t now = mono_ns();
+    if (count == 0) c->busy_started_ns = now;
+    int64_t waited = now - c->busy_started_ns, deadline = c->busy_started_ns + c->s->timeout_ns;
+    if (now >= deadline) return 0;
+    COUNT(c->s, busy_retries);
+    if (count < SQ_BUSY_YIELDS) {
+        sched_yield();
+        return 1;
+    }
+    if (!c->starving && c->turn_fd >= 0 && waited >= (int64_t)SQ_STARVE_US * 1000)
+        c->starving = turn_lock(c, F_OFD_SETLK, F_WRLCK) == 0;
+    int64_t us = busy_sleep_us(count, waited);
+    if (c->starving && us > SQ_TURN_POLL_US)
+        us = SQ_TURN_POLL_US;
+    else if (!c->starving && turn_claimed(c) && us < SQ_TURN_POLL_US)
+        us = SQ_TURN_POLL_US; /* make way */
+    nap(c, us, now, deadline);
+    return 1;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------ *
+ *
+ * SQLite's default auto-checkpoint runs a passive checkpoint after EVERY commit once the WAL
+ * holds 1000 frames. The WAL only starts over when a checkpoint has copied all of it back
+ * and the next writer finds no transaction still reading it; under a steady stream of
+ * writes from several processes that moment never comes, so the WAL grows without bound
+ * and every commit pays a checkpoint's two fsyncs (measured: a 160 MiB WAL and 10-50 ms
+ * commits with 4 writers). So each connection replaces that hook with sq_wal_hook below:
+ * a passive checkpoint once per SQ_WAL_CKPT_FRAMES frames of growth, and past
+ * SQ_WAL_RESTART_FRAMES a RESTART checkpoint, which waits (through the busy handler) for
+ * the transactions in flight, holds writers back for the one copy and fsync, and leaves the
+ * WAL to be started over by the next writer. */
+
+/* 0 for the checkpoint mode `frames` calls for, else the mode. */
+static int ckpt_mode(int frames)
+{
+    if (frames >= SQ_WAL_RESTART_FRAMES) return SQLITE_CHECKPOINT_RESTART;
+    return frames >= SQ_WAL_CKPT_FRAMES ? SQLITE_CHECKPOINT_PASSIVE : -1;
+}
+
+/* SQLite's wal hook: called after each commit of c with the WAL's size in frames. */
+static int sq_wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    sq_conn *c = arg;
+    if (frames < c->ckpt_frames) c->ckpt_frames = 0; /* the WAL started over */
+    int mode = ckpt_mode(frames);
+    if (mode < 0 || (mode == SQLITE_CHECKPOINT_PASSIVE && frames - c->ckpt_frames < SQ_WAL_CKPT_FRAMES))
+        return SQLITE_OK;
+    c->ckpt_frames = frames;
+    sqlite3_wal_checkpoint_v2(db, name, mode, NULL, NULL); /* failing is fine: a later one runs */
+    return SQLITE_OK;                                      /* the commit itself succeeded */
+}
+
+/* ---- connections ----------------------------------------------------------------------- */
+
+static void conn_close(sq_conn *c)
+{
+    if (!c) return;
+    for (int i = 0; i < ST_N; i++)
+        sqlite3_finalize(c->st[i]);
+    sqlite3_close_v2(c->db);
+    if (c->turn_fd >= 0) close(c->turn_fd); /* drops a claim on the turnstile too */
+    free(c);
+}
+
+static int conn_exec(const sqlite_backend *s, sq_conn *c, const char *sql, const char *what)
+{
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? TRAFFIC_OK : sq_fail(s, c->db, rc, what);
+}
+
+/* Opens and configures a connection without preparing statements (the schema may not exist
+ * yet). create: SQLITE_OPEN_CREATE, for the opener only. */
+static int conn_open(sqlite_backend *s, int create, sq_conn **out)
+{
+    sq_conn *c = calloc(1, sizeof *c);
+    if (!c) return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
+    c->s = s;
+    c->turn_fd = -1;
+    c->rng = (uint64_t)mono_ns() ^ ((uint64_t)(uintptr_t)c << 16) ^ (uint64_t)getpid();
+    if (!c->rng) c->rng = 1;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(s->path, &c->db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        rc = sq_fail(s, c->db, rc, "opening the database");
+        conn_close(c);
+        return rc;
+    }
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_db_config(c->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+    if (sqlite_debug_default_busy) { /* the test hook: SQLite's own handling, for comparison */
+        sqlite3_busy_timeout(c->db, (int)(s->timeout_ns / 1000000));
+    } else {
+        sqlite3_busy_handler(c->db, sq_busy, c);
+        sqlite3_wal_hook(c->db, sq_wal_hook, c);
+    }
+    char sql[128];
+    snprintf(sql, sizeof sql, "PRAGMA synchronous = NORMAL; PRAGMA journal_size_limit = %d;", SQ_WAL_LIMIT_BYTES);
+    rc = conn_exec(s, c, sql, "configuring the connection");
+    if (rc) {
+        conn_close(c);
+        return rc;
+    }
+    *out = c;
+    return TRAFFIC_OK;
+}
+
+/* Prepares every statement once; a failure means the tables are not the ones we made. */
+static int conn_prepare(const sqlite_backend *s, sq_conn *c)
+{
+    for (int i = 0; i < ST_N; i++) {
+        int rc = sqlite3_prepare_v3(c->db, sq_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
+        if (rc != SQLITE_OK)
+            return traffic_backend_fail(EB(s), TRAFFIC_ECORRUPT, "%s: the traffic schema does not match (%s)", s->path,
+                                        sqlite3_errmsg(c->db));
+    }
+    return TRAFFIC_OK;
+}
+
+/* Opens PATH-turn for c, created as SQLite creates -wal and -shm: with the database's
+ * permission bits and, when we are root, its owner. Only pool connections get one, so a
+ * file that failed validation never gets a PATH-turn next to it. A failure leaves the
+ * connection without a turnstile, which is not an error. */
+static void turn_open(const sqlite_backend *s, sq_conn *c)
+{
+    if (sqlite_debug_default_busy) return;
+    int fd = open(s->turn_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, s->mode);
+    struct stat st;
+    if (fd < 0) return;
+    if (fstat(fd, &st) == 0 && st.st_size == 0 && (st.st_mode & 0777) != s->mode) (void)!fchmod(fd, s->mode);
+    if (geteuid() == 0) (void)!fchown(fd, s->uid, s->gid);
+    c->turn_fd = fd;
+}
+
+/* ---- the per-process pool -------------------------------------------------------------- */
+
+static sq_pool *pool_new(sqlite_backend *s)
+{
+    sq_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->reaper_mu, NULL);
+    pthread_cond_init(&p->free_cv, NULL);
+    pthread_cond_init(&p->reaper_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    p->pid = getpid();
+    p->s = s;
+    if (getrandom(&p->lease_owner, sizeof p->lease_owner, 0) != sizeof p->lease_owner)
+        p->lease_owner = (uint64_t)mono_ns() ^ ((uint64_t)p->pid << 40);
+    p->lease_owner &= INT64_MAX; /* stored in an INTEGER column */
+    return p;
+}
+
+/* Closes every connection of the pool (all must be idle) and frees it. */
+static void pool_free(sq_pool *p)
+{
+    while (p->idle) {
+        sq_conn *c = p->idle;
+        p->idle = c->next;
+        conn_close(c);
+    }
+    pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->reaper_mu);
+    pthread_cond_destroy(&p->free_cv);
+    pthread_cond_destroy(&p->reaper_cv);
+    free(p);
+}
+
+/* The pool of the calling process: the pid check. In a child of the process that made the
+ * current pool, a fresh pool replaces it; the parent's is abandoned untouched (its
+ * connections hold the parent's locks; closing them here would release or corrupt those). */
+static sq_pool *pool_current(sqlite_backend *s)
+{
+    sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
+    if (p && p->pid == getpid()) return p;
+    sq_pool *fresh = pool_new(s);
+    if (!fresh) return NULL;
+    if (atomic_compare_exchange_strong_explicit(&s->pool, &p, fresh, memory_order_acq_rel, memory_order_acquire))
+        return fresh;
+    pool_free(fresh); /* another thread of this child installed one first */
+    return p;
+}
+
+/* Opens a new connection into the slot pool_get reserved; on failure gives the slot back. */
+static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
+{
+    sq_conn *c;
+    int rc = conn_open(s, 0, &c);
+    if (rc == TRAFFIC_OK && (rc = conn_prepare(s, c)) != TRAFFIC_OK) conn_close(c);
+    if (rc == TRAFFIC_OK) {
+        turn_open(s, c);
+        *out = c;
+        return rc;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->nconn--;
+    pthread_cond_signal(&p->free_cv);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* Checks out a connection for the calling thread: an idle one, else a new one while fewer
+ * than pool_size exist, else the next one to come back. From here to pool_put the thread
+ * counts as inside SQLite for fork_prepare. */
+static int pool_get(sqlite_backend *s, sq_conn **out)
+{
+    fork_enter();
+    sq_pool *p = pool_current(s);
+    int rc = TRAFFIC_OK;
+    if (!p) {
+        fork_leave();
+        return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&p->mu);
+    while (!p->idle && p->nconn >= s->pool_size)
+        pthread_cond_wait(&p->free_cv, &p->mu);
+    sq_conn *c = p->idle;
+    if (c)
+        p->idle = c->next;
+    else
+        p->nconn++; /* reserve the slot, then open without holding the mutex */
+    pthread_mutex_unlock(&p->mu);
+    if (c)
+        *out = c;
+    else
+        rc = pool_open_conn(s, p, out);
+    if (rc != TRAFFIC_OK) fork_leave();
+    return rc;
+}
+
+static void pool_put(sqlite_backend *s, sq_conn *c)
+{
+    sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
+    turn_release(c);
+    pthread_mutex_lock(&p->mu);
+    c->next = p->idle;
+    p->idle = c;
+    pthread_cond_signal(&p->free_cv);
+    pthread_mutex_unlock(&p->mu);
+    fork_leave();
+}
+
+/* ---- statements ------------------------------------------------------------------------ */
+
+/* Steps st once: 1 a row, 0 done, or a negative status with SQLite's message recorded. The
+ * caller then resets it (sq_reset, or sq_end after a row of a RETURNING write), so that the
+ * connection holds no snapshot or lock between operations. */
+static int sq_step(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    turn_release(c); /* the statement has its lock, or gave up */
+    if (rc == SQLITE_ROW) return 1;
+    if (rc == SQLITE_DONE) return 0;
+    int status = sq_fail(s, c->db, rc, what);
+    sqlite3_reset(st);
+    return status;
+}
+
+/* sq_step for a statement that writes: first give way to a starving waiter. */
+static int sq_write(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
+{
+    turn_wait(c);
+    return sq_step(s, c, st, what);
+}
+
+static void sq_reset(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+}
+
+/* After the row of a RETURNING write: steps to the end, so that the write commits here and
+ * a failing commit is reported (an INSERT/DELETE … RETURNING commits only when it ends, not
+ * when its row comes out), then resets. 0 or a negative status. */
+static int sq_end(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    int status = rc == SQLITE_DONE ? TRAFFIC_OK : sq_fail(s, c->db, rc, what);
+    sqlite3_reset(st);
+    return status;
+}
+
+static void bind_key(sqlite3_stmt *st, const char *key, size_t klen)
+{
+    sqlite3_bind_text(st, 1, key, (int)klen, SQLITE_STATIC); /* klen <= 250: cannot fail */
+}
+
+/* Runs one of the "SELECT … WHERE key = ?1 AND live at ?2" statements: 1 found, 0 not. */
+static int sq_lookup(const sqlite_backend *s, sq_conn *c, int which, const char *key, size_t klen, const char *what)
+{
+    sqlite3_stmt *st = c->st[which];
+    bind_key(st, key, klen);
+    sqlite3_bind_int64(st, 2, wall_ms());
+    return sq_step(s, c, st, what);
+}
+
+static int not_found(const sqlite_backend *s, const char *key)
+{
+    return traffic_backend_fail(EB(s), TRAFFIC_ENOTFOUND, "\"%.64s\" not found or expired", key);
+}
+
+/* ---- operations ------------------------------------------------------------------------ */
+
+/* Copies the current row of ST_GET (kind, counter, value) out; a counter as decimal text. */
+static int copy_value(const sqlite_backend *s, sqlite3_stmt *st, const char *key, void *buf, size_t cap, size_t *len)
+{
+    char digits[24];
+    const void *src = digits;
+    size_t n;
+    if (sqlite3_column_int(st, 0) == 1) {
+        n = (size_t)snprintf(digits, sizeof digits, "%lld", (long long)sqlite3_column_int64(st, 1));
+    } else {
+        src = sqlite3_column_blob(st, 2);
+        n = (size_t)sqlite3_column_bytes(st, 2);
+    }
+    *len = n;
+    if (n > cap)
+        return traffic_backend_fail(EB(s), TRAFFIC_ERANGE, "value of \"%.64s\" is %zu bytes, buffer holds %zu", key, n,
+                                    cap);
+    if (n) memcpy(buf, src, n);
+    return TRAFFIC_OK;
+}
+
+static int q_get(traffic_backend *b, const char *key, size_t klen, void *buf, size_t cap, size_t *len)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    int rc = sq_lookup(s, c, ST_GET, key, klen, "get");
+    if (rc == 1)
+        rc = copy_value(s, c->st[ST_GET], key, buf, cap, len);
+    else if (rc == 0)
+        rc = not_found(s, key);
+    sq_reset(c->st[ST_GET]);
+    pool_put(s, c);
+    if (rc == TRAFFIC_OK || rc == TRAFFIC_ERANGE)
+        COUNT(s, hits);
+    else if (rc == TRAFFIC_ENOTFOUND)
+        COUNT(s, misses);
+    return rc;
+}
+
+static int q_exists(traffic_backend *b, const char *key, size_t klen)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    int rc = sq_lookup(s, c, ST_EXISTS, key, klen, "exists");
+    sq_reset(c->st[ST_EXISTS]);
+    pool_put(s, c);
+    if (rc == 1)
+        COUNT(s, hits);
+    else if (rc == 0)
+        COUNT(s, misses);
+    return rc;
+}
+
+static int q_ttl(traffic_backend *b, const char *key, size_t klen, int64_t *ttl_ms)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    int64_t now = wall_ms();
+    sqlite3_stmt *st = c->st[ST_TTL];
+    bind_key(st, key, klen);
+    sqlite3_bind_int64(st, 2, now);
+    int rc = sq_step(s, c, st, "ttl");
+    if (rc == 1) {
+        int64_t e = sqlite3_column_int64(st, 0);
+        *ttl_ms = e == 0 ? -1 : e - now; /* e > now: the statement's filter */
+        rc = TRAFFIC_OK;
+    } else if (rc == 0) {
+        rc = not_found(s, key);
+    }
+    sq_reset(st);
+    pool_put(s, c);
+    if (rc == TRAFFIC_OK)
+        COUNT(s, hits);
+    else if (rc == TRAFFIC_ENOTFOUND)
+        COUNT(s, misses);
+    return rc;
+}
+
+static int q_set(traffic_backend *b, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms)
+{
+    sqlite_backend *s = S(b);
+    if (len > TRAFFIC_SQLITE_VALUE_MAX)
+        return traffic_backend_fail(b, TRAFFIC_ETOOBIG, "value of %zu bytes is over the sqlite limit of %d", len,
+                                    TRAFFIC_SQLITE_VALUE_MAX);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    sqlite3_stmt *st = c->st[ST_SET];
+    bind_key(st, key, klen);
+    int rc = sqlite3_bind_blob(st, 2, val, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, ttl_ms ? wall_ms() + ttl_ms : 0);
+    if (rc != SQLITE_OK)
+        rc = sq_fail(s, c->db, rc, "set");
+    else
+        rc = sq_write(s, c, st, "set");
+    sq_reset(st);
+    sqlite3_bind_null(st, 2); /* drop the reference to the caller's buffer */
+    pool_put(s, c);
+    if (rc < 0) return rc;
+    COUNT(s, sets);
+    return TRAFFIC_OK;
+}
+
+/* The upsert of the banner: 1 and *out set when it wrote, 0 when its WHERE refused. */
+static int incr_upsert(const sqlite_backend *s, sq_conn *c, const char *key, size_t klen, int64_t amount,
+                       int64_t ttl_ms, int64_t *out)
+{
+    int64_t now = wall_ms();
+    sqlite3_stmt *st = c->st[ST_INCR];
+    bind_key(st, key, klen);
+    sqlite3_bind_int64(st, 2, amount);
+    sqlite3_bind_int64(st, 3, ttl_ms ? now + ttl_ms : 0);
+    sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int64(st, 5, amount < 0 ? INT64_MIN - amount : INT64_MIN);
+    sqlite3_bind_int64(st, 6, amount > 0 ? INT64_MAX - amount : INT64_MAX);
+    int rc = sq_write(s, c, st, "increment");
+    if (rc != 1) {
+        sq_reset(st);
+        return rc;
+    }
+    *out = sqlite3_column_int64(st, 0);
+    int end = sq_end(s, c, st, "increment");
+    return end ? end : 1;
+}
+
+/* Why did the upsert refuse? TRAFFIC_ETYPE, TRAFFIC_EOVERFLOW, or 0: the row changed since
+ * (deleted, expired, set to a counter that fits), so the upsert should run again. */
+static int incr_refusal(const sqlite_backend *s, sq_conn *c, const char *key, size_t klen, int64_t amount)
+{
+    sqlite3_stmt *st = c->st[ST_GET];
+    int rc = sq_lookup(s, c, ST_GET, key, klen, "increment");
+    int64_t sum;
+    if (rc == 1 && sqlite3_column_int(st, 0) == 0)
+        rc = traffic_backend_fail(EB(s), TRAFFIC_ETYPE, "\"%.64s\" holds a bytes value, not a counter", key);
+    else if (rc == 1 && __builtin_add_overflow(sqlite3_column_int64(st, 1), amount, &sum))
+        rc = traffic_backend_fail(EB(s), TRAFFIC_EOVERFLOW, "incrementing \"%.64s\" would overflow int64", key);
+    else if (rc > 0)
+        rc = 0;
+    sq_reset(st);
+    return rc;
+}
+
+static int q_increment(traffic_backend *b, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    int rc = 0;
+    for (int i = 0; i < SQ_INCR_RETRIES && rc == 0; i++) {
+        rc = incr_upsert(s, c, key, klen, amount, ttl_ms, out);
+        if (rc == 0) rc = incr_refusal(s, c, key, klen, amount);
+    }
+    pool_put(s, c);
+    if (rc == 0)
+        return traffic_backend_fail(b, TRAFFIC_ETIMEDOUT, "\"%.64s\" kept changing type under %d increments", key,
+                                    SQ_INCR_RETRIES);
+    if (rc < 0) return rc;
+    COUNT(s, increments);
+    return TRAFFIC_OK;
+}
+
+static int q_del(traffic_backend *b, const char *key, size_t klen)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    sqlite3_stmt *st = c->st[ST_DEL];
+    bind_key(st, key, klen);
+    int rc = sq_write(s, c, st, "delete");
+    int64_t e = rc == 1 ? sqlite3_column_int64(st, 0) : 0;
+    if (rc == 1) {
+        int end = sq_end(s, c, st, "delete");
+        rc = end ? end : 1;
+    }
+    sq_reset(st);
+    pool_put(s, c);
+    if (rc < 0) return rc;
+    if (rc == 1 && e != 0 && e <= wall_ms())
+        COUNT(s, expirations); /* it had expired already */
+    else if (rc == 1)
+        COUNT(s, deletes);
+    return TRAFFIC_OK;
+}
+
+static int q_clear(traffic_backend *b)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    int rc = sq_write(s, c, c->st[ST_CLEAR], "clear");
+    sq_reset(c->st[ST_CLEAR]);
+    pool_put(s, c);
+    return rc < 0 ? rc : TRAFFIC_OK;
+}
+
+/* ---- stats ----------------------------------------------------------------------------- */
+
+static uint64_t file_size(const char *path, const char *suffix)
+{
+    char name[PATH_MAX + 8];
+    struct stat st;
+    snprintf(name, sizeof name, "%s%s", path, suffix);
+    return stat(name, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+static int q_stats(traffic_backend *b, struct traffic_stats *o)
+{
+    sqlite_backend *s = S(b);
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    sqlite3_stmt *st = c->st[ST_STATS];
+    sqlite3_bind_int64(st, 1, wall_ms());
+    int rc = sq_step(s, c, st, "stats");
+    if (rc == 1) {
+        o->keys = (uint64_t)sqlite3_column_int64(st, 0);
+        o->expired_pending = (uint64_t)sqlite3_column_int64(st, 1);
+        o->reaper_pid = sqlite3_column_int64(st, 2);
+    }
+    sq_reset(st);
+    pool_put(s, c);
+    if (rc < 0) return rc;
+#define N(f) atomic_load_explicit(&s->n.f, memory_order_relaxed)
+    o->hits = N(hits);
+    o->misses = N(misses);
+    o->sets = N(sets);
+    o->increments = N(increments);
+    o->deletes = N(deletes);
+    o->expirations = N(expirations);
+    o->busy_retries = N(busy_retries);
+    o->reaper_runs = N(reaper_runs);
+#undef N
+    o->bytes_used = file_size(s->path, "");
+    o->wal_bytes = file_size(s->path, "-wal");
+    return TRAFFIC_OK;
+}
+
+/* ---- cleanup: lease, sweep, checkpoint ------------------------------------------------- */
+
+/* Takes or renews the sweeping lease for this process: 1 held, 0 another process holds it. */
+static int lease_take(sqlite_backend *s, sq_pool *p)
+{
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    int64_t now = wall_ms();
+    sqlite3_stmt *st = c->st[ST_LEASE];
+    sqlite3_bind_int64(st, 1, (int64_t)p->lease_owner);
+    sqlite3_bind_int64(st, 2, (int64_t)p->pid);
+    sqlite3_bind_int64(st, 3, now + 2 * s->cleanup_ms + 1000);
+    sqlite3_bind_int64(st, 4, now);
+    int rc = sq_write(s, c, st, "taking the cleanup lease");
+    if (rc == 1) {
+        int end = sq_end(s, c, st, "taking the cleanup lease");
+        rc = end ? end : 1;
+    }
+    sq_reset(st);
+    pool_put(s, c);
+    return rc;
+}
+
+static void lease_drop(sqlite_backend *s, sq_pool *p)
+{
+    sq_conn *c;
+    if (pool_get(s, &c) != TRAFFIC_OK) return; /* the lease then simply runs out */
+    sqlite3_stmt *st = c->st[ST_UNLEASE];
+    sqlite3_bind_int64(st, 1, (int64_t)p->lease_owner);
+    sq_write(s, c, st, "dropping the cleanup lease");
+    sq_reset(st);
+    pool_put(s, c);
+}
+
+/* Deletes up to SQ_SWEEP_BATCH expired rows in one transaction; returns how many, or < 0. */
+static int sweep_batch(sqlite_backend *s)
+{
+    sq_conn *c;
+    CHECK(pool_get(s, &c));
+    sqlite3_stmt *st = c->st[ST_SWEEP];
+    sqlite3_bind_int64(st, 1, wall_ms());
+    sqlite3_bind_int(st, 2, SQ_SWEEP_BATCH);
+    int rc = sq_write(s, c, st, "sweeping expired rows");
+    if (rc >= 0) rc = sqlite3_changes(c->db);
+    sq_reset(st);
+    pool_put(s, c);
+    return rc;
+}
+
+/* The cleanup thread's periodic checkpoint: passive (never waits), or RESTART when the WAL
+ * has grown past SQ_WAL_RESTART_FRAMES (see "checkpoints"). */
+static void checkpoint(sqlite_backend *s)
+{
+    sq_conn *c;
+    int frames = 0;
+    if (pool_get(s, &c) != TRAFFIC_OK) return;
+    sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, NULL);
+    if (frames >= SQ_WAL_RESTART_FRAMES) sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    pool_put(s, c);
+}
+
+/* One sweep of this process's reaper, if it holds the lease. Returns 1 when expired rows
+ * were left for lack of time (sweep again soon), else 0. Errors are not reported anywhere:
+ * the next sweep retries. */
+static int reaper_sweep(sqlite_backend *s, sq_pool *p)
+{
+    if (lease_take(s, p) != 1) return 0;
+    int64_t end = mono_ns() + (int64_t)SQ_SWEEP_PASS_MS * 1000000;
+    int n;
+    do {
+        n = sweep_batch(s);
+        if (n > 0) atomic_fetch_add_explicit(&s->n.expirations, (uint64_t)n, memory_order_relaxed);
+        sched_yield(); /* let waiting writers take the lock between batches */
+    } while (n == SQ_SWEEP_BATCH && mono_ns() < end && !atomic_load(&p->reaper_stop));
+    COUNT(s, reaper_runs);
+    return n == SQ_SWEEP_BATCH;
+}
+
+/* Sleeps until `until` (CLOCK_MONOTONIC ns) or a stop request; returns 1 on the latter. */
+static int reaper_sleep(sq_pool *p, int64_t until)
+{
+    struct timespec dl = {.tv_sec = (time_t)(until / 1000000000), .tv_nsec = (long)(until % 1000000000)};
+    pthread_mutex_lock(&p->mu);
+    while (!atomic_load(&p->reaper_stop) && pthread_cond_timedwait(&p->reaper_cv, &p->mu, &dl) != ETIMEDOUT) {
+    }
+    pthread_mutex_unlock(&p->mu);
+    return atomic_load(&p->reaper_stop);
+}
+
+/* The cleanup thread of one process: a sweep at start and then every cleanup_interval
+ * (sooner while a backlog remains), and a passive checkpoint every SQ_CHECKPOINT_MS. The
+ * frequent checkpoint keeps the WAL short, so that a request's commit rarely reaches
+ * SQLite's auto-checkpoint threshold and pays for a checkpoint's fsyncs itself. */
+static void *reaper_main(void *arg)
+{
+    sq_pool *p = arg;
+    sqlite_backend *s = p->s;
+    int64_t ms = 1000000, tick = (s->cleanup_ms < SQ_CHECKPOINT_MS ? s->cleanup_ms : SQ_CHECKPOINT_MS) * ms;
+    int64_t next_sweep = mono_ns(), wake;
+    do {
+        int64_t now = mono_ns();
+        if (now >= next_sweep) next_sweep = now + (reaper_sweep(s, p) ? SQ_SWEEP_BACKLOG_MS : s->cleanup_ms) * ms;
+        checkpoint(s);
+        wake = now + tick < next_sweep ? now + tick : next_sweep;
+    } while (!reaper_sleep(p, wake));
+    return NULL;
+}
+
+static int q_start_cleanup(traffic_backend *b)
+{
+    sqlite_backend *s = S(b);
+    sq_pool *p = pool_current(s); /* a child never inherits its parent's thread */
+    if (!p) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
+    int rc = TRAFFIC_OK;
+    pthread_mutex_lock(&p->reaper_mu);
+    if (!p->reaper_running) {
+        atomic_store(&p->reaper_stop, 0);
+        sigset_t all, old; /* the thread takes no signal meant for the application */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int e = pthread_create(&p->reaper, NULL, reaper_main, p);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (e == 0)
+            p->reaper_running = 1;
+        else
+            rc = traffic_backend_fail(b, e == EAGAIN ? TRAFFIC_ENOMEM : TRAFFIC_EIO,
+                                      "could not start the cleanup thread: %s", strerror(e));
+    }
+    pthread_mutex_unlock(&p->reaper_mu);
+    return rc;
+}
+
+/* Stops this process's cleanup thread, if it runs, and hands the lease back at once. */
+static void reaper_stop(sqlite_backend *s, sq_pool *p)
+{
+    pthread_mutex_lock(&p->reaper_mu);
+    if (p->reaper_running) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->reaper_stop, 1);
+        pthread_cond_broadcast(&p->reaper_cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->reaper, NULL);
+        p->reaper_running = 0;
+        lease_drop(s, p);
+    }
+    pthread_mutex_unlock(&p->reaper_mu);
+}
+
+static int q_stop_cleanup(traffic_backend *b)
+{
+    sqlite_backend *s = S(b);
+    sq_pool *p = pool_current(s);
+    if (!p) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
+    reaper_stop(s, p);
+    return TRAFFIC_OK;
+}
+
+/* ---- closing --------------------------------------------------------------------------- */
+
+static void sq_free(sqlite_backend *s)
+{
+    free(s->path);
+    free(s->dir);
+    free(s->turn_path);
+    free(s);
+}
+
+static int q_close(traffic_backend *b)
+{
+    sqlite_backend *s = S(b);
+    sq_pool *p = atomic_load(&s->pool);
+    if (p && p->pid == getpid()) {
+        reaper_stop(s, p);
+        fork_enter(); /* no fork() between leaving fork_handles and closing the connections */
+        fork_unregister(s);
+        pool_free(p);
+        fork_leave();
+    } else { /* the pool of the process we were forked from: abandoned, see pool_current */
+        fork_unregister(s);
+    }
+    sq_free(s);
+    return TRAFFIC_OK;
+}
+
+static const traffic_backend_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = q_close,
+    .get = q_get,
+    .set = q_set,
+    .del = q_del,
+    .exists = q_exists,
+    .increment = q_increment,
+    .ttl = q_ttl,
+    .clear = q_clear,
+    .stats = q_stats,
+    .start_cleanup = q_start_cleanup,
+    .stop_cleanup = q_stop_cleanup,
+};
+
+/* ---- opening: the file's identity and schema ------------------------------------------- */
+
+/* What the file says it is. */
+typedef struct sq_ident {
+    int64_t app, version, objects;
+} sq_ident;
+
+/* Reads the identity in ONE statement, so one snapshot: three separate reads could see the
+ * marks from before and the tables from after another process created the schema. */
+static int read_ident(const sqlite_backend *s, sq_conn *c, sq_ident *id)
+{
+    static const char sql[] = "SELECT (SELECT application_id FROM pragma_application_id),"
+                              " (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema)";
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        id->app = sqlite3_column_int64(st, 0);
+        id->version = sqlite3_column_int64(st, 1);
+        id->objects = sqlite3_column_int64(st, 2);
+        rc = SQLITE_OK;
+    }
+    int status = rc == SQLITE_OK ? TRAFFIC_OK : sq_fail(s, c->db, rc, "reading the database header");
+    sqlite3_finalize(st);
+    if (status == TRAFFIC_ECORRUPT && (rc & 0xff) != SQLITE_NOTADB) /* NOTADB has its message */
+        return traffic_backend_fail(EB(s), status, "%s is not a usable SQLite database (%s)", s->path,
+                                    sqlite3_errstr(rc));
+    return status;
+}
+
+/* 1: a traffic database of our version; 0: an empty database to create the schema in;
+ * else TRAFFIC_ECORRUPT naming what the file is instead. */
+static int ident_verdict(const sqlite_backend *s, const sq_ident *id)
+{
+    if (id->app == SQ_APPLICATION_ID && id->version == SQ_SCHEMA_VERSION) return 1;
+    if (id->app == 0 && id->version == 0 && id->objects == 0) return 0;
+    if (id->app == SQ_APPLICATION_ID)
+        return traffic_backend_fail(EB(s), TRAFFIC_ECORRUPT,
+                                    "%s has traffic schema version %lld; this library knows version %d only", s->path,
+                                    (long long)id->version, SQ_SCHEMA_VERSION);
+    return traffic_backend_fail(EB(s), TRAFFIC_ECORRUPT,
+                                "%s is not a traffic database (application_id 0x%llx, user_version %lld, %lld "
+                                "schema objects); it was left untouched",
+                                s->path, (unsigned long long)id->app, (long long)id->version, (long long)id->objects);
+}
+
+static int create_schema(const sqlite_backend *s, sq_conn *c)
+{
+    char marks[96];
+    snprintf(marks, sizeof marks, "PRAGMA application_id = %d; PRAGMA user_version = %d;", SQ_APPLICATION_ID,
+             SQ_SCHEMA_VERSION);
+    CHECK(conn_exec(s, c, SQ_SCHEMA, "creating the schema"));
+    return conn_exec(s, c, marks, "marking the database");
+}
+
+/* Makes sure the file holds our schema, creating it in an empty database. The creation
+ * re-reads the identity inside its write transaction: two processes opening a new file at
+ * once both see it empty, and the second must find the first one's schema, not create it
+ * again. */
+static int schema_ensure(const sqlite_backend *s, sq_conn *c)
+{
+    sq_ident id;
+    CHECK(read_ident(s, c, &id));
+    int v = ident_verdict(s, &id);
+    if (v != 0) return v < 0 ? v : TRAFFIC_OK;
+    CHECK(conn_exec(s, c, "BEGIN IMMEDIATE", "locking the new database"));
+    int rc = read_ident(s, c, &id);
+    if (rc == TRAFFIC_OK && (v = ident_verdict(s, &id)) <= 0) rc = v < 0 ? v : create_schema(s, c);
+    if (rc == TRAFFIC_OK) rc = conn_exec(s, c, "COMMIT", "creating the schema");
+    if (rc != TRAFFIC_OK) sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+/* One attempt at PRAGMA journal_mode = WAL: SQLITE_OK, or SQLite's status. */
+static int try_wal(const sqlite_backend *s, sq_conn *c, int *status)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(c->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    *status = TRAFFIC_OK;
+    if (rc == SQLITE_ROW && sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") != 0)
+        *status = traffic_backend_fail(EB(s), TRAFFIC_EIO, "%s: SQLite refused WAL mode (journal_mode is %s)", s->path,
+                                       (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+/* journal_mode is persistent in the file: set on every open, after the file proved ours (a
+ * no-op once it is WAL). Switching a rollback-mode file upgrades a read lock to a write lock,
+ * which SQLite refuses at once with SQLITE_BUSY, without the busy handler (two connections
+ * doing it together would deadlock): processes opening a new file at the same moment meet
+ * exactly that, so retry here until the timeout. */
+static int set_wal(const sqlite_backend *s, sq_conn *c)
+{
+    int64_t start = mono_ns(), now = start, end = start + s->timeout_ns;
+    int status, rc;
+    for (int i = 0; (rc = try_wal(s, c, &status)) != SQLITE_OK && (rc & 0xff) == SQLITE_BUSY && now < end; i++) {
+        nap(c, busy_sleep_us(SQ_BUSY_YIELDS + i, now - start), now, end);
+        now = mono_ns();
+    }
+    return rc == SQLITE_OK ? status : sq_fail(s, c->db, rc, "switching to WAL");
+}
+
+/* Opens the file once to check or create it; the connection is closed again (see the
+ * banner on fork), the pool opens its own on first use. */
+static int sq_validate(sqlite_backend *s)
+{
+    sq_conn *c;
+    fork_enter();
+    int rc = conn_open(s, 1, &c);
+    if (rc == TRAFFIC_OK) {
+        if (sqlite3_db_readonly(c->db, "main") == 1)
+            rc = traffic_backend_fail(NULL, TRAFFIC_EPERM, "%s is read-only for this process", s->path);
+        if (rc == TRAFFIC_OK) rc = schema_ensure(s, c);
+        if (rc == TRAFFIC_OK) rc = set_wal(s, c);
+        if (rc == TRAFFIC_OK) rc = conn_prepare(s, c);
+        conn_close(c);
+    }
+    struct stat st;
+    if (rc == TRAFFIC_OK && stat(s->path, &st) == 0) {
+        s->mode = st.st_mode & 0777;
+        s->uid = st.st_uid;
+        s->gid = st.st_gid;
+    }
+    fork_leave();
+    return rc;
+}
+
+/* ---- opening: path and options --------------------------------------------------------- */
+
+/* s->dir = the directory `dir` made absolute; it must exist. `path` is for the message. */
+static int resolve_dir(sqlite_backend *s, const char *dir, const char *path)
+{
+    s->dir = realpath(dir, NULL);
+    int e = errno;
+    struct stat st;
+    if (s->dir && stat(s->dir, &st) == 0 && S_ISDIR(st.st_mode)) return TRAFFIC_OK;
+    if (s->dir) e = ENOTDIR;
+    return traffic_backend_fail(NULL,
+                                e == EACCES   ? TRAFFIC_EPERM
+                                : e == ENOMEM ? TRAFFIC_ENOMEM
+                                              : TRAFFIC_EIO,
+                                "directory \"%.200s\" of sqlite path \"%.200s\": %s", dir, path, strerror(e));
+}
+
+/* Sets s->dir, s->path (absolute, so that a later chdir() changes nothing) and
+ * s->turn_path from the path the user gave. */
+static int resolve_path(sqlite_backend *s, const char *path)
+{
+    if (!path || !path[0]) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "the sqlite backend needs a file path");
+    if (strcmp(path, ":memory:") == 0 || strncmp(path, "file:", 5) == 0)
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL,
+                                    "sqlite path \"%.200s\": give a file path (in-memory and URI names are not "
+                                    "shared between processes)",
+                                    path);
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    if (!base[0] || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "sqlite path \"%.200s\" names a directory", path);
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
+    int rc = resolve_dir(s, dir, path);
+    free(dir);
+    if (rc) return rc;
+    struct stat st;
+    if (asprintf(&s->path, "%s/%s", strcmp(s->dir, "/") == 0 ? "" : s->dir, base) < 0) s->path = NULL;
+    if (s->path && asprintf(&s->turn_path, "%s-turn", s->path) < 0) s->turn_path = NULL;
+    if (!s->path || !s->turn_path) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
+    if (stat(s->path, &st) == 0 && S_ISDIR(st.st_mode))
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "sqlite path \"%.200s\" is a directory", s->path);
+    return TRAFFIC_OK;
+}
+
+static int bad_seconds(double v, double max)
+{
+    return !(v >= 0 && v <= max);
+} /* NaN too */
+
+static int check_options(const traffic_sqlite_options *o)
+{
+    if (bad_seconds(o->cleanup_interval, 1e7))
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "cleanup_interval %g is not in [0, 1e7] seconds",
+                                    o->cleanup_interval);
+    if (bad_seconds(o->timeout, SQ_TIMEOUT_MAX_S))
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "timeout %g is not in [0, %g] seconds", o->timeout,
+                                    SQ_TIMEOUT_MAX_S);
+    if (o->pool_size > TRAFFIC_SQLITE_POOL_MAX)
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "pool_size %u is over %d", o->pool_size,
+                                    TRAFFIC_SQLITE_POOL_MAX);
+    return TRAFFIC_OK;
+}
+
+static int64_t ms_ceil(double seconds)
+{
+    return (int64_t)ceil(seconds * 1000.0);
+}
+
+int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
+{
+    if (!out) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "out is NULL");
+    *out = NULL;
+    if (!o) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "sqlite options are NULL (a path is required)");
+    CHECK(check_options(o));
+    pthread_once(&fork_once, fork_install);
+    sqlite_backend *s = calloc(1, sizeof *s);
+    if (!s) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
+    s->pool_size = o->pool_size ? o->pool_size : SQ_DEFAULT_POOL;
+    s->mode = 0644; /* until validation reads the file's own */
+    s->uid = geteuid();
+    s->gid = getegid();
+    s->cleanup_ms = ms_ceil(o->cleanup_interval > 0 ? o->cleanup_interval : SQ_DEFAULT_CLEANUP_S);
+    s->timeout_ns = ms_ceil(o->timeout > 0 ? o->timeout : SQ_DEFAULT_TIMEOUT_S) * 1000000;
+    int rc = resolve_path(s, o->path);
+    if (rc == TRAFFIC_OK) rc = sq_validate(s);
+    sq_pool *p = rc == TRAFFIC_OK ? pool_new(s) : NULL;
+    if (rc == TRAFFIC_OK && !p) rc = traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
+    if (rc != TRAFFIC_OK) {
+        sq_free(s);
+        return rc;
+    }
+    atomic_store(&s->pool, p);
+    traffic_backend_init(&s->base, &sqlite_ops);
+    fork_register(s);
+    *out = &s->base;
+    return TRAFFIC_OK;
+}
+
+int sqlite_open_url(url *u, traffic_backend **out)
+{
+    traffic_sqlite_options o = {0};
+    uint64_t pool_size = 0;
+    int rc;
+    if ((rc = url_param_double(u, "cleanup_interval", 0.001, 1e7, &o.cleanup_interval)) ||
+        (rc = url_param_u64(u, "pool_size", 1, TRAFFIC_SQLITE_POOL_MAX, &pool_size)) ||
+        (rc = url_param_double(u, "timeout", 0.001, SQ_TIMEOUT_MAX_S, &o.timeout)) || (rc = url_check_unused(u)))
+        return rc;
+    o.pool_size = (uint32_t)pool_size;
+    char *path = strdup(u->rest);
+    if (!path) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
+    rc = url_decode(path);
+    o.path = path;
+    if (rc == TRAFFIC_OK) rc = traffic_sqlite_open(&o, out);
+    free(path);
+    return rc;
+}
