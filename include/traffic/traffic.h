@@ -11,7 +11,9 @@
  *                      same user attach to by name.
  *   sqlite://PATH      one SQLite file (WAL) shared by the processes of one host, kept across
  *                      restarts; see "SQLite backend" below.
- *   redis://…          (see SPEC.md; reports TRAFFIC_ENOTSUP until that backend is built)
+ *   redis://…          Redis over TCP (redis://), a unix socket (redis+unix://), Sentinel
+ *                      (redis+sentinel://) or Cluster (redis+cluster://), shared by many hosts;
+ *                      see "Redis backend" below. TRAFFIC_ENOTSUP if built without hiredis.
  *
  * Conventions
  *   - Every call returns TRAFFIC_OK (0) or a negative TRAFFIC_E… status (traffic_exists and
@@ -37,7 +39,7 @@
  *   - Time: TTLs have millisecond resolution. The memory backend runs them on CLOCK_MONOTONIC,
  *     which wall-clock steps do not move (a named table lives in /dev/shm and does not survive a
  *     reboot anyway). The SQLite file outlives reboots, so its expiries are wall-clock
- *     (CLOCK_REALTIME) milliseconds.
+ *     (CLOCK_REALTIME) milliseconds; Redis keeps its own (PEXPIRE).
  */
 #ifndef TRAFFIC_TRAFFIC_H
 #define TRAFFIC_TRAFFIC_H
@@ -291,6 +293,101 @@ typedef struct traffic_sqlite_options {
  * @retval TRAFFIC_ENOMEM */
 TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_backend **out);
 
+/* ---------------------------------------------------------------------------------------- */
+/* Redis backend (hiredis)                                                                  */
+/*                                                                                          */
+/* URLs (userinfo, path and socket path percent-decoded):                                   */
+/*   redis://[[user]:password@]host[:port][/db]              one server over TCP (6379)     */
+/*   redis+unix://[[user]:password@]/path/to.sock[?db=N]     one server over a unix socket  */
+/*   redis+sentinel://[[user]:password@]h1:p1,h2:p2/MASTER[/db]   sentinels (26379), master */
+/*   redis+cluster://[[user]:password@]h1:p1,h2:p2           seed nodes of a Cluster (6379) */
+/* with parameters prefix (default "traffic:"), timeout (seconds, default 1) and pool_size  */
+/* (1..64, default 4). "user:password@" authenticates as an ACL user, ":password@" with the */
+/* password alone. rediss:// is TRAFFIC_EINVAL: the hiredis 0.14 this is built on has no    */
+/* TLS. Opening connects (to every master of a cluster), authenticates and loads the Lua    */
+/* script, so a wrong password or an unreachable server fails the open.                     */
+/*                                                                                          */
+/* Storage: key K is the Redis key PREFIX+K. A counter is a plain Redis integer (INCR and   */
+/* GET work on it from any client); a bytes value is a Redis string holding one tag byte    */
+/* '=' and then the value, so "12" stored by traffic_set is "=12" and is never taken for a  */
+/* counter. A string without the tag under the prefix reads as a counter's text. TTLs are   */
+/* Redis expiries (PEXPIRE/PTTL, milliseconds). Every operation is one round trip: GET,     */
+/* SET [PX], UNLINK, EXISTS, PTTL, and for traffic_increment one Lua script (EVALSHA,       */
+/* resent with EVAL after NOSCRIPT) that adds with INCRBY, sets the TTL only when it        */
+/* created the key, and reports TRAFFIC_ETYPE or TRAFFIC_EOVERFLOW leaving the value as it  */
+/* was. traffic_clear SCANs the keys under the prefix and UNLINKs them (never FLUSHDB); an  */
+/* empty prefix therefore clears the whole database. Stats: keys under the prefix (a SCAN   */
+/* of every master: cost grows with the database), bytes_used (used_memory), expirations    */
+/* and evictions (expired_keys, evicted_keys) from INFO summed over the masters, and this   */
+/* handle's own hits, misses, sets, increments and deletes in this process. Redis expires   */
+/* keys itself: traffic_start_cleanup reports TRAFFIC_ENOTSUP.                              */
+/*                                                                                          */
+/* Connections: each process keeps up to pool_size connections per server; a call waits     */
+/* at most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is   */
+/* replaced; reconnecting backs off from 25 ms to at most 1 s between attempts, and during  */
+/* a back-off calls fail at once with TRAFFIC_EUNAVAILABLE (or the status of the failed     */
+/* connect, e.g. TRAFFIC_EPERM for a refused password). A call never waits much longer      */
+/* than `timeout` in total; a server that stops answering gives TRAFFIC_ETIMEDOUT. No call  */
+/* is retried when the server may have run it, except the idempotent ones: an increment     */
+/* whose connection broke after sending reports TRAFFIC_EUNAVAILABLE, and may or may not    */
+/* have counted. Calls recover by themselves once the server is back.                       */
+/*                                                                                          */
+/* fork(): a child notices the new pid at its first call and opens its own connections; the */
+/* parent's are abandoned in the child (never sent on, never closed; their descriptors stay */
+/* open in the child until it exits).                                                       */
+/*                                                                                          */
+/* Sentinel: the sentinels are asked in turn (SENTINEL get-master-addr-by-name, without     */
+/* AUTH), and the answer is checked with ROLE. A broken connection, READONLY or a master    */
+/* that reports another role makes the next connect ask again, which follows a failover.    */
+/*                                                                                          */
+/* Cluster: keys go to the master of their hash slot (CRC16, {hashtag}s honoured) from a    */
+/* slot map loaded with CLUSTER SLOTS and reloaded on MOVED; ASK is followed with ASKING;   */
+/* TRYAGAIN and CLUSTERDOWN are retried within `timeout`. Stats and clear visit every       */
+/* master. The map is shared by the threads of a process through liburcu (urcu-memb): a     */
+/* thread is registered with urcu_memb_register_thread on its first cluster call (unless    */
+/* the application registered it already, and then must keep it registered while it makes   */
+/* traffic calls) and unregistered when it exits; threads that make no cluster call are     */
+/* never registered. An application that uses urcu-memb itself must not hold an RCU read    */
+/* lock across a traffic call, nor run its own grace periods while forking: the first       */
+/* cluster open installs a pthread_atfork handler that makes fork() wait until no thread is */
+/* inside the library's read side or grace periods, so that a child's RCU never waits for a */
+/* thread that fork() left behind.                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+#define TRAFFIC_REDIS_VALUE_MAX 1048576 /* bytes in a value of the Redis backend (1 MiB) */
+#define TRAFFIC_REDIS_POOL_MAX 64       /* the largest pool_size */
+#define TRAFFIC_REDIS_PREFIX_MAX 256    /* bytes in a key prefix */
+
+typedef enum traffic_redis_mode {
+    TRAFFIC_REDIS_TCP = 0,  /* one server: hosts names it (default 127.0.0.1:6379) */
+    TRAFFIC_REDIS_UNIX,     /* one server on the unix socket `path` */
+    TRAFFIC_REDIS_SENTINEL, /* hosts are the sentinels, `master` the name they monitor */
+    TRAFFIC_REDIS_CLUSTER   /* hosts are seed nodes of the cluster */
+} traffic_redis_mode;
+
+/* Options of the Redis backend. Zero in a field means "the default". */
+typedef struct traffic_redis_options {
+    traffic_redis_mode mode;
+    const char *hosts;    /* "host[:port][,host[:port]...]", IPv6 as [addr]:port */
+    const char *path;     /* TRAFFIC_REDIS_UNIX: the socket */
+    const char *master;   /* TRAFFIC_REDIS_SENTINEL: the master's name */
+    const char *user;     /* ACL user (needs a password); NULL: AUTH with the password alone */
+    const char *password; /* NULL: no AUTH */
+    uint32_t db;          /* database number; must be 0 for a cluster */
+    const char *prefix;   /* prepended to every key; NULL: "traffic:" ("" is allowed) */
+    double timeout;       /* seconds for a connect and for each reply (default 1) */
+    uint32_t pool_size;   /* connections per server per process, 1..64 (default 4) */
+} traffic_redis_options;
+
+/* Opens a Redis store with typed options.
+ * @retval TRAFFIC_EINVAL       bad option (no host, bad port, a db for a cluster, rediss://)
+ * @retval TRAFFIC_EUNAVAILABLE no server (or sentinel, or cluster node) could be reached
+ * @retval TRAFFIC_ETIMEDOUT    a server did not answer within `timeout`
+ * @retval TRAFFIC_EPERM        AUTH refused (wrong password or user), or the user may not run
+ *                              the commands this backend needs
+ * @retval TRAFFIC_EIO          an unexpected reply (the server's text is in traffic_errmsg)
+ * @retval TRAFFIC_ENOMEM */
+TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_backend **out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,832 @@
+/*
+ * redis_conn.c — connections of the Redis backend: per-process pools, reconnect backoff,
+ * fork(), Sentinel discovery, and rx_run, which turns one command into one reply.
+ *
+ * The idea that keeps this safe across fork() and threads: all connection state hangs off an
+ * rx_proc stamped with the pid that built it. Every call first compares that pid with its own
+ * (rx_proc_get); a child sees a stranger's proc, builds a fresh one and swaps it in with one
+ * compare-and-swap, so it never takes a lock, reads a socket or sends a byte that belongs to
+ * its parent (the parent's mutexes may have been held by threads that do not exist in the
+ * child). The parent's proc is abandoned: kept reachable, never freed nor closed here.
+ *
+ * A pool is pool_size slots per server (rx_node). A slot is either idle (ctx may be NULL) or
+ * busy, owned by the one thread that acquired it. A connect that fails starts a back-off
+ * window (RX_BACKOFF_MIN_MS, doubling up to RX_BACKOFF_MAX_MS) during which calls fail at once
+ * with the status of that failure instead of hammering a dead server; the first call after
+ * the window tries again, and a success ends the back-off. Nothing waits longer than the
+ * handle's timeout for a slot, a connect or a reply.
+ *
+ * Writes go through send(MSG_NOSIGNAL) (hiredis 0.14 uses write(), whose SIGPIPE would kill
+ * the caller when a server goes away); hiredis only parses replies.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "redis_internal.h"
+
+#define RX_BACKOFF_MIN_MS 25   /* first pause after a failed connect */
+#define RX_BACKOFF_MAX_MS 1000 /* the pause doubles up to this */
+#define RX_MAX_ATTEMPTS   16   /* tries of one command (redirects, retries) within the timeout */
+#define RX_WAIT_MAX_MS    100  /* longest pause before retrying TRYAGAIN / CLUSTERDOWN / LOADING */
+#define RX_AGAIN          1    /* run_once: try again (internal, never returned to users) */
+
+/* ---- time ------------------------------------------------------------------------------ */
+
+int64_t rx_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void rx_sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static struct timeval tv_of_ms(int ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+/* ---- one connection -------------------------------------------------------------------- */
+
+/* The status for a context that failed (err_no: errno right after the failing call). */
+static int ctx_status(const redisContext *ctx, int err_no)
+{
+    switch (ctx->err) {
+    case REDIS_ERR_OOM: return TRAFFIC_ENOMEM;
+    case REDIS_ERR_PROTOCOL: return TRAFFIC_EIO;
+    case REDIS_ERR_EOF: return TRAFFIC_EUNAVAILABLE;
+    default:
+        if (err_no == EAGAIN || err_no == EWOULDBLOCK || err_no == ETIMEDOUT || strstr(ctx->errstr, "timed out") ||
+            strstr(ctx->errstr, "temporarily unavailable"))
+            return TRAFFIC_ETIMEDOUT;
+        return TRAFFIC_EUNAVAILABLE;
+    }
+}
+
+static int ctx_fail(rx_handle *h, const redisContext *ctx, int err_no, const char *what, const char *addr)
+{
+    int rc = ctx_status(ctx, err_no);
+    return traffic_backend_fail(&h->base, rc, "%s %s: %s", what, addr,
+                                ctx->err == REDIS_ERR_EOF ? "connection closed by the server" : ctx->errstr);
+}
+
+static int ctx_send(rx_handle *h, redisContext *ctx, const char *addr, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(ctx->fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EPIPE;
+            ctx->err = REDIS_ERR_IO; /* the context is unusable from now on */
+            snprintf(ctx->errstr, sizeof ctx->errstr, "%s", strerror(e));
+            int rc = e == EAGAIN || e == EWOULDBLOCK ? TRAFFIC_ETIMEDOUT : TRAFFIC_EUNAVAILABLE;
+            return traffic_backend_fail(&h->base, rc, "sending to %s: %s", addr, strerror(e));
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return TRAFFIC_OK;
+}
+
+static int ctx_read(rx_handle *h, redisContext *ctx, const char *addr, redisReply **out)
+{
+    void *r = NULL;
+    errno = 0;
+    if (redisGetReply(ctx, &r) != REDIS_OK || !r) {
+        int e = errno;
+        if (r) freeReplyObject(r);
+        if (!ctx->err) ctx->err = REDIS_ERR_IO;
+        return ctx_fail(h, ctx, e, "reading from", addr);
+    }
+    *out = r;
+    return TRAFFIC_OK;
+}
+
+int rx_append_cmd(rx_handle *h, char **buf, size_t *len, int argc, const char **argv, const size_t *argvlen)
+{
+    char *cmd;
+    int n = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
+    char *grown = n < 0 ? NULL : realloc(*buf, *len + (size_t)n);
+    if (!grown) {
+        if (n >= 0) redisFreeCommand(cmd);
+        return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory formatting a command");
+    }
+    memcpy(grown + *len, cmd, (size_t)n);
+    redisFreeCommand(cmd);
+    *buf = grown;
+    *len += (size_t)n;
+    return TRAFFIC_OK;
+}
+
+int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len)
+{
+    return ctx_send(h, c->ctx, c->addr, buf, len);
+}
+
+int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out)
+{
+    return ctx_read(h, c->ctx, c->addr, out);
+}
+
+int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = rx_append_cmd(h, &buf, &len, argc, argv, argvlen);
+    if (!rc) rc = rx_conn_send(h, c, buf, len);
+    free(buf);
+    return rc ? rc : rx_conn_read(h, c, out);
+}
+
+static void addr_of(char *buf, const char *host, int port)
+{
+    if (!host)
+        snprintf(buf, RX_ADDR_LEN, "(master not yet known)");
+    else if (!port)
+        snprintf(buf, RX_ADDR_LEN, "%s", host);
+    else
+        snprintf(buf, RX_ADDR_LEN, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+}
+
+/* The replies to conn_setup's pipeline, in order. */
+static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
+{
+    const rx_config *cf = &h->cfg;
+    redisReply *r;
+    int rc;
+    if (cf->password) {
+        if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
+        rc = r->type == REDIS_REPLY_ERROR
+                 ? traffic_backend_fail(&h->base, TRAFFIC_EPERM, "AUTH%s%s%s on %s refused: %s",
+                                        cf->user ? " as \"" : "", cf->user ? cf->user : "", cf->user ? "\"" : "", addr,
+                                        r->str)
+                 : TRAFFIC_OK;
+        freeReplyObject(r);
+        if (rc) return rc;
+    }
+    if (cf->db) {
+        if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
+        rc = r->type == REDIS_REPLY_ERROR
+                 ? traffic_backend_fail(&h->base, strncmp(r->str, "NOAUTH", 6) == 0 ? TRAFFIC_EPERM : TRAFFIC_EINVAL,
+                                        "SELECT %u on %s: %s", cf->db, addr, r->str)
+                 : TRAFFIC_OK;
+        freeReplyObject(r);
+        if (rc) return rc;
+    }
+    if (cf->mode == RX_SENTINEL) {
+        if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
+        if (r->type == REDIS_REPLY_ERROR)
+            rc = traffic_backend_fail(&h->base, strncmp(r->str, "NOAUTH", 6) == 0 ? TRAFFIC_EPERM : TRAFFIC_EIO,
+                                      "ROLE on %s: %s", addr, r->str);
+        else if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
+                 strcmp(r->element[0]->str, "master") != 0)
+            rc = traffic_backend_fail(
+                &h->base, TRAFFIC_EUNAVAILABLE,
+                "%s, named master \"%s\" by the sentinels, is a %s (failover in progress?)", addr, cf->master,
+                r->type == REDIS_REPLY_ARRAY && r->elements && r->element[0]->str ? r->element[0]->str
+                                                                                  : "server of unknown role");
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+/* AUTH, SELECT and, for a Sentinel master, ROLE: pipelined, one round trip. */
+static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr)
+{
+    const rx_config *cf = &h->cfg;
+    char *buf = NULL, db[16];
+    size_t len = 0;
+    int rc = TRAFFIC_OK;
+    if (cf->password) {
+        const char *argv[3] = {"AUTH", cf->user ? cf->user : cf->password, cf->password};
+        size_t argvlen[3] = {4, strlen(argv[1]), strlen(cf->password)};
+        rc = rx_append_cmd(h, &buf, &len, cf->user ? 3 : 2, argv, argvlen);
+    }
+    if (!rc && cf->db) {
+        const char *argv[2] = {"SELECT", db};
+        size_t argvlen[2] = {6, (size_t)snprintf(db, sizeof db, "%u", cf->db)};
+        rc = rx_append_cmd(h, &buf, &len, 2, argv, argvlen);
+    }
+    if (!rc && cf->mode == RX_SENTINEL) {
+        const char *argv[1] = {"ROLE"};
+        size_t argvlen[1] = {4};
+        rc = rx_append_cmd(h, &buf, &len, 1, argv, argvlen);
+    }
+    if (!rc && len) rc = ctx_send(h, ctx, addr, buf, len);
+    free(buf);
+    return rc || !len ? rc : setup_replies(h, ctx, addr);
+}
+
+/* A new, set-up connection to host:port (port 0: the unix socket host), connecting within ms. */
+static int conn_open(rx_handle *h, const char *host, int port, int ms, const char *addr, redisContext **out)
+{
+    struct timeval tv = tv_of_ms(ms);
+    errno = 0;
+    redisContext *ctx = port ? redisConnectWithTimeout(host, port, tv) : redisConnectUnixWithTimeout(host, tv);
+    if (!ctx) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory connecting to %s", addr);
+    int rc = TRAFFIC_OK;
+    if (ctx->err) rc = ctx_fail(h, ctx, errno, "connecting to", addr);
+    if (!rc) {
+        fcntl(ctx->fd, F_SETFD, FD_CLOEXEC); /* a program this process execs does not inherit it */
+        if (redisSetTimeout(ctx, tv_of_ms(h->cfg.timeout_ms)) != REDIS_OK)
+            rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
+    }
+    if (!rc) rc = conn_setup(h, ctx, addr);
+    if (rc) {
+        redisFree(ctx);
+        return rc;
+    }
+    *out = ctx;
+    return TRAFFIC_OK;
+}
+
+/* ---- Sentinel -------------------------------------------------------------------------- */
+
+/* Asks one sentinel where the master is: host (cap bytes) and *port. */
+static int ask_sentinel(rx_handle *h, const rx_addr *s, int ms, char *host, size_t cap, int *port)
+{
+    char addr[RX_ADDR_LEN];
+    addr_of(addr, s->host, s->port);
+    errno = 0;
+    redisContext *ctx = redisConnectWithTimeout(s->host, s->port, tv_of_ms(ms));
+    if (!ctx) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory connecting to %s", addr);
+    int rc = ctx->err ? ctx_fail(h, ctx, errno, "connecting to sentinel", addr) : TRAFFIC_OK;
+    redisReply *r = NULL;
+    if (!rc && redisSetTimeout(ctx, tv_of_ms(ms)) != REDIS_OK) rc = ctx_fail(h, ctx, errno, "timeout on", addr);
+    if (!rc) {
+        char *buf = NULL;
+        size_t len = 0;
+        const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", h->cfg.master};
+        size_t argvlen[3] = {8, 23, strlen(h->cfg.master)};
+        rc = rx_append_cmd(h, &buf, &len, 3, argv, argvlen);
+        if (!rc) rc = ctx_send(h, ctx, addr, buf, len);
+        free(buf);
+        if (!rc) rc = ctx_read(h, ctx, addr, &r);
+    }
+    if (!rc) {
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING && r->element[0]->len < cap) {
+            memcpy(host, r->element[0]->str, r->element[0]->len + 1);
+            *port = atoi(r->element[1]->str);
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "sentinel %s: %s", addr, r->str);
+        } else {
+            rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "sentinel %s knows no master named \"%s\"", addr,
+                                      h->cfg.master);
+        }
+        freeReplyObject(r);
+    }
+    redisFree(ctx);
+    return rc;
+}
+
+/* Asks the sentinels in turn for the master's address if n is stale; one thread at a time. */
+static int sentinel_discover(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline)
+{
+    pthread_mutex_lock(&p->refresh_mu);
+    pthread_mutex_lock(&n->mu);
+    int need = n->stale || !n->host;
+    pthread_mutex_unlock(&n->mu);
+    int rc = TRAFFIC_OK;
+    char host[256], last[RX_ERR_LEN] = "";
+    int port = 0;
+    for (size_t i = 0; need && i < h->cfg.nseeds; i++) {
+        int64_t left = deadline - rx_now_ms();
+        rc = ask_sentinel(h, &h->cfg.seeds[i], left < 1 ? 1 : (int)left, host, sizeof host, &port);
+        if (!rc) break;
+        snprintf(last, sizeof last, "%s", traffic_errmsg(&h->base));
+    }
+    if (need && !rc) {
+        char *copy = NULL;
+        pthread_mutex_lock(&n->mu);
+        if (!n->host || strcmp(n->host, host) != 0 || n->port != port) {
+            if ((copy = strdup(host)) != NULL) {
+                free(n->host);
+                n->host = copy;
+                n->port = port;
+                n->gen++; /* connections to the old master close when next seen */
+            }
+        } else {
+            copy = n->host;
+        }
+        if (copy) n->stale = 0;
+        pthread_mutex_unlock(&n->mu);
+        if (!copy) rc = traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+    } else if (need) {
+        rc = traffic_backend_fail(&h->base, rc == TRAFFIC_ENOMEM ? rc : TRAFFIC_EUNAVAILABLE,
+                                  "no sentinel (of %zu) named the master \"%s\"; last: %s", h->cfg.nseeds,
+                                  h->cfg.master, last);
+    }
+    pthread_mutex_unlock(&p->refresh_mu);
+    return rc;
+}
+
+/* ---- nodes and their pools ------------------------------------------------------------- */
+
+static rx_node *node_new(rx_handle *h, const char *host, int port)
+{
+    rx_node *n = calloc(1, sizeof *n);
+    if (!n) return NULL;
+    n->conns = calloc(h->cfg.pool_size, sizeof *n->conns);
+    n->host = host ? strdup(host) : NULL;
+    if (!n->conns || (host && !n->host)) {
+        free(n->conns);
+        free(n->host);
+        free(n);
+        return NULL;
+    }
+    n->port = port;
+    n->stale = h->cfg.mode == RX_SENTINEL;
+    for (unsigned i = 0; i < h->cfg.pool_size; i++)
+        n->conns[i].node = n;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&n->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&n->mu, NULL);
+    return n;
+}
+
+static void node_free(rx_handle *h, rx_node *n)
+{
+    for (unsigned i = 0; i < h->cfg.pool_size; i++)
+        if (n->conns[i].ctx) redisFree(n->conns[i].ctx);
+    pthread_mutex_destroy(&n->mu);
+    pthread_cond_destroy(&n->cv);
+    free(n->conns);
+    free(n->host);
+    free(n);
+}
+
+rx_node *rx_node_get(rx_handle *h, rx_proc *p, const char *host, int port)
+{
+    pthread_mutex_lock(&p->nodes_mu);
+    rx_node *n, **tail = &p->nodes;
+    for (n = p->nodes; n; tail = &n->next, n = n->next) {
+        pthread_mutex_lock(&n->mu);
+        int same = n->port == port && n->host && strcmp(n->host, host) == 0;
+        pthread_mutex_unlock(&n->mu);
+        if (same) break;
+    }
+    if (!n && (n = node_new(h, host, port)) != NULL) *tail = n;
+    pthread_mutex_unlock(&p->nodes_mu);
+    return n;
+}
+
+/* A broken connection or READONLY: a Sentinel master is asked for again before reconnecting. */
+static void node_suspect(rx_handle *h, rx_node *n)
+{
+    if (h->cfg.mode != RX_SENTINEL) return;
+    pthread_mutex_lock(&n->mu);
+    n->stale = 1;
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* After a failed connect (n->mu held): start or lengthen the back-off, remember why. */
+static void node_failed(rx_handle *h, rx_node *n, int rc)
+{
+    n->backoff_ms = n->backoff_ms ? n->backoff_ms * 2 : RX_BACKOFF_MIN_MS;
+    if (n->backoff_ms > RX_BACKOFF_MAX_MS) n->backoff_ms = RX_BACKOFF_MAX_MS;
+    n->retry_at_ms = rx_now_ms() + n->backoff_ms;
+    n->last_rc = rc;
+    snprintf(n->last_err, sizeof n->last_err, "%s", traffic_errmsg(&h->base));
+    if (h->cfg.mode == RX_SENTINEL) n->stale = 1;
+}
+
+/* An idle connection is still good if the server sent nothing (no EOF, no reset) meanwhile. */
+static int conn_alive(const redisContext *ctx)
+{
+    struct pollfd pfd = {.fd = ctx->fd, .events = POLLIN};
+    return ctx->err == 0 && poll(&pfd, 1, 0) == 0;
+}
+
+/* With n->mu held: a reusable idle slot (*ready, now busy) or else an empty one (*empty),
+ * waiting until deadline while every slot is busy. */
+static int pool_pick(rx_handle *h, rx_node *n, int64_t deadline, rx_conn **ready, rx_conn **empty)
+{
+    for (;;) {
+        *ready = *empty = NULL;
+        for (unsigned i = 0; i < h->cfg.pool_size; i++) {
+            rx_conn *c = &n->conns[i];
+            if (c->busy) continue;
+            if (c->ctx && c->gen == n->gen && !n->stale && conn_alive(c->ctx)) {
+                c->busy = 1;
+                *ready = c;
+                return TRAFFIC_OK;
+            }
+            if (c->ctx) redisFree(c->ctx);
+            c->ctx = NULL;
+            if (!*empty) *empty = c;
+        }
+        if (*empty) return TRAFFIC_OK;
+        int64_t now = rx_now_ms();
+        if (now >= deadline) {
+            char addr[RX_ADDR_LEN];
+            addr_of(addr, n->host, n->port);
+            return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT, "all %u connections to %s stayed busy for %d ms",
+                                        h->cfg.pool_size, addr, h->cfg.timeout_ms);
+        }
+        struct timespec ts = {.tv_sec = deadline / 1000, .tv_nsec = (long)(deadline % 1000) * 1000000L};
+        n->waiting++;
+        pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+        n->waiting--;
+    }
+}
+
+/* Connects the empty slot c of n (marked busy by the caller, n->mu not held). */
+static int pool_connect(rx_handle *h, rx_proc *p, rx_node *n, rx_conn *c, int64_t deadline)
+{
+    int rc = h->cfg.mode == RX_SENTINEL ? sentinel_discover(h, p, n, deadline) : TRAFFIC_OK;
+    char host[256], addr[RX_ADDR_LEN];
+    pthread_mutex_lock(&n->mu);
+    snprintf(host, sizeof host, "%s", n->host ? n->host : "");
+    int port = n->port;
+    uint64_t gen = n->gen;
+    addr_of(addr, n->host, n->port);
+    pthread_mutex_unlock(&n->mu);
+    redisContext *ctx = NULL;
+    int64_t left = deadline - rx_now_ms();
+    if (!rc) rc = conn_open(h, host, port, left < 1 ? 1 : (int)left, addr, &ctx);
+    pthread_mutex_lock(&n->mu);
+    if (rc) {
+        node_failed(h, n, rc);
+        c->busy = 0;
+        if (n->waiting) pthread_cond_signal(&n->cv);
+    } else {
+        n->backoff_ms = 0;
+        n->retry_at_ms = 0;
+        c->ctx = ctx;
+        c->gen = gen;
+        memcpy(c->addr, addr, sizeof addr);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+int rx_conn_acquire(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline, rx_conn **out)
+{
+    rx_conn *ready, *empty;
+    pthread_mutex_lock(&n->mu);
+    int rc = pool_pick(h, n, deadline, &ready, &empty);
+    if (rc || ready) {
+        pthread_mutex_unlock(&n->mu);
+        *out = ready;
+        return rc;
+    }
+    int64_t wait = n->retry_at_ms - rx_now_ms();
+    if (wait > 0) { /* backing off: fail at once, as the last connect did */
+        char msg[RX_ERR_LEN];
+        memcpy(msg, n->last_err, sizeof msg);
+        rc = n->last_rc;
+        pthread_mutex_unlock(&n->mu);
+        return traffic_backend_fail(&h->base, rc, "%s (next try in %lld ms)", msg, (long long)wait);
+    }
+    empty->busy = 1;
+    pthread_mutex_unlock(&n->mu);
+    rc = pool_connect(h, p, n, empty, deadline);
+    *out = rc ? NULL : empty;
+    return rc;
+}
+
+void rx_conn_release(rx_conn *c, int healthy)
+{
+    rx_node *n = c->node;
+    pthread_mutex_lock(&n->mu);
+    if (c->ctx && (!healthy || c->ctx->err || c->gen != n->gen)) {
+        redisFree(c->ctx);
+        c->ctx = NULL;
+    }
+    c->busy = 0;
+    if (n->waiting) pthread_cond_signal(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* ---- processes and fork() -------------------------------------------------------------- */
+
+/* States of parents, inherited across fork(): kept reachable here, never touched again. */
+typedef struct rx_abandoned {
+    rx_proc *p;
+    struct rx_abandoned *next;
+} rx_abandoned;
+static _Atomic(rx_abandoned *) abandoned_procs;
+
+static void proc_abandon(rx_proc *p)
+{
+    rx_abandoned *a = malloc(sizeof *a);
+    if (!a) return; /* then p is merely unreachable; it is never touched either way */
+    a->p = p;
+    a->next = atomic_load(&abandoned_procs);
+    while (!atomic_compare_exchange_weak(&abandoned_procs, &a->next, a)) {
+    }
+}
+
+static int proc_new(rx_handle *h, rx_proc *parent, rx_proc **out)
+{
+    rx_proc *p = calloc(1, sizeof *p);
+    if (!p) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+    p->pid = getpid();
+    pthread_mutex_init(&p->nodes_mu, NULL);
+    pthread_mutex_init(&p->refresh_mu, NULL);
+    const rx_config *cf = &h->cfg;
+    if (cf->mode != RX_CLUSTER) {
+        const char *host = cf->mode == RX_UNIX ? cf->path : cf->mode == RX_TCP ? cf->seeds[0].host : NULL;
+        p->master = p->nodes = node_new(h, host, cf->mode == RX_TCP ? cf->seeds[0].port : 0);
+        if (!p->master) {
+            free(p);
+            return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+        }
+    }
+    p->parent = parent;
+    *out = p;
+    return TRAFFIC_OK;
+}
+
+int rx_proc_get(rx_handle *h, rx_proc **out)
+{
+    rx_proc *p = atomic_load_explicit(&h->proc, memory_order_acquire);
+    if (p && p->pid == getpid()) {
+        *out = p;
+        return TRAFFIC_OK;
+    }
+    /* First call of this process (or of the handle): build our own state. p, if any, is the
+     * parent's; it becomes our `parent` and is never used. */
+    rx_proc *mine = NULL;
+    int rc = proc_new(h, p, &mine);
+    if (rc) return rc;
+    if (atomic_compare_exchange_strong_explicit(&h->proc, &p, mine, memory_order_acq_rel, memory_order_acquire)) {
+        *out = mine;
+        return TRAFFIC_OK;
+    }
+    mine->parent = NULL; /* another thread of this process won: use its state */
+    rx_proc_free(h, mine);
+    *out = p;
+    return TRAFFIC_OK;
+}
+
+void rx_proc_free(rx_handle *h, rx_proc *p)
+{
+    if (p->pid != getpid()) { /* a parent's: never close, never send, never lock */
+        proc_abandon(p);
+        return;
+    }
+    if (p->parent) proc_abandon(p->parent);
+    rx_cluster_free_map(p);
+    for (rx_node *n = p->nodes, *next; n; n = next) {
+        next = n->next;
+        node_free(h, n);
+    }
+    pthread_mutex_destroy(&p->nodes_mu);
+    pthread_mutex_destroy(&p->refresh_mu);
+    free(p);
+}
+
+/* ---- one command, start to reply ------------------------------------------------------- */
+
+typedef struct run_state {
+    rx_handle *h;
+    rx_proc *p;
+    const rx_cmd *cmd;
+    int64_t deadline;
+    unsigned slot;   /* CLUSTER: the key's */
+    rx_node *target; /* set by MOVED / ASK / NOSCRIPT: the node of the next try, else routed */
+    uint64_t epoch;  /* of the slot map the route came from */
+    int asking;      /* send ASKING first */
+    int use_eval;    /* NOSCRIPT seen: send EVAL with the body */
+    int waits, down_retries;
+    int last_rc; /* why the last try failed, if the command gives up */
+    char last[RX_ERR_LEN];
+} run_state;
+
+static void remember(run_state *st, int rc, const char *msg)
+{
+    st->last_rc = rc;
+    snprintf(st->last, sizeof st->last, "%s", msg);
+}
+
+static int send_command(run_state *st, rx_conn *c)
+{
+    const rx_cmd *cmd = st->cmd;
+    const char *argv[8];
+    size_t argvlen[8];
+    memcpy(argv, cmd->argv, sizeof argv);
+    memcpy(argvlen, cmd->argvlen, sizeof argvlen);
+    if (st->use_eval) {
+        argv[0] = "EVAL", argvlen[0] = 4;
+        argv[1] = cmd->script, argvlen[1] = strlen(cmd->script);
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    static const char *asking[1] = {"ASKING"};
+    static const size_t asking_len[1] = {6};
+    int rc = st->asking ? rx_append_cmd(st->h, &buf, &len, 1, asking, asking_len) : TRAFFIC_OK;
+    if (!rc) rc = rx_append_cmd(st->h, &buf, &len, cmd->argc, argv, argvlen);
+    if (!rc) rc = rx_conn_send(st->h, c, buf, len);
+    free(buf);
+    return rc;
+}
+
+static int read_reply(run_state *st, rx_conn *c, redisReply **out)
+{
+    if (st->asking) {
+        redisReply *ok;
+        int rc = rx_conn_read(st->h, c, &ok);
+        if (rc) return rc;
+        freeReplyObject(ok);
+    }
+    return rx_conn_read(st->h, c, out);
+}
+
+enum { RE_REPLY, RE_NOSCRIPT, RE_MOVED, RE_ASK, RE_WAIT, RE_ROLE };
+
+static int is_error(const redisReply *r, const char *word)
+{
+    size_t n = strlen(word);
+    return strncmp(r->str, word, n) == 0 && (r->str[n] == ' ' || r->str[n] == '\0');
+}
+
+static int classify(const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ERROR) return RE_REPLY;
+    if (is_error(r, "NOSCRIPT")) return RE_NOSCRIPT;
+    if (is_error(r, "MOVED")) return RE_MOVED;
+    if (is_error(r, "ASK")) return RE_ASK;
+    if (is_error(r, "TRYAGAIN") || is_error(r, "CLUSTERDOWN") || is_error(r, "LOADING") || is_error(r, "MASTERDOWN"))
+        return RE_WAIT;
+    if (is_error(r, "READONLY")) return RE_ROLE;
+    return RE_REPLY;
+}
+
+/* The node of "MOVED|ASK <slot> <host>:<port>" (an empty host: the one that answered). */
+static int redirect_target(run_state *st, const redisReply *r, rx_node *from, rx_node **out)
+{
+    const char *sp = strchr(r->str, ' ');
+    sp = sp ? strchr(sp + 1, ' ') : NULL;
+    const char *colon = sp ? strrchr(sp + 1, ':') : NULL;
+    if (!colon || !colon[1])
+        return traffic_backend_fail(&st->h->base, TRAFFIC_EIO, "cannot parse the redirect \"%s\"", r->str);
+    char host[256];
+    if (colon == sp + 1) {
+        pthread_mutex_lock(&from->mu);
+        snprintf(host, sizeof host, "%s", from->host ? from->host : "");
+        pthread_mutex_unlock(&from->mu);
+    } else {
+        snprintf(host, sizeof host, "%.*s", (int)(colon - sp - 1), sp + 1);
+    }
+    *out = rx_node_get(st->h, st->p, host, atoi(colon + 1));
+    return *out ? TRAFFIC_OK : traffic_backend_fail(&st->h->base, TRAFFIC_ENOMEM, "out of memory");
+}
+
+/* A node could not be reached or its connection broke before the command ran. */
+static int after_failure(run_state *st, int rc, int from_acquire)
+{
+    rx_handle *h = st->h;
+    remember(st, rc, traffic_errmsg(&h->base));
+    if (rc == TRAFFIC_ETIMEDOUT || rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM || rc == TRAFFIC_EINVAL) return rc;
+    st->target = NULL;
+    st->asking = 0;
+    if (h->cfg.mode == RX_CLUSTER) { /* perhaps a failover moved its slots: reload the map once */
+        if (st->down_retries++) return rc;
+        int r2 = rx_cluster_refresh(h, st->p, NULL, st->epoch);
+        return r2 ? rc : RX_AGAIN;
+    }
+    /* One server: a connect that just failed would fail again; a broken pooled connection
+     * is worth one more try on a fresh one. */
+    return from_acquire || st->down_retries++ ? rc : RX_AGAIN;
+}
+
+static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply **out)
+{
+    rx_handle *h = st->h;
+    int kind = classify(r), rc = RX_AGAIN, cluster = h->cfg.mode == RX_CLUSTER;
+    switch (kind) {
+    case RE_NOSCRIPT:
+        if (!st->cmd->script || st->use_eval) {
+            kind = RE_REPLY;
+            break;
+        }
+        st->use_eval = 1; /* EVAL runs the body and caches it for the next EVALSHA */
+        st->target = n;
+        break;
+    case RE_MOVED:
+    case RE_ASK:
+        if (!cluster) { /* a cluster node behind a non-cluster URL: say so */
+            kind = RE_REPLY;
+            break;
+        }
+        remember(st, TRAFFIC_EUNAVAILABLE, r->str);
+        rc = redirect_target(st, r, n, &st->target);
+        st->asking = kind == RE_ASK;
+        if (!rc && kind == RE_MOVED) rx_cluster_refresh(h, st->p, st->target, st->epoch);
+        if (!rc) rc = RX_AGAIN;
+        break;
+    case RE_WAIT: {
+        remember(st, TRAFFIC_ETIMEDOUT, r->str);
+        int64_t left = st->deadline - rx_now_ms();
+        int ms = 5 << (st->waits < 5 ? st->waits : 5);
+        st->waits++;
+        if (ms > RX_WAIT_MAX_MS) ms = RX_WAIT_MAX_MS;
+        if (left > 0) rx_sleep_ms(ms < left ? ms : (int)left);
+        if (cluster && is_error(r, "CLUSTERDOWN")) rx_cluster_refresh(h, st->p, NULL, st->epoch);
+        st->target = NULL;
+        st->asking = 0;
+        break;
+    }
+    case RE_ROLE: /* a master turned replica: find the new one */
+        remember(st, TRAFFIC_EUNAVAILABLE, r->str);
+        node_suspect(h, n);
+        if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch);
+        st->target = NULL;
+        st->asking = 0;
+        break;
+    default: break;
+    }
+    if (kind == RE_REPLY) { /* an answer for the caller to interpret */
+        *out = r;
+        return TRAFFIC_OK;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int run_once(run_state *st, redisReply **out)
+{
+    rx_handle *h = st->h;
+    rx_node *n = st->target;
+    int rc;
+    if (!n && h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_route(h, st->p, st->slot, &n, &st->epoch))) return rc;
+    if (!n) n = st->p->master;
+    rx_conn *c;
+    if ((rc = rx_conn_acquire(h, st->p, n, st->deadline, &c))) return after_failure(st, rc, 1);
+    rc = send_command(st, c);
+    int sent = rc == TRAFFIC_OK;
+    redisReply *r = NULL;
+    if (!rc) rc = read_reply(st, c, &r);
+    rx_conn_release(c, rc == TRAFFIC_OK);
+    if (rc) {
+        node_suspect(h, n);
+        if (sent && !st->cmd->idempotent && rc != TRAFFIC_ENOMEM) {
+            char msg[RX_ERR_LEN];
+            snprintf(msg, sizeof msg, "%s", traffic_errmsg(&h->base));
+            return traffic_backend_fail(&h->base, rc == TRAFFIC_ETIMEDOUT ? rc : TRAFFIC_EUNAVAILABLE,
+                                        "%s; the command may or may not have run", msg);
+        }
+        return after_failure(st, rc, 0);
+    }
+    return r->type == REDIS_REPLY_ERROR ? on_error_reply(st, r, n, out) : (*out = r, TRAFFIC_OK);
+}
+
+int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out)
+{
+    *out = NULL;
+    rx_proc *p;
+    int rc = rx_proc_get(h, &p);
+    if (rc) return rc;
+    run_state st = {.h = h,
+                    .p = p,
+                    .cmd = cmd,
+                    .deadline = rx_now_ms() + h->cfg.timeout_ms,
+                    .slot = h->cfg.mode == RX_CLUSTER ? rx_key_slot(rkey, rklen) : 0,
+                    .last_rc = TRAFFIC_EUNAVAILABLE};
+    for (int i = 0; i < RX_MAX_ATTEMPTS; i++) {
+        rc = run_once(&st, out);
+        if (rc != RX_AGAIN) return rc;
+        if (rx_now_ms() >= st.deadline) break;
+    }
+    return traffic_backend_fail(&h->base, st.last_rc, "%.*s gave up within %d ms: %s", (int)cmd->argvlen[0],
+                                cmd->argv[0], h->cfg.timeout_ms, st.last);
+}
+
+int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg)
+{
+    rx_proc *p;
+    int rc = rx_proc_get(h, &p);
+    if (rc) return rc;
+    rx_node *one[1] = {p->master}, **nodes = one;
+    size_t n = 1;
+    if (h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_masters(h, p, &nodes, &n))) return rc;
+    for (size_t i = 0; !rc && i < n; i++) {
+        rx_conn *c;
+        rc = rx_conn_acquire(h, p, nodes[i], rx_now_ms() + h->cfg.timeout_ms, &c);
+        if (rc) break;
+        rc = fn(h, c, arg);
+        int healthy = c->ctx->err == 0;
+        rx_conn_release(c, healthy);
+        if (!healthy) node_suspect(h, nodes[i]);
+    }
+    if (nodes != one) free(nodes);
+    return rc;
+}

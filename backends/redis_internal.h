@@ -1,0 +1,175 @@
+/*
+ * redis_internal.h — what the three files of the Redis backend share, and nothing public.
+ *
+ *   redis.c          the operations, the entry encoding, URL and options, open/close, stats, clear
+ *   redis_conn.c     connections and their pools, reconnect backoff, fork(), Sentinel discovery,
+ *                    and rx_run: one command, routed, redirected and retried until it has a reply
+ *   redis_cluster.c  CRC16 slot routing and the slot map, published to reader threads by RCU
+ *
+ * Ownership, from the handle down (see each struct for who may touch which field):
+ *   rx_handle (one per traffic_open) -> rx_proc (one per process using the handle: a child after
+ *   fork() builds its own and never touches its parent's) -> rx_node (one per server address,
+ *   never freed before the proc) -> rx_conn (pool_size slots per node).
+ */
+#ifndef TRAFFIC_BACKENDS_REDIS_INTERNAL_H
+#define TRAFFIC_BACKENDS_REDIS_INTERNAL_H
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "internal.h"
+
+#define RX_SLOTS     16384 /* hash slots of a Redis Cluster */
+#define RX_BYTES_TAG '='   /* first byte of a stored bytes value; counters are plain integers */
+#define RX_RKEY_MAX  (TRAFFIC_REDIS_PREFIX_MAX + TRAFFIC_KEY_MAX) /* prefix + key, in bytes */
+#define RX_ERR_LEN   200                                          /* a remembered connection error */
+#define RX_ADDR_LEN  128 /* "host:port" or a socket path, as shown in messages */
+
+typedef enum rx_mode { RX_TCP, RX_UNIX, RX_SENTINEL, RX_CLUSTER } rx_mode;
+
+typedef struct rx_addr {
+    char *host;
+    int port;
+} rx_addr;
+
+/* Everything the URL or the options said; immutable after open. */
+typedef struct rx_config {
+    rx_mode mode;
+    rx_addr *seeds; /* TCP: the server; SENTINEL: the sentinels; CLUSTER: seed nodes */
+    size_t nseeds;
+    char *path;     /* UNIX: the socket */
+    char *master;   /* SENTINEL: the master's name */
+    char *user;     /* NULL: AUTH with the password alone */
+    char *password; /* NULL: no AUTH */
+    unsigned db;
+    char *prefix;
+    size_t prefix_len;
+    int timeout_ms;     /* connect, and each reply */
+    unsigned pool_size; /* connections per node per process */
+} rx_config;
+
+struct rx_node;
+
+/* One pooled connection. `busy` and `ctx` change only under the node's mutex; the thread that
+ * acquired a busy slot is the only one that uses ctx until it releases the slot. */
+typedef struct rx_conn {
+    struct rx_node *node;
+    redisContext *ctx; /* NULL: not connected */
+    uint64_t gen;      /* the node's address generation ctx was connected to */
+    int busy;
+    char addr[RX_ADDR_LEN]; /* where ctx is connected, for messages */
+} rx_conn;
+
+/* One server address and its pool. All fields under `mu`. For a Sentinel master the address
+ * changes on failover: `gen` counts the addresses, and connections of an older one are closed
+ * when next released or acquired. */
+typedef struct rx_node {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a slot was released */
+    char *host;        /* TCP host, or the socket path of a UNIX node; NULL: not discovered yet */
+    int port;          /* 0 for a UNIX node */
+    uint64_t gen;
+    int stale;           /* SENTINEL: ask the sentinels again before connecting */
+    int64_t retry_at_ms; /* no new connection before this (backoff after a failed connect) */
+    int backoff_ms;      /* 0: the last connect worked */
+    int last_rc;         /* status of the last failed connect */
+    char last_err[RX_ERR_LEN];
+    unsigned waiting;     /* threads waiting for a free slot */
+    rx_conn *conns;       /* pool_size slots */
+    struct rx_node *next; /* the proc's node list; written once, under the proc's nodes_mu */
+} rx_node;
+
+/* The slot map of a cluster: replaced whole, never modified once published. */
+typedef struct rx_map {
+    uint64_t epoch; /* 1 for the first map of a proc, +1 for each refresh */
+    rx_node *slot[RX_SLOTS];
+    size_t nmasters;
+    rx_node *masters[]; /* each node that serves a slot, once */
+} rx_map;
+
+/* The state of one process. Built lazily by the first call in a process (rx_proc_get) and used
+ * only by threads of that process. */
+typedef struct rx_proc {
+    pid_t pid;
+    pthread_mutex_t nodes_mu;   /* appends to `nodes` */
+    rx_node *nodes;             /* append-only; freed with the proc */
+    rx_node *master;            /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
+    pthread_mutex_t refresh_mu; /* one slot-map refresh or Sentinel discovery at a time */
+    rx_map *map;                /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
+                                 * replaced with rcu_assign_pointer under refresh_mu */
+    struct rx_proc *parent;     /* the state inherited across fork(): never used nor closed here */
+} rx_proc;
+
+typedef struct rx_handle {
+    traffic_backend base;
+    rx_config cfg;
+    char incr_sha[41]; /* SHA1 of the increment script, from SCRIPT LOAD at open */
+    _Atomic(rx_proc *) proc;
+    /* this handle's counts, in this process (traffic_stats) */
+    _Atomic uint64_t hits, misses, sets, increments, deletes;
+} rx_handle;
+
+/* One command for rx_run. */
+typedef struct rx_cmd {
+    int argc;
+    const char *argv[8];
+    size_t argvlen[8];
+    int idempotent;     /* may be sent again when a connection broke before its reply */
+    const char *script; /* argv[0] is EVALSHA: the script's body, sent with EVAL after NOSCRIPT */
+} rx_cmd;
+
+/* ---- redis_conn.c ---------------------------------------------------------------------- */
+
+int64_t rx_now_ms(void);
+void rx_sleep_ms(int ms);
+
+/* The calling process's state of h, built on the first call in a process. */
+int rx_proc_get(rx_handle *h, rx_proc **out);
+/* Frees p if it belongs to this process (connections closed); a parent's state is abandoned
+ * (freed without closing or sending on its sockets). */
+void rx_proc_free(rx_handle *h, rx_proc *p);
+/* The node for host:port in p, created if new. NULL: out of memory. */
+rx_node *rx_node_get(rx_handle *h, rx_proc *p, const char *host, int port);
+/* A connected slot of n's pool, connecting if needed, waiting at most until deadline_ms. */
+int rx_conn_acquire(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline_ms, rx_conn **out);
+/* Gives the slot back; healthy == 0 closes its connection. */
+void rx_conn_release(rx_conn *c, int healthy);
+/* Appends one command, in the protocol's format, to *buf (a growing malloc'd buffer of *len
+ * bytes): several make a pipeline for rx_conn_send. */
+int rx_append_cmd(rx_handle *h, char **buf, size_t *len, int argc, const char **argv, const size_t *argvlen);
+/* Sends the formatted command(s) buf[0..len) on c. On failure the server got at most a part:
+ * a command cut short is never run, but earlier whole ones of a pipeline may have been. */
+int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len);
+/* Reads the next reply on c. */
+int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out);
+/* Sends one command on c and reads its reply (no routing, no retries). */
+int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out);
+
+/* Runs cmd for the key rkey (the prefixed key, which routes it in a cluster) and returns its
+ * reply, which may be a server error the caller has to interpret. Handles the pool, NOSCRIPT,
+ * MOVED/ASK, TRYAGAIN/CLUSTERDOWN/LOADING, READONLY (Sentinel failover) and broken
+ * connections, within the handle's timeout. */
+int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out);
+/* Calls fn with a connection to every master (one for TCP, UNIX, SENTINEL). Stops at the first
+ * failure and returns it. */
+int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg);
+
+/* ---- redis_cluster.c ------------------------------------------------------------------- */
+
+/* The hash slot of a key: CRC16-XMODEM of the key, or of its {hashtag}, mod 16384. */
+unsigned rx_key_slot(const char *key, size_t len);
+/* The node serving slot (refreshing the map first if the proc has none yet); *epoch is the
+ * map's, for rx_cluster_refresh. */
+int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, rx_node **out, uint64_t *epoch);
+/* Loads the slot map from CLUSTER SLOTS (asking hint first) unless a map newer than seen_epoch
+ * was published meanwhile. */
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch);
+/* A malloc'd copy of the current map's masters. */
+int rx_cluster_masters(rx_handle *h, rx_proc *p, rx_node ***out, size_t *n);
+/* Frees p's map (p is being freed: no reader is left). */
+void rx_cluster_free_map(rx_proc *p);
+
+#endif
