@@ -4,7 +4,7 @@
  *
  * A full CLOCK_MONOTONIC read costs ~27 ns on these VMs, more than the whole increment, so
  * expiry checks read CLOCK_MONOTONIC_COARSE (~3.5 ns, one tick of resolution) first and read
- * the precise clock only when an entry's expiry lies within two coarse ticks of now. The
+ * the precise clock only when an entry's expiry lies within four coarse ticks of now. The
  * coarse clock never runs ahead of the precise one, so "coarse + margin < expires" proves the
  * entry alive; everything else is decided by the precise clock. TTLs keep millisecond
  * precision and entries without a TTL never read a clock at all.
@@ -27,7 +27,7 @@ static inline int64_t shm_now_ms(void)
     return shm_clock_ms(CLOCK_MONOTONIC);
 }
 
-extern int64_t shm_coarse_margin_ms; /* two coarse ticks, measured once per process */
+extern int64_t shm_coarse_margin_ms; /* four coarse ticks, measured once per process */
 
 /* Has an entry with this absolute expiry (0: none) expired? */
 static inline int shm_expired(int64_t expires)

@@ -1,9 +1,9 @@
 /*
  * layout.h — the bytes of a shared table, and the process-local handle that maps them.
  *
- * The mapping is  [header][participants × SHM_MAX_PARTS][slots × capacity], every part
- * 64-byte aligned, every link an index or an offset (each process maps the table at its own
- * address). Nothing in it is a pointer.
+ * The mapping is  [header][participants × SHM_MAX_PARTS][touched bitmap][slots × capacity],
+ * every part 64-byte aligned, every link an index or an offset (each process maps the table
+ * at its own address). Nothing in it is a pointer.
  *
  * Guarantees that are this project's own (not liburcu's, which are per process): the
  * cross-process epochs that decide when a slot may be reused, the owner tokens that let any
@@ -28,27 +28,32 @@
 #include "shm.h"
 
 #define SHM_MAGIC          0x31424154464652ull /* "RFFTAB1" */
-#define SHM_FORMAT_VERSION 1u
+#define SHM_FORMAT_VERSION 2u
 #define SHM_LINE           64
 
 /* ---- owner tokens ------------------------------------------------------------------------
- * A token names one participant incarnation: bits 0-11 the participant index + 1 (so 0 means
- * "nobody"), bits 12-23 the low bits of its incarnation. A participant record is recycled
- * with its incarnation bumped, so a token left in a slot by a dead thread stops matching the
- * record the moment the record is recovered or reused. */
+ * A token names one holder of a participant record: bits 0-11 the record index + 1 (so 0
+ * means "nobody"), bits 12-27 the low 16 bits of the record's incarnation. The incarnation is
+ * bumped when a dead holder's record is recovered (a clean release leaves nothing behind that
+ * carries its token, so it needs no bump), so a token left in a slot, a latch or the reaper
+ * election by a dead thread stops matching at once, and matches again only after 65536 more
+ * deaths of that record's holders. As a second guard, a thread that finds its *own* token on
+ * something it is not holding knows the token is a stale one of that kind and takes it over. */
 #define SHM_MAX_PARTS        4095u
-#define TOKEN_MAKE(idx, inc) ((uint32_t)(((idx) + 1u) | (((inc)&0xfffu) << 12)))
+#define TOKEN_INC_MASK       0xffffu
+#define TOKEN_MAKE(idx, inc) ((uint32_t)(((idx) + 1u) | (((inc)&TOKEN_INC_MASK) << 12)))
 #define TOKEN_IDX(tok)       (((tok)&0xfffu) - 1u)
-#define TOKEN_INC(tok)       (((tok) >> 12) & 0xfffu)
+#define TOKEN_INC(tok)       (((tok) >> 12) & TOKEN_INC_MASK)
 
 /* ---- the slot control word ---------------------------------------------------------------
  *   bits 0-2   state
- *   bit  3     active value buffer (bytes entries)
- *   bits 4-27  owner token (INSERTING, WRITING)
- *   bits 28-63 version (LIVE, WRITING) or retire stamp epoch (FREE)
- * The control word is the only thing ever compare-and-swapped to change a slot's state; every
- * transition is one CAS on the exact word observed, so two processes recovering the same slot
- * cannot both succeed.
+ *   bit  3     active value buffer (bytes entries); in FREE: retired mid-write (no revival)
+ *   bits 4-31  owner token (INSERTING, WRITING)
+ *   bits 32-63 version (LIVE, WRITING) or retire stamp epoch (FREE), both modulo 2^32
+ * The control word is the only thing ever compare-and-swapped to change a slot's state (the
+ * owner of INSERTING publishes LIVE with a plain release store: nobody else may change an
+ * INSERTING word but a recoverer, and only once the owner is dead), so two processes
+ * recovering the same slot cannot both succeed.
  *
  *   EMPTY ──claim──▶ INSERTING(owner) ──publish──▶ LIVE(buf, v) ⇄ WRITING(owner, buf, v)
  *     ▲                    │ owner died                  │ delete / evict / expire
@@ -57,16 +62,17 @@
  *
  * EMPTY means "never used": probes stop there. FREE is a tombstone that a later insert may
  * claim once every process that could still be reading the old key has moved on — or at once
- * by an insert of the same key (revival): a stale reader of that slot compared the same key
- * bytes, which do not change, and its version re-check fails on the new LIVE word. */
+ * by an insert of the same key and the same type (revival): a stale reader of that slot
+ * compared the same key bytes, which do not change, reads the same kind of entry, and re-reads
+ * the control word after the value (a new word sends it back to the lookup). A version is 32
+ * bits: a reader would have to stall across exactly 2^32 writes of one slot to be fooled. */
 enum { ST_EMPTY = 0, ST_INSERTING = 1, ST_LIVE = 2, ST_WRITING = 3, ST_FREE = 4 };
 #define CTL_STATE(c) ((unsigned)((c)&7u))
 #define CTL_BUF(c)   ((unsigned)(((c) >> 3) & 1u))
-#define CTL_OWNER(c) ((uint32_t)(((c) >> 4) & 0xffffffu))
-#define CTL_VER(c)   ((c) >> 28)
-#define CTL_VER_MASK ((1ull << 36) - 1)
+#define CTL_OWNER(c) ((uint32_t)(((c) >> 4) & 0xfffffffu))
+#define CTL_VER(c)   ((uint32_t)((c) >> 32))
 #define CTL_MAKE(st, buf, owner, ver)                                                                                  \
-    ((uint64_t)(st) | ((uint64_t)(buf) << 3) | ((uint64_t)(owner) << 4) | (((uint64_t)(ver)&CTL_VER_MASK) << 28))
+    ((uint64_t)(st) | ((uint64_t)(buf) << 3) | ((uint64_t)(owner) << 4) | ((uint64_t)(uint32_t)(ver) << 32))
 
 enum { TYPE_BYTES = 1, TYPE_COUNTER = 2 };
 
@@ -81,7 +87,7 @@ struct shm_header {
     uint64_t max_size;
     uint32_t key_max, value_max;
     uint32_t slot_size, max_parts;
-    uint64_t parts_off, slots_off;
+    uint64_t parts_off, touched_off, slots_off;
     uint64_t hash_seed;
     uint64_t cleanup_ms;
 
@@ -98,6 +104,8 @@ struct shm_header {
     _Atomic uint32_t reaper_token;               /* elected reaper, 0: none */
     _Atomic int32_t reaper_pid;
     _Atomic uint64_t reaper_runs;
+    _Atomic uint32_t asym_pins; /* some process pins without a fence (part.c): advancers must
+                                 * issue membarrier() or not advance */
 };
 
 /* ---- participants --------------------------------------------------------------------------
@@ -157,7 +165,8 @@ _Static_assert(__builtin_offsetof(struct shm_slot, counter) == SHM_LINE, "counte
 /* After the key: the source of this slot's versions, across all its entries. Whoever
  * publishes a LIVE word (the owner of INSERTING or WRITING) takes the next number from it, so
  * a LIVE word never repeats (modulo 2^36), even when the slot is reused for the same key at
- * once. Kept away from the first two lines, which hold what lookups and increments read. */
+ * once (modulo 2^32). Kept away from the first two lines, which hold what lookups and
+ * increments read. */
 struct shm_slot_tail {
     _Atomic uint64_t vseq;
 };
@@ -176,6 +185,7 @@ struct shm_table {
     struct shm_header *h;
     struct shm_part *parts;
     unsigned char *slots;
+    _Atomic uint64_t *touched; /* one bit per page of slots that ever held an entry */
     uint64_t mask;
     uint32_t slot_size, key_off, tail_off, buf_off, buf_size;
     uint64_t uid;     /* unique per handle in this process */
@@ -187,7 +197,6 @@ struct shm_table {
     pthread_t reaper_thread;
     pid_t reaper_owner_pid;       /* pid that started reaper_thread, 0: none */
     _Atomic uint32_t reaper_stop; /* futex word: 1 asks the thread to stop */
-    unsigned char *reaper_vec;    /* mincore() vector, allocated before the thread starts */
 };
 
 static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i)
@@ -225,7 +234,12 @@ void shm_unpin(struct shm_self *me);
 int shm_epoch_try_advance(struct shm_table *t);
 /* 1 if the owner named by token is alive, 0 if it is dead (its record is then recovered). */
 int shm_token_alive(struct shm_table *t, uint32_t token);
-size_t shm_mincore_vec_size(const struct shm_table *t);
+/* Whole-table passes (clear, the reaper) visit only the pages of slots that
+ * have held an entry: a claim sets the chunk's bit in the touched bitmap before it fills the
+ * slot, and bits are never cleared. (mincore() would be cheaper to keep but calls a
+ * swapped-out page "never touched".) */
+#define SHM_CHUNK_SHIFT 12 /* one bit per 4 KiB page of slots */
+void shm_touched_mark(struct shm_table *t, struct shm_slot *s);
 void shm_table_unref(struct shm_table *t);
 void shm_tables_register(struct shm_table *t);
 void shm_tables_unregister(struct shm_table *t);
@@ -237,5 +251,11 @@ static inline void shm_stat_add(struct shm_self *me, int which, uint64_t n)
 }
 
 extern unsigned shm_broken; /* SHM_BROKEN_* flags, tests only */
+extern int shm_crash_point; /* SHM_CRASH_* point, tests only */
+void shm_debug_crash_now(void);
+static inline void shm_debug_crash(int point)
+{
+    if (__builtin_expect(shm_crash_point == point, 0)) shm_debug_crash_now();
+}
 
 #endif

@@ -18,6 +18,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,9 +39,19 @@
 int64_t shm_coarse_margin_ms = 8;
 unsigned shm_broken;
 
+int shm_crash_point;
+
 void shm_debug_set_broken(unsigned flags)
 {
     shm_broken = flags;
+}
+void shm_debug_set_crash_point(int point)
+{
+    shm_crash_point = point;
+}
+void shm_debug_crash_now(void)
+{
+    raise(SIGKILL);
 }
 
 static int fail(char *err, size_t errlen, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -84,7 +95,7 @@ int shm_name_valid(const char *name)
 /* ---- geometry --------------------------------------------------------------------------- */
 
 struct geometry {
-    uint64_t capacity, max_size, parts_off, slots_off, map_size;
+    uint64_t capacity, max_size, parts_off, touched_off, slots_off, map_size;
     uint32_t key_max, value_max, slot_size, key_off, tail_off, buf_off, buf_size;
 };
 
@@ -111,7 +122,9 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
     g->slot_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, 2 * SHM_LINE);
     g->parts_off = round_up(sizeof(struct shm_header), SHM_LINE);
     long page = sysconf(_SC_PAGESIZE);
-    g->slots_off = round_up(g->parts_off + (uint64_t)SHM_MAX_PARTS * sizeof(struct shm_part), (uint64_t)page);
+    g->touched_off = round_up(g->parts_off + (uint64_t)SHM_MAX_PARTS * sizeof(struct shm_part), SHM_LINE);
+    uint64_t chunks = (g->capacity * g->slot_size + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
+    g->slots_off = round_up(g->touched_off + (chunks + 63) / 64 * 8, (uint64_t)page);
     g->map_size = round_up(g->slots_off + g->capacity * g->slot_size, (uint64_t)page);
 }
 
@@ -130,7 +143,7 @@ static uint32_t layout_word(const struct geometry *g)
                         g->key_max,
                         g->value_max,
                         g->slot_size,
-                        g->slots_off};
+                        g->slots_off,              g->touched_off};
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         for (int b = 0; b < 8; b++)
@@ -152,6 +165,7 @@ static int init_mapping(unsigned char *base, const struct geometry *g, uint64_t 
     h->max_parts = SHM_MAX_PARTS;
     h->parts_off = g->parts_off;
     h->slots_off = g->slots_off;
+    h->touched_off = g->touched_off;
     h->cleanup_ms = cleanup_ms;
     if (getrandom(&h->hash_seed, sizeof h->hash_seed, 0) != sizeof h->hash_seed)
         h->hash_seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
@@ -191,7 +205,8 @@ static int validate(const unsigned char *base, size_t file_size, char *err, size
     struct geometry g;
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
     if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->slot_size != g.slot_size ||
-        h->slots_off != g.slots_off || h->parts_off != g.parts_off || h->map_size != g.map_size ||
+        h->slots_off != g.slots_off || h->parts_off != g.parts_off || h->touched_off != g.touched_off ||
+        h->map_size != g.map_size ||
         h->max_parts != SHM_MAX_PARTS)
         return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h->layout,
                     layout_word(&g));
@@ -246,7 +261,6 @@ static void atfork_child(void)
         if (atomic_load(&t->closed)) {
             *p = t->next;
             munmap(t->base, t->map_size);
-            free(t->reaper_vec);
             free(t);
             continue;
         }
@@ -267,7 +281,9 @@ static void process_init(void)
     shm_part_process_init();
     struct timespec res;
     if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
-        shm_coarse_margin_ms = 2 * ((int64_t)res.tv_sec * 1000 + (res.tv_nsec + 999999) / 1000000) + 1;
+        /* Four ticks: the coarse clock can lag more than one tick when the vCPU that keeps
+         * time is descheduled; entries this close to expiry read the precise clock. */
+        shm_coarse_margin_ms = 4 * ((int64_t)res.tv_sec * 1000 + (res.tv_nsec + 999999) / 1000000) + 1;
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
@@ -283,6 +299,7 @@ static int make_handle(unsigned char *base, size_t size, struct shm_table **out)
     t->h = h;
     t->parts = (struct shm_part *)(base + h->parts_off);
     t->slots = base + h->slots_off;
+    t->touched = (_Atomic uint64_t *)(base + h->touched_off);
     t->mask = h->capacity - 1;
     struct geometry g;
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
@@ -431,7 +448,6 @@ void shm_table_unref(struct shm_table *t)
     shm_tables_unregister(t);
     munmap(t->base, t->map_size);
     pthread_mutex_destroy(&t->reaper_mu);
-    free(t->reaper_vec);
     free(t);
 }
 

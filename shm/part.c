@@ -4,8 +4,8 @@
  *
  * Participants. Each thread that touches a table claims one record in it (lazily, on its
  * first operation) and holds that record's robust mutex until it exits or leaves the table.
- * A claim bumps the record's incarnation, so tokens (record index + incarnation) name one
- * holder only. Liveness of a token is: same incarnation, and trylock says EBUSY. EOWNERDEAD
+ * Tokens (record index + incarnation, layout.h) name one holder. Liveness of a token is: same
+ * incarnation, and trylock says EBUSY. EOWNERDEAD
  * means the holder died: the finder makes the mutex consistent, clears the dead holder's pin,
  * bumps the incarnation (so every slot or latch still carrying the old token is now visibly
  * orphaned) and unlocks it for reuse.
@@ -24,9 +24,13 @@
  * each process registers for MEMBARRIER_CMD_GLOBAL_EXPEDITED and pins with a plain store
  * followed by a compiler barrier, and the rare epoch advancer calls membarrier() between
  * reading E and scanning the pins: every running thread of every registered process then
- * executes a full barrier, so a pin stored before that point is visible to the scan, and a
- * pin stored after it is followed by a load of E that sees the new epoch (and re-pins).
- * That keeps the invariant E <= P + 1 above. A process whose registration fails (an old
+ * executes a full barrier. Why E <= P + 1 still holds for a thread pinned at P: it loaded
+ * E == P after storing its pin, so that load came before the CAS that made E = P + 1; any
+ * advancer moving E from P + 1 read E after that CAS, so its membarrier() point comes after
+ * the pinner's load of E, hence after its pin store, which the barrier makes visible to the
+ * scan — and the scan sees a pin at P != P + 1 and refuses. (A pin stored after some
+ * advancer's barrier point may be missed by that scan, but that advancer can only move E to
+ * P + 1.) A process whose registration fails (an old
  * kernel, a seccomp filter) pins with the exchange; an advancer whose membarrier() fails
  * does not advance.
  *
@@ -76,15 +80,20 @@ static long sys_membarrier(int cmd)
     return syscall(__NR_membarrier, cmd, 0, 0);
 }
 
+static int asym_wanted;
+
 static void asym_register(void)
 {
-    asym_pin = membarrier_global && sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
+    asym_pin = asym_wanted && sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
 }
 
 void shm_part_process_init(void)
 {
     long q = sys_membarrier(MEMBARRIER_CMD_QUERY);
-    membarrier_global = q > 0 && (q & MEMBARRIER_CMD_GLOBAL_EXPEDITED) && !getenv("TRAFFIC_NO_MEMBARRIER");
+    membarrier_global = q > 0 && (q & MEMBARRIER_CMD_GLOBAL_EXPEDITED);
+    /* TRAFFIC_NO_MEMBARRIER=1 makes this process pin with the exchange; it still issues the
+     * barrier when it advances, for the sake of other processes. */
+    asym_wanted = membarrier_global && !getenv("TRAFFIC_NO_MEMBARRIER");
     asym_register();
 }
 
@@ -107,10 +116,10 @@ static void part_recover_locked(struct shm_part *p)
     atomic_fetch_add_explicit(&p->stat[STAT_RECOVERED], 1, memory_order_relaxed);
 }
 
+/* A clean release: the holder is between operations, so nothing carries its token. */
 static void part_release(struct shm_part *p)
 {
     atomic_store_explicit(&p->epoch, 0, memory_order_release);
-    atomic_fetch_add_explicit(&p->incarnation, 1, memory_order_acq_rel);
     atomic_store_explicit(&p->pid, 0, memory_order_relaxed);
     pthread_mutex_unlock(&p->lock);
 }
@@ -124,12 +133,14 @@ static int part_claim(struct shm_table *t, struct shm_self *me)
             part_recover_locked(p);
         else if (rc != 0)
             continue;
-        uint32_t inc = atomic_fetch_add_explicit(&p->incarnation, 1, memory_order_acq_rel) + 1;
+        uint32_t inc = atomic_load_explicit(&p->incarnation, memory_order_acquire);
         atomic_store_explicit(&p->pid, (int32_t)getpid(), memory_order_relaxed);
         atomic_store_explicit(&p->epoch, 0, memory_order_release);
         uint32_t hwm = atomic_load(&t->h->part_hwm);
         while (hwm < i + 1 && !atomic_compare_exchange_weak(&t->h->part_hwm, &hwm, i + 1)) {
         }
+        if (asym_pin && !atomic_load_explicit(&t->h->asym_pins, memory_order_relaxed))
+            atomic_store_explicit(&t->h->asym_pins, 1, memory_order_seq_cst);
         me->part = p;
         me->token = TOKEN_MAKE(i, inc);
         me->pin = 0;
@@ -161,10 +172,10 @@ int shm_token_alive(struct shm_table *t, uint32_t token)
     uint32_t idx = TOKEN_IDX(token);
     if (token == 0 || idx >= SHM_MAX_PARTS) return 0;
     struct shm_part *p = &t->parts[idx];
-    if ((atomic_load_explicit(&p->incarnation, memory_order_acquire) & 0xfffu) != TOKEN_INC(token)) return 0;
+    if ((atomic_load_explicit(&p->incarnation, memory_order_acquire) & TOKEN_INC_MASK) != TOKEN_INC(token)) return 0;
     if (!part_alive(t, idx)) return 0;
     /* Alive, but is it still the same holder? */
-    return (atomic_load_explicit(&p->incarnation, memory_order_acquire) & 0xfffu) == TOKEN_INC(token);
+    return (atomic_load_explicit(&p->incarnation, memory_order_acquire) & TOKEN_INC_MASK) == TOKEN_INC(token);
 }
 
 /* ---- epochs ------------------------------------------------------------------------------- */
@@ -199,8 +210,11 @@ void shm_unpin(struct shm_self *me)
 int shm_epoch_try_advance(struct shm_table *t)
 {
     uint64_t e = atomic_load_explicit(&t->h->epoch, memory_order_seq_cst);
-    /* Order every registered process's pin stores before the scan (see the top). */
-    if (membarrier_global && sys_membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0) return 0;
+    /* Order every registered process's pin stores before the scan (see the top). Without a
+     * working membarrier() here, advancing is safe only if no process pins without a fence. */
+    if (membarrier_global ? sys_membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0
+                          : atomic_load_explicit(&t->h->asym_pins, memory_order_seq_cst) != 0)
+        return 0;
     uint32_t n = atomic_load_explicit(&t->h->part_hwm, memory_order_acquire);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t w = atomic_load_explicit(&t->parts[i].epoch, memory_order_seq_cst);

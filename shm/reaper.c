@@ -7,8 +7,9 @@
  * CAS, then work"; a live holder's means "sleep". When the elected process dies, the token
  * dies with its participant record and the next reaper to wake takes over.
  *
- * The pass itself (shm_reap_pass, table.c) is bounded work per pinned stretch and visits only
- * touched pages. The thread sleeps on a futex (liburcu's futex_async, which falls back to a
+ * The pass itself (shm_reap_pass, table.c) is bounded work per pinned stretch, visits only
+ * chunks that ever held an entry, and allocates nothing (a fork() in another thread must never
+ * find the allocator's lock held by the reaper). The thread sleeps on a futex (liburcu's futex_async, which falls back to a
  * poll loop where the syscall is missing), so stop wakes it at once.
  */
 #ifndef _GNU_SOURCE
@@ -63,8 +64,7 @@ int shm_reaper_start(shm_table *t)
     pthread_mutex_lock(&t->reaper_mu);
     if (t->reaper_owner_pid != getpid()) {
         atomic_store(&t->reaper_stop, 0);
-        if (!t->reaper_vec) t->reaper_vec = malloc(shm_mincore_vec_size(t));
-        int e = t->reaper_vec ? pthread_create(&t->reaper_thread, NULL, reaper_main, t) : EAGAIN;
+        int e = pthread_create(&t->reaper_thread, NULL, reaper_main, t);
         if (e == 0)
             t->reaper_owner_pid = getpid();
         else

@@ -89,6 +89,7 @@ typedef struct shm_check_report {
     uint64_t duplicates;       /* keys present in more than one live slot */
     uint64_t dead_owned;       /* INSERTING/WRITING slots or latches whose owner is dead */
     uint64_t probe_violations; /* live keys beyond their home's probe bound */
+    int64_t live_counter;      /* the header's occupancy count, to compare with the slots */
 } shm_check_report;
 /* Scans every slot (single-threaded use only: call it when the table is quiet). */
 int shm_check(shm_table *t, shm_check_report *r);
@@ -100,5 +101,10 @@ enum {
     SHM_BROKEN_NO_LATCH = 4,   /* inserts skip the home latch that makes a key unique */
 };
 void shm_debug_set_broken(unsigned flags);
+
+/* Test-only crash points: the calling process SIGKILLs itself when it reaches `point` (a
+ * process-wide setting, inherited across fork). 0 disables. */
+enum { SHM_CRASH_AFTER_RESERVE = 1, SHM_CRASH_HOLDING_LATCH = 2 };
+void shm_debug_set_crash_point(int point);
 
 #endif

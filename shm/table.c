@@ -14,12 +14,16 @@
  *      far, stopping early only at EMPTY, finds every key published before it began. Slots
  *      never return to EMPTY, so an EMPTY slot proves nothing was placed beyond it.
  *  I3  Fields of an entry (hash, meta, key, counter expiry) are written only while its slot is
- *      INSERTING by the writer and read only after an acquire load saw LIVE/WRITING; they do
- *      not change until the slot is reused, and reuse waits for the epoch (part.c).
+ *      INSERTING by the writer and read only after an acquire load saw LIVE/WRITING. Hash and
+ *      key never change while anyone may still compare them (reuse for another key waits for
+ *      the epoch, part.c). The other fields change without that wait only when the same key
+ *      revives its tombstone with the same type; readers of counters re-read the control word
+ *      after the fields and treat a changed word as "gone".
  *  I4  A bytes value is written only into the inactive buffer of a slot the writer holds in
  *      WRITING, and made visible by one CAS that flips the buffer bit and bumps the version.
  *      A reader copies the active buffer and re-reads ctl: equal version and buffer means the
- *      copy is not torn (the buffer it read is written only after two flips).
+ *      copy is not torn (the buffer it read is written only after two flips). A changed word
+ *      that is still live is a newer value of the same key and type (I1, I3): read again.
  *  I5  An increment on a live counter is one fetch_add on `counter`: it either happened or not.
  *  I6  Every transition is a CAS on the exact control word observed. A dead owner's
  *      INSERTING is undone (slot FREE: the insert never happened); its WRITING is rolled back
@@ -81,10 +85,14 @@ static inline void touch(struct shm_table *t, struct shm_slot *s)
     if (atomic_load_explicit(&s->tick, memory_order_relaxed) != now)
         atomic_store_explicit(&s->tick, now, memory_order_relaxed);
 }
+/* Has a FREE slot's grace period passed (epoch >= stamp + 2)? Stamps are the low 32 bits of
+ * an epoch, so the distance is taken modulo 2^32; a tombstone left alone for 2^31 epochs
+ * looks young again for a while, which only delays its reuse. */
 static inline int reusable(struct shm_table *t, uint64_t c)
 {
     if (shm_broken & SHM_BROKEN_NO_GRACE) return 1;
-    return atomic_load_explicit(&t->h->epoch, memory_order_acquire) >= CTL_VER(c) + 2;
+    uint32_t d = (uint32_t)atomic_load_explicit(&t->h->epoch, memory_order_acquire) - CTL_VER(c);
+    return d >= 2 && d < (1u << 31);
 }
 
 /* ---- value buffers: word-wise relaxed atomic copies (race-free by the C11 model, and
@@ -139,7 +147,11 @@ static int bytes_snapshot(struct shm_table *t, struct shm_slot *s, uint64_t c, v
 
 static int64_t entry_expiry(struct shm_table *t, struct shm_slot *s, uint64_t c)
 {
-    if (meta_type(s) == TYPE_COUNTER) return atomic_load_explicit(&s->expires, memory_order_relaxed);
+    if (meta_type(s) == TYPE_COUNTER) {
+        int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);
+        /* a changed word: the entry we looked up was retired (perhaps revived): long expired */
+        return ctl_load(s) == c ? e : 1;
+    }
     size_t len;
     int64_t e;
     if (bytes_snapshot(t, s, c, NULL, 0, &len, &e) < 0) return 1; /* retired: long expired */
@@ -251,7 +263,9 @@ static int recover_slot(struct shm_table *t, struct shm_self *me, struct shm_slo
 {
     unsigned st = CTL_STATE(c);
     uint32_t owner = CTL_OWNER(c);
-    if ((st != ST_INSERTING && st != ST_WRITING) || owner == me->token || shm_token_alive(t, owner)) return 0;
+    /* Our own token on a slot we are not working on is a stale one of a dead holder of our
+     * record (see the tokens in layout.h): every caller is between its own operations here. */
+    if ((st != ST_INSERTING && st != ST_WRITING) || (owner != me->token && shm_token_alive(t, owner))) return 0;
     uint64_t to =
         st == ST_INSERTING ? CTL_MAKE(ST_FREE, 0, 0, me->pin + 1) : CTL_MAKE(ST_LIVE, CTL_BUF(c), 0, CTL_VER(c));
     if (!ctl_cas(s, &c, to)) return 0;
@@ -287,6 +301,10 @@ static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_sl
         if (atomic_compare_exchange_weak_explicit(&home->latch, &cur, me->token, memory_order_acquire,
                                                   memory_order_relaxed))
             return 0;
+        if (cur == me->token) { /* stale: we never wait for a latch we hold (layout.h) */
+            shm_stat_add(me, STAT_RECOVERED, 1);
+            return 1;
+        }
         if (cur != 0 && spins % SPIN_BEFORE_CHECK == 0) {
             if (!shm_token_alive(t, cur) &&
                 atomic_compare_exchange_strong_explicit(&home->latch, &cur, me->token, memory_order_acquire,
@@ -366,7 +384,7 @@ enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
 /* Claims a free slot in the probe window of home for the caller (who holds home's latch and
  * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
  * reclaims what it can on the way: dead owners' inserts and expired entries. */
-static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const struct shm_key *k,
+static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const struct shm_key *k, unsigned type,
                               uint32_t *dist, int *young, int *revived)
 {
     uint64_t mine = CTL_MAKE(ST_INSERTING, 0, me->token, 0);
@@ -375,16 +393,17 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const st
         uint64_t c = ctl_load(s);
         for (;;) {
             unsigned st = CTL_STATE(c);
-            /* Revival: our own key's tombstone is ours at once (see layout.h), unless it was
-             * retired mid-write. Its key bytes are stable: nobody writes a FREE slot before
+            /* Revival: our own key's tombstone is ours at once if it held the same type of
+             * entry (see layout.h), unless it was retired mid-write. Its key bytes are stable: nobody writes a FREE slot before
              * claiming it by CAS. */
-            if (st == ST_EMPTY ||
-                (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && key_matches(t, s, k))))) {
+            if (st == ST_EMPTY || (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && meta_type(s) == type &&
+                                                                         key_matches(t, s, k))))) {
                 /* Decided before the CAS, from the word the CAS will confirm. A FREE slot's
                  * previous key counts as ours only if it matches (revival or a reused slot
                  * that happens to hold our key: either way its bytes are already right). */
                 int same = st == ST_FREE && key_matches(t, s, k);
                 if (ctl_cas(s, &c, mine)) {
+                    shm_touched_mark(t, s); /* before the entry can be seen (release below) */
                     *dist = d;
                     *revived = same;
                     return s;
@@ -431,6 +450,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
 {
     struct shm_slot *home = shm_slot_at(t, k->h);
     int stolen = latch_acquire(t, me, home);
+    shm_debug_crash(SHM_CRASH_HOLDING_LATCH);
     uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
     uint64_t c;
     struct shm_slot *s;
@@ -447,15 +467,15 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
         retire(t, me, s, c, expired ? STAT_EXPIRATIONS : -1);
     }
 
+    /* Reserve room; over max_size, evict one entry first. If no live entry can be found to
+     * evict, `live` has drifted above the truth (a process killed between reserving and
+     * claiming, see shm_reap_pass): go on and let the probe window decide. */
     int64_t n = atomic_fetch_add_explicit(&t->h->live, 1, memory_order_relaxed) + 1;
-    if ((uint64_t)n > t->h->max_size && !evict_one(t, me)) {
-        atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
-        latch_release(home);
-        return SHM_EFULL;
-    }
+    shm_debug_crash(SHM_CRASH_AFTER_RESERVE);
+    if ((uint64_t)n > t->h->max_size) evict_one(t, me);
     uint32_t d = 0;
     int young = 0, revived = 0;
-    s = claim(t, me, k, &d, &young, &revived);
+    s = claim(t, me, k, in->type, &d, &young, &revived);
     if (!s) {
         atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
         latch_release(home);
@@ -529,8 +549,11 @@ int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, s
     struct shm_slot *s = lookup(t, &k, &c);
     int rc = SHM_ENOTFOUND;
     if (s && meta_type(s) == TYPE_COUNTER) {
-        if (!shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed)))
-            rc = format_counter(atomic_load_explicit(&s->counter, memory_order_relaxed), buf, cap, len);
+        int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);
+        int64_t v = atomic_load_explicit(&s->counter, memory_order_acquire);
+        /* Still the entry we looked up? If it was retired (and maybe revived) since, these
+         * fields may belong to another life of the slot: it is gone for this get. */
+        if (ctl_load(s) == c && !shm_expired(e)) rc = format_counter(v, buf, cap, len);
     } else if (s) {
         size_t n;
         int64_t e;
@@ -601,15 +624,23 @@ int shm_del(shm_table *t, const char *key, size_t klen)
     return SHM_OK;
 }
 
-/* Adds amount to a live counter (I5). SHM_EOVERFLOW leaves it unchanged. */
+/* Adds amount to a live counter (I5). SHM_EOVERFLOW leaves it unchanged.
+ * Fast path: one fetch_add, when no interleaving of the at most SHM_MAX_PARTS increments in
+ * flight can leave int64_t: |counter| < 2^62 and |amount| < 2^48 (4095 x 2^48 < 2^62).
+ * Near the edges a CAS loop checks before it adds, so a refused increment is never seen. */
+#define COUNTER_SAFE (INT64_C(1) << 62)
+#define AMOUNT_SAFE  (INT64_C(1) << 48)
 static int counter_add(struct shm_table *t, struct shm_self *me, struct shm_slot *s, int64_t amount, int64_t *out)
 {
-    int64_t old = atomic_fetch_add_explicit(&s->counter, amount, memory_order_relaxed), sum;
-    if (__builtin_add_overflow(old, amount, &sum)) {
-        /* Wrapped: undo. Readers may glimpse the wrapped value for the instant in between;
-         * only a counter at the edge of int64_t ever does this. */
-        atomic_fetch_sub_explicit(&s->counter, amount, memory_order_relaxed);
-        return SHM_EOVERFLOW;
+    int64_t old = atomic_load_explicit(&s->counter, memory_order_relaxed), sum;
+    if (__builtin_expect(old > -COUNTER_SAFE && old < COUNTER_SAFE && amount > -AMOUNT_SAFE && amount < AMOUNT_SAFE,
+                         1)) {
+        sum = atomic_fetch_add_explicit(&s->counter, amount, memory_order_relaxed) + amount;
+    } else {
+        do {
+            if (__builtin_add_overflow(old, amount, &sum)) return SHM_EOVERFLOW;
+        } while (!atomic_compare_exchange_weak_explicit(&s->counter, &old, sum, memory_order_relaxed,
+                                                        memory_order_relaxed));
     }
     *out = sum;
     touch(t, s);
@@ -697,43 +728,40 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
 }
 
 /* ---- whole-table passes ---------------------------------------------------------------------
- * Clear and the reaper visit every slot, but only slots on pages that have ever been touched:
- * mincore() tells which pages of the mapping are resident, and a page never touched holds
- * only EMPTY slots. So a pass costs the keys used, not the capacity, and never faults in the
- * untouched part of a large table. */
+ * Clear and the reaper visit every slot of every chunk that has ever held an entry (the
+ * touched bitmap, layout.h): a pass costs the part of the table in use, not its capacity,
+ * and never faults in the untouched part of a large table. */
+
+void shm_touched_mark(struct shm_table *t, struct shm_slot *s)
+{
+    size_t off = (size_t)((unsigned char *)s - t->slots);
+    for (size_t c = off >> SHM_CHUNK_SHIFT; c <= (off + t->slot_size - 1) >> SHM_CHUNK_SHIFT; c++) {
+        uint64_t bit = 1ull << (c % 64);
+        if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_relaxed) & bit))
+            atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_relaxed);
+    }
+}
 
 typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg);
 
-/* vec: a mincore() vector for the whole mapping, or NULL to allocate one here. The reaper
- * passes its own, allocated once, so that its loop never calls malloc: a fork() in another
- * thread of the process must not catch the allocator's lock held by the reaper. */
-static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, unsigned char *vec, slot_fn fn, void *arg)
+static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_fn fn, void *arg)
 {
-    long page = sysconf(_SC_PAGESIZE);
-    size_t npages = (t->map_size + (size_t)page - 1) / (size_t)page;
-    unsigned char *own = NULL;
-    if (!vec && !(vec = own = malloc(npages))) return SHM_ENOMEM;
-    if (mincore(t->base, t->map_size, vec) < 0) memset(vec, 1, npages);
-    uint64_t cap = t->h->capacity;
-    for (uint64_t i = 0; i < cap; i++) {
-        if (i % REAP_BATCH == 0 && i) { /* let the epoch move between batches */
-            shm_unpin(me);
-            shm_pin(t, me);
+    uint64_t cap = t->h->capacity, next = 0, visited = 0;
+    uint64_t chunks = (cap * t->slot_size + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
+    for (uint64_t c = 0; c < chunks; c++) {
+        if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & (1ull << (c % 64)))) continue;
+        uint64_t first = (c << SHM_CHUNK_SHIFT) / t->slot_size;
+        uint64_t last = (((c + 1) << SHM_CHUNK_SHIFT) - 1) / t->slot_size;
+        for (uint64_t i = first > next ? first : next; i <= last && i < cap; i++) {
+            if (++visited % REAP_BATCH == 0) { /* let the epoch move between batches */
+                shm_unpin(me);
+                shm_pin(t, me);
+            }
+            fn(t, me, shm_slot_at(t, i), arg);
+            next = i + 1;
         }
-        struct shm_slot *s = shm_slot_at(t, i);
-        size_t first = (size_t)((unsigned char *)s - t->base) / (size_t)page;
-        size_t last = (size_t)((unsigned char *)s + sizeof(struct shm_slot) - 1 - t->base) / (size_t)page;
-        if (!(vec[first] & 1) && !(vec[last] & 1)) continue;
-        fn(t, me, s, arg);
     }
-    free(own);
     return SHM_OK;
-}
-
-size_t shm_mincore_vec_size(const struct shm_table *t)
-{
-    long page = sysconf(_SC_PAGESIZE);
-    return (t->map_size + (size_t)page - 1) / (size_t)page;
 }
 
 static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg)
@@ -747,36 +775,51 @@ static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot
 int shm_clear(shm_table *t)
 {
     ENTER(t, me);
-    int rc = for_each_touched_slot(t, me, NULL, clear_slot, NULL);
+    int rc = for_each_touched_slot(t, me, clear_slot, NULL);
     shm_unpin(me);
     return rc;
 }
 
+struct reap {
+    uint64_t reclaimed, occupied;
+};
+
 static void reap_slot(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg)
 {
-    uint64_t *reclaimed = arg;
+    struct reap *r = arg;
+    uint64_t *reclaimed = &r->reclaimed;
     uint64_t c = ctl_load(s);
     unsigned st = CTL_STATE(c);
+    r->occupied += st == ST_LIVE || st == ST_WRITING || st == ST_INSERTING;
     if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c))) {
         *reclaimed += (uint64_t)retire(t, me, s, c, STAT_EXPIRATIONS);
     } else if (st == ST_INSERTING || st == ST_WRITING) {
         *reclaimed += (uint64_t)recover_slot(t, me, s, c);
     }
     uint32_t l = atomic_load_explicit(&s->latch, memory_order_relaxed);
-    if (l && l != me->token && !shm_token_alive(t, l) &&
+    if (l && (l == me->token || !shm_token_alive(t, l)) &&
         atomic_compare_exchange_strong_explicit(&s->latch, &l, 0, memory_order_acq_rel, memory_order_relaxed))
         shm_stat_add(me, STAT_RECOVERED, 1);
 }
 
+/* A reaper pass. It also repairs `live`, which a process killed between reserving room and
+ * claiming a slot (or between retiring and decrementing) leaves one too high: when neither
+ * `live` nor the insert count moved during the pass, nothing was inserted or retired with its
+ * count meanwhile, so the slots counted are the truth. */
 int shm_reap_pass(shm_table *t, uint64_t *reclaimed)
 {
-    uint64_t n = 0;
+    struct reap r = {0};
     ENTER(t, me);
-    int rc = for_each_touched_slot(t, me, t->reaper_vec, reap_slot, &n);
+    int64_t live0 = atomic_load(&t->h->live);
+    uint64_t ins0 = atomic_load(&t->h->inserts);
+    int rc = for_each_touched_slot(t, me, reap_slot, &r);
+    int64_t live1 = atomic_load(&t->h->live);
+    if (rc == SHM_OK && live0 == live1 && ins0 == atomic_load(&t->h->inserts) && live1 != (int64_t)r.occupied)
+        atomic_compare_exchange_strong(&t->h->live, &live1, (int64_t)r.occupied);
     shm_unpin(me);
     shm_epoch_try_advance(t);
     shm_epoch_try_advance(t);
-    if (reclaimed) *reclaimed = n;
+    if (reclaimed) *reclaimed = r.reclaimed;
     return rc;
 }
 
@@ -842,6 +885,7 @@ static int cmp_u64(const void *a, const void *b)
 int shm_check(shm_table *t, shm_check_report *r)
 {
     memset(r, 0, sizeof *r);
+    r->live_counter = atomic_load(&t->h->live);
     uint64_t cap = t->h->capacity, nl = 0;
     uint64_t *idx = malloc(cap * sizeof *idx);
     if (!idx) return SHM_ENOMEM;

@@ -118,6 +118,63 @@ START_TEST(threads_readers_never_torn)
 }
 END_TEST
 
+/* A key that keeps changing type (counter, deleted, bytes, deleted, counter...) revives its
+ * own tombstone each time. A reader must never get a value deleted before its get began:
+ * counters carry BIG + round, bytes values carry the round, and `phase` says which rounds are
+ * gone. (A revival across types once served such stale values; this stress check caught that
+ * about once per few seconds, so test_recovery also checks the revival rule directly.) */
+#define BIG 1000000000LL
+static _Atomic long phase, stale_reads, type_reads;
+
+static void *type_switch_writer(void *arg)
+{
+    (void)arg;
+    for (long i = 1; !atomic_load(&stop_flag); i++) {
+        char v[32];
+        int n = snprintf(v, sizeof v, "bytes:%ld", i);
+        traffic_increment(hb, "k", BIG + i, 0, NULL);
+        traffic_delete(hb, "k");
+        traffic_set(hb, "k", v, (size_t)n, 0);
+        traffic_delete(hb, "k");
+        atomic_store(&phase, i); /* round i's counter and value are gone from here on */
+    }
+    return NULL;
+}
+
+static void *type_switch_reader(void *arg)
+{
+    (void)arg;
+    char buf[64];
+    size_t len;
+    while (!atomic_load(&stop_flag)) {
+        long gone = atomic_load(&phase);
+        if (traffic_get(hb, "k", buf, sizeof buf - 1, &len) != TRAFFIC_OK) continue;
+        buf[len] = '\0';
+        long round = strncmp(buf, "bytes:", 6) == 0 ? atol(buf + 6) : atoll(buf) - BIG;
+        atomic_fetch_add(&type_reads, 1);
+        if (round <= gone) atomic_fetch_add(&stale_reads, 1);
+    }
+    return NULL;
+}
+
+START_TEST(type_switch_never_serves_deleted_values)
+{
+    TU_OK(NULL, traffic_open("memory://", &hb));
+    atomic_store(&stop_flag, 0);
+    pthread_t w, r;
+    pthread_create(&w, NULL, type_switch_writer, NULL);
+    pthread_create(&r, NULL, type_switch_reader, NULL);
+    struct timespec ts = {2, 0};
+    nanosleep(&ts, NULL);
+    atomic_store(&stop_flag, 1);
+    pthread_join(w, NULL);
+    pthread_join(r, NULL);
+    ck_assert_int_gt(atomic_load(&type_reads), 1000);
+    ck_assert_int_eq(atomic_load(&stale_reads), 0);
+    TU_OK(hb, traffic_close(hb));
+}
+END_TEST
+
 static void *one_op_thread(void *arg)
 {
     (void)arg;
@@ -200,6 +257,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, threads_exact_totals);
     tcase_add_test(tc, threads_readers_never_torn);
+    tcase_add_test(tc, type_switch_never_serves_deleted_values);
     tcase_add_test(tc, short_lived_threads_recycle_records);
     tcase_add_test(tc, thread_outlives_closed_handle);
     suite_add_tcase(s, tc);

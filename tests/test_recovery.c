@@ -1,0 +1,172 @@
+/*
+ * test_recovery.c — white-box recovery cases the random SIGKILLs of test_crash rarely hit,
+ * forced with the library's test-only crash points (shm_debug_set_crash_point):
+ *   - a process killed between reserving room and claiming a slot leaves the occupancy count
+ *     too high: inserts still succeed, and a reaper pass repairs the count;
+ *   - a dead inserter's latch token comes back as the token of a later holder of the same
+ *     participant record (incarnations wrap): that holder takes the stale latch over instead
+ *     of waiting for itself forever;
+ *   - a key revives its own tombstone at once only for an entry of the same type.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../shm/layout.h"
+#include "testutil.h"
+
+static pid_t crash_child(const char *url, int point, const char *key)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        traffic_backend *b;
+        if (traffic_open(url, &b)) _exit(1);
+        shm_debug_set_crash_point(point);
+        traffic_increment(b, key, 1, 0, NULL);
+        _exit(2); /* not reached when the crash point fires */
+    }
+    return p;
+}
+
+START_TEST(reserve_leak_is_repaired)
+{
+    const char *name = tu_name("leak");
+    char url[256];
+    snprintf(url, sizeof url, "memory://%s?max_size=50", name);
+    traffic_backend *b;
+    TU_OK(NULL, traffic_open(url, &b));
+    for (int i = 0; i < 60; i++) { /* more kills than max_size */
+        char key[32];
+        snprintf(key, sizeof key, "doomed:%d", i);
+        ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_AFTER_RESERVE, key)), 128 + SIGKILL);
+    }
+    struct traffic_stats st;
+    TU_OK(b, traffic_stats(b, &st));
+    ck_assert_uint_ge(st.keys, 60); /* the count drifted: nothing is really stored */
+    /* the table is empty, whatever the count says: inserts work (the inflated count makes
+     * them evict early until the reaper repairs it) */
+    for (int i = 0; i < 40; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "early:%d", i);
+        TU_OK(b, traffic_increment(b, key, 1, 0, NULL));
+    }
+    shm_params p = {.name = name};
+    shm_table *t;
+    char err[256];
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    ck_assert_int_eq(shm_reap_pass(t, NULL), SHM_OK);
+    shm_check_report r;
+    ck_assert_int_eq(shm_check(t, &r), SHM_OK);
+    ck_assert_int_eq(r.live_counter, (int64_t)r.live); /* repaired */
+    TU_OK(b, traffic_clear(b));
+    /* full capacity again: 50 keys fit without eviction */
+    for (int i = 0; i < 50; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "real:%d", i);
+        TU_OK(b, traffic_increment(b, key, 1, 0, NULL));
+    }
+    for (int i = 0; i < 50; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "real:%d", i);
+        ck_assert_int_eq(traffic_exists(b, key), 1);
+    }
+    TU_OK(b, traffic_stats(b, &st));
+    ck_assert_uint_eq(st.keys, 50);
+    ck_assert_uint_eq(st.evictions, 39); /* the early inserts, each but the first, and no more */
+    shm_close_table(t);
+    TU_OK(b, traffic_close(b));
+    TU_OK(NULL, traffic_memory_unlink(name));
+}
+END_TEST
+
+START_TEST(own_stale_latch_token_is_taken_over)
+{
+    const char *name = tu_name("wrap");
+    char url[256];
+    snprintf(url, sizeof url, "memory://%s", name);
+    /* A child dies holding the home latch of "victim". This process does no operation of its
+     * own before the last step, so it holds no participant record. */
+    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, "victim")), 128 + SIGKILL);
+    shm_params p = {.name = name};
+    shm_table *t;
+    char err[256];
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    uint32_t stale = 0;
+    for (uint64_t i = 0; i < t->h->capacity && !stale; i++) stale = atomic_load(&shm_slot_at(t, i)->latch);
+    ck_assert_uint_ne(stale, 0);
+    /* Recover the dead holder's record, then wind its incarnation back as if 65536 deaths had
+     * wrapped it: the next holder of the record gets exactly the stale token. */
+    ck_assert_int_eq(shm_token_alive(t, stale), 0);
+    struct shm_part *part = &t->parts[TOKEN_IDX(stale)];
+    atomic_store(&part->incarnation, TOKEN_INC(stale));
+    pid_t c = fork();
+    if (c == 0) {
+        alarm(10); /* without the own-token rule this increment waits for itself forever */
+        traffic_backend *b;
+        int64_t n = 0;
+        if (traffic_open(url, &b) || traffic_increment(b, "victim", 1, 0, &n) || n != 1) _exit(1);
+        _exit(0);
+    }
+    ck_assert_int_eq(tu_wait(c), 0);
+    shm_close_table(t);
+    TU_OK(NULL, traffic_memory_unlink(name));
+}
+END_TEST
+
+/* The index of the slot holding key live, or -1. */
+static int64_t live_slot_of(shm_table *t, const char *key)
+{
+    size_t klen = strlen(key);
+    for (uint64_t i = 0; i < t->h->capacity; i++) {
+        struct shm_slot *s = shm_slot_at(t, i);
+        if (CTL_STATE(atomic_load(&s->ctl)) == ST_LIVE && (atomic_load(&s->meta) & 0xffff) == klen &&
+            memcmp(shm_slot_key(t, s), key, klen) == 0)
+            return (int64_t)i;
+    }
+    return -1;
+}
+
+/* A key may take its own tombstone back at once only for an entry of the same type: a stale
+ * reader of the old entry must never read the new one's fields as its own. (Nothing here
+ * advances the epoch, so a slot reused at all was revived.) */
+START_TEST(revival_only_for_the_same_type)
+{
+    shm_params p = {.max_size = 100};
+    shm_table *t;
+    char err[256];
+    int64_t n;
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    ck_assert_int_eq(shm_incr(t, "k", 1, 5, 0, &n), SHM_OK);
+    int64_t first = live_slot_of(t, "k");
+    ck_assert_int_ge(first, 0);
+    ck_assert_int_eq(shm_del(t, "k", 1), SHM_OK);
+    ck_assert_int_eq(shm_incr(t, "k", 1, 7, 0, &n), SHM_OK); /* counter again: revived */
+    ck_assert_int_eq(live_slot_of(t, "k"), first);
+    ck_assert_int_eq(shm_del(t, "k", 1), SHM_OK);
+    ck_assert_int_eq(shm_set(t, "k", 1, "bytes", 5, 0), SHM_OK); /* bytes now: another slot */
+    int64_t second = live_slot_of(t, "k");
+    ck_assert_int_ge(second, 0);
+    ck_assert_int_ne(second, first);
+    ck_assert_int_eq(shm_del(t, "k", 1), SHM_OK);
+    ck_assert_int_eq(shm_set(t, "k", 1, "again", 5, 0), SHM_OK); /* bytes again: revived */
+    ck_assert_int_eq(live_slot_of(t, "k"), second);
+    shm_close_table(t);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("recovery");
+    TCase *tc = tcase_create("recovery");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, reserve_leak_is_repaired);
+    tcase_add_test(tc, own_stale_latch_token_is_taken_over);
+    tcase_add_test(tc, revival_only_for_the_same_type);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
