@@ -25,9 +25,11 @@
  *      copy is not torn (the buffer it read is written only after two flips). A changed word
  *      that is still live is a newer value of the same key and type (I1, I3): read again.
  *  I5  An increment on a live counter is one fetch_add on `counter`: it either happened or not.
- *  I6  Every transition is a CAS on the exact control word observed. A dead owner's
- *      INSERTING is undone (slot FREE: the insert never happened); its WRITING is rolled back
- *      to LIVE with the old buffer (the write never happened).
+ *  I6  Every transition is a CAS on the exact control word observed, except the owner's
+ *      INSERTING -> LIVE publish (a release store: only a recoverer could race it, and only
+ *      once the owner is dead). A dead owner's INSERTING is undone (slot FREE: the insert
+ *      never happened); its WRITING is rolled back to LIVE with the old buffer (the write
+ *      never happened).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
