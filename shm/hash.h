@@ -26,7 +26,8 @@ static inline uint64_t shm_hash_rotl(uint64_t x, int r)
 static inline uint64_t shm_hash_words(uint64_t seed, const uint64_t *w, size_t nwords, size_t len)
 {
     uint64_t h = seed ^ (len * SHM_HASH_K1);
-    for (size_t i = 0; i < nwords; i++) h = shm_hash_rotl((h ^ w[i]) * SHM_HASH_K2, 29);
+    for (size_t i = 0; i < nwords; i++)
+        h = shm_hash_rotl((h ^ w[i]) * SHM_HASH_K2, 29);
     h *= SHM_HASH_K1;
     h ^= h >> 31;
     h *= SHM_HASH_K3;

@@ -32,8 +32,8 @@
 #include "clock.h"
 #include "layout.h"
 
-#define SHM_DIR          "/dev/shm/"
-#define SHM_PREFIX       "traffic."
+#define SHM_DIR               "/dev/shm/"
+#define SHM_PREFIX            "traffic."
 #define SHM_MIN_CAPACITY      64
 #define SHM_SMALL_TABLE_BYTES (64ull << 20) /* tables up to this size get 4 x headroom */
 
@@ -150,7 +150,8 @@ static uint32_t layout_word(const struct geometry *g)
                         g->key_max,
                         g->value_max,
                         g->slot_size,
-                        g->slots_off,              g->touched_off};
+                        g->slots_off,
+                        g->touched_off};
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         for (int b = 0; b < 8; b++)
@@ -213,8 +214,7 @@ static int validate(const unsigned char *base, size_t file_size, char *err, size
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
     if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->slot_size != g.slot_size ||
         h->slots_off != g.slots_off || h->parts_off != g.parts_off || h->touched_off != g.touched_off ||
-        h->map_size != g.map_size ||
-        h->max_parts != SHM_MAX_PARTS)
+        h->map_size != g.map_size || h->max_parts != SHM_MAX_PARTS)
         return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h->layout,
                     layout_word(&g));
     if (file_size && file_size != h->map_size)

@@ -9,8 +9,8 @@
  *
  * The pass itself (shm_reap_pass, table.c) is bounded work per pinned stretch, visits only
  * chunks that ever held an entry, and allocates nothing (a fork() in another thread must never
- * find the allocator's lock held by the reaper). The thread sleeps on a futex (liburcu's futex_async, which falls back to a
- * poll loop where the syscall is missing), so stop wakes it at once.
+ * find the allocator's lock held by the reaper). The thread sleeps on a futex (liburcu's futex_async, which falls back
+ * to a poll loop where the syscall is missing), so stop wakes it at once.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

@@ -200,7 +200,8 @@ static inline void key_prepare(struct shm_table *t, const char *key, size_t klen
     size_t full = klen / 8, r = klen % 8;
     k->len = klen;
     k->nw = full + (r != 0);
-    for (size_t i = 0; i < full; i++) k->w[i] = load64(key + 8 * i);
+    for (size_t i = 0; i < full; i++)
+        k->w[i] = load64(key + 8 * i);
     if (r) k->w[full] = key_tail(key, klen, r);
     k->h = shm_hash_words(t->h->hash_seed, k->w, k->nw, klen);
 }
@@ -218,13 +219,13 @@ static inline int key_matches(struct shm_table *t, struct shm_slot *s, const str
 static void key_store(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
 {
     _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
-    for (size_t i = 0; i < k->nw; i++) atomic_store_explicit(&w[i], k->w[i], memory_order_relaxed);
+    for (size_t i = 0; i < k->nw; i++)
+        atomic_store_explicit(&w[i], k->w[i], memory_order_relaxed);
 }
 
 /* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
  * bound: how far to scan (probe_max of the home, or MAX_PROBE when it cannot be trusted). */
-static struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key *k, uint32_t bound,
-                                       uint64_t *ctl)
+static struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key *k, uint32_t bound, uint64_t *ctl)
 {
     for (uint32_t d = 0; d <= bound; d++) {
         struct shm_slot *s = shm_slot_at(t, k->h + d);
@@ -396,10 +397,10 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const st
         for (;;) {
             unsigned st = CTL_STATE(c);
             /* Revival: our own key's tombstone is ours at once if it held the same type of
-             * entry (see layout.h), unless it was retired mid-write. Its key bytes are stable: nobody writes a FREE slot before
-             * claiming it by CAS. */
-            if (st == ST_EMPTY || (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && meta_type(s) == type &&
-                                                                         key_matches(t, s, k))))) {
+             * entry (see layout.h), unless it was retired mid-write. Its key bytes are stable: nobody writes a FREE
+             * slot before claiming it by CAS. */
+            if (st == ST_EMPTY ||
+                (st == ST_FREE && (reusable(t, c) || (!CTL_BUF(c) && meta_type(s) == type && key_matches(t, s, k))))) {
                 /* Decided before the CAS, from the word the CAS will confirm. A FREE slot's
                  * previous key counts as ours only if it matches (revival or a reused slot
                  * that happens to hold our key: either way its bytes are already right). */
@@ -448,7 +449,8 @@ static void fill(struct shm_table *t, struct shm_slot *s, const struct shm_key *
  * bytes entry for TYPE_BYTES callers). An expired entry, or a counter that a set replaces,
  * is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
  * epoch move, and tries again. Caller is pinned. */
-static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in, struct shm_slot **found, uint64_t *fctl)
+static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
+                  struct shm_slot **found, uint64_t *fctl)
 {
     struct shm_slot *home = shm_slot_at(t, k->h);
     int stolen = latch_acquire(t, me, home);
@@ -498,7 +500,8 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
  * tombstones in the probe window. A participant that is pinned but descheduled holds the
  * epoch back for a time slice; one that is stopped (SIGSTOP, a debugger) holds it for good,
  * so the wait is bounded and ends in SHM_EFULL. Returns as insert, never INS_RETRY. */
-static int insert_retrying(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in, struct shm_slot **found, uint64_t *fctl)
+static int insert_retrying(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
+                           struct shm_slot **found, uint64_t *fctl)
 {
     int64_t deadline = 0;
     for (int attempt = 0;; attempt++) {
@@ -527,13 +530,13 @@ static int insert_retrying(struct shm_table *t, struct shm_self *me, const struc
     if (__builtin_expect(!me, 0)) return SHM_EFULL;                                                                    \
     shm_pin(t, me)
 
-
 /* Decimal text of a counter (snprintf cost 645 of the 1087 instructions of such a get). */
 static int format_counter(int64_t v, void *buf, size_t cap, size_t *len)
 {
     char tmp[24], *p = tmp + sizeof tmp;
     uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do *--p = (char)('0' + u % 10);
+    do
+        *--p = (char)('0' + u % 10);
     while ((u /= 10));
     if (v < 0) *--p = '-';
     *len = (size_t)(tmp + sizeof tmp - p);
@@ -641,8 +644,8 @@ static int counter_add(struct shm_table *t, struct shm_self *me, struct shm_slot
     } else {
         do {
             if (__builtin_add_overflow(old, amount, &sum)) return SHM_EOVERFLOW;
-        } while (!atomic_compare_exchange_weak_explicit(&s->counter, &old, sum, memory_order_relaxed,
-                                                        memory_order_relaxed));
+        } while (
+            !atomic_compare_exchange_weak_explicit(&s->counter, &old, sum, memory_order_relaxed, memory_order_relaxed));
     }
     *out = sum;
     touch(t, s);

@@ -97,7 +97,8 @@ START_TEST(own_stale_latch_token_is_taken_over)
     char err[256];
     ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
     uint32_t stale = 0;
-    for (uint64_t i = 0; i < t->h->capacity && !stale; i++) stale = atomic_load(&shm_slot_at(t, i)->latch);
+    for (uint64_t i = 0; i < t->h->capacity && !stale; i++)
+        stale = atomic_load(&shm_slot_at(t, i)->latch);
     ck_assert_uint_ne(stale, 0);
     /* Recover the dead holder's record, then wind its incarnation back as if 65536 deaths had
      * wrapped it: the next holder of the record gets exactly the stale token. */
