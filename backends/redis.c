@@ -26,7 +26,10 @@
 
 /* KEYS[1] the prefixed key, ARGV[1] the amount, ARGV[2] the TTL in ms (0: none). Returns the
  * new value as text (a Lua number would lose precision above 2^53), or an error reply
- * "TRAFFIC_ETYPE …" / "TRAFFIC_EOVERFLOW …". INCRBY changes nothing when it fails. */
+ * "TRAFFIC_ETYPE …" (the value is not an integer) / "TRAFFIC_EOVERFLOW …". Any other error
+ * (OOM, READONLY after a failover, NOPERM) is passed on as Redis said it, so that the usual
+ * classification sees it: READONLY makes the next connect rediscover the master. INCRBY
+ * changes nothing when it fails. */
 static const char INCR_SCRIPT[] =
     "local existed = redis.call('EXISTS', KEYS[1])\n"
     "local r = redis.pcall('INCRBY', KEYS[1], ARGV[1])\n"
@@ -34,7 +37,10 @@ static const char INCR_SCRIPT[] =
     "  if string.find(r.err, 'overflow', 1, true) then\n"
     "    return redis.error_reply('TRAFFIC_EOVERFLOW ' .. r.err)\n"
     "  end\n"
-    "  return redis.error_reply('TRAFFIC_ETYPE ' .. r.err)\n"
+    "  if string.find(r.err, 'not an integer', 1, true) or string.sub(r.err, 1, 9) == 'WRONGTYPE' then\n"
+    "    return redis.error_reply('TRAFFIC_ETYPE ' .. r.err)\n"
+    "  end\n"
+    "  return redis.error_reply(r.err)\n"
     "end\n"
     "if existed == 0 and ARGV[2] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
     "return redis.call('GET', KEYS[1])\n";

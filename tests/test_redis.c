@@ -353,6 +353,29 @@ START_TEST(t_noscript)
 }
 END_TEST
 
+/* Errors that are not about the value's type keep their meaning through the increment
+ * script: OOM is EFULL (as for set), a read-only replica is not a "bytes value". */
+START_TEST(t_script_errors_keep_their_meaning)
+{
+    traffic_backend *b = open_standalone(prefix_of("err"), NULL);
+    TU_OK(b, traffic_increment(b, "c", 1, 0, NULL));
+    char ok[16];
+    ck_assert_int_eq(rh_str(&S, ok, sizeof ok, "CONFIG SET maxmemory 1"), 0);
+    int rc = traffic_increment(b, "c", 1, 0, NULL);
+    ck_assert_int_eq(rh_str(&S, ok, sizeof ok, "CONFIG SET maxmemory 0"), 0);
+    ck_assert_msg(rc == TRAFFIC_EFULL, "OOM gave %s (%s)", traffic_strerror(rc), traffic_errmsg(b));
+    ck_assert_int_eq(rh_str(&S, ok, sizeof ok, "REPLICAOF 127.0.0.1 1"), 0);
+    rc = traffic_increment(b, "c", 1, 0, NULL);
+    ck_assert_int_eq(rh_str(&S, ok, sizeof ok, "REPLICAOF NO ONE"), 0);
+    ck_assert_msg(rc != TRAFFIC_OK && rc != TRAFFIC_ETYPE, "READONLY gave %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(b));
+    TU_OK(b, traffic_increment(b, "c", 1, 0, NULL)); /* and the handle recovers */
+    TU_OK(b, traffic_set(b, "v", "x", 1, 0));
+    ck_assert_int_eq(traffic_increment(b, "v", 1, 0, NULL), TRAFFIC_ETYPE); /* the real type error */
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- processes, threads, fork ---------------------------------------------------------- */
 
 #define PROCS      4
@@ -972,6 +995,7 @@ int main(void)
     tcase_add_test(e, t_encoding);
     tcase_add_test(e, t_prefix_isolation);
     tcase_add_test(e, t_noscript);
+    tcase_add_test(e, t_script_errors_keep_their_meaning);
     tcase_add_test(e, t_processes_exact);
     tcase_add_test(e, t_fork_parent_handle);
     tcase_add_test(e, t_threads_small_pool);
