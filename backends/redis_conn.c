@@ -233,18 +233,24 @@ static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr)
 /* A new, set-up connection to host:port (port 0: the unix socket host), connecting within ms. */
 static int conn_open(rx_handle *h, const char *host, int port, int ms, const char *addr, redisContext **out)
 {
+    int64_t deadline = rx_now_ms() + ms;
     struct timeval tv = tv_of_ms(ms);
     errno = 0;
     redisContext *ctx = port ? redisConnectWithTimeout(host, port, tv) : redisConnectUnixWithTimeout(host, tv);
     if (!ctx) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory connecting to %s", addr);
     int rc = TRAFFIC_OK;
     if (ctx->err) rc = ctx_fail(h, ctx, errno, "connecting to", addr);
+    /* The setup replies (AUTH, SELECT, ROLE) get what is left of this call's time, not a fresh
+     * timeout; the connection then gets the full timeout for the calls that reuse it. */
+    int64_t left = deadline - rx_now_ms();
     if (!rc) {
         fcntl(ctx->fd, F_SETFD, FD_CLOEXEC); /* a program this process execs does not inherit it */
-        if (redisSetTimeout(ctx, tv_of_ms(h->cfg.timeout_ms)) != REDIS_OK)
+        if (redisSetTimeout(ctx, tv_of_ms(left < 1 ? 1 : (int)left)) != REDIS_OK)
             rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
     }
     if (!rc) rc = conn_setup(h, ctx, addr);
+    if (!rc && redisSetTimeout(ctx, tv_of_ms(h->cfg.timeout_ms)) != REDIS_OK)
+        rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
     if (rc) {
         redisFree(ctx);
         return rc;
@@ -639,15 +645,23 @@ static int send_command(run_state *st, rx_conn *c)
     return rc;
 }
 
+/* Reads the command's reply(ies) within the call's deadline. A pooled connection reads with
+ * the full timeout; when connecting or waiting for the pool used part of the call's time, the
+ * socket's timeout is cut to what is left for these reads (one setsockopt, slow path only). */
 static int read_reply(run_state *st, rx_conn *c, redisReply **out)
 {
+    int64_t left = st->deadline - rx_now_ms();
+    int shortened = left < st->h->cfg.timeout_ms;
+    if (shortened) redisSetTimeout(c->ctx, tv_of_ms(left < 1 ? 1 : (int)left));
+    int rc = TRAFFIC_OK;
     if (st->asking) {
         redisReply *ok;
-        int rc = rx_conn_read(st->h, c, &ok);
-        if (rc) return rc;
-        freeReplyObject(ok);
+        rc = rx_conn_read(st->h, c, &ok);
+        if (!rc) freeReplyObject(ok);
     }
-    return rx_conn_read(st->h, c, out);
+    if (!rc) rc = rx_conn_read(st->h, c, out);
+    if (shortened && c->ctx) redisSetTimeout(c->ctx, tv_of_ms(st->h->cfg.timeout_ms));
+    return rc;
 }
 
 enum { RE_REPLY, RE_NOSCRIPT, RE_MOVED, RE_ASK, RE_WAIT, RE_ROLE };

@@ -326,8 +326,11 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* at most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is   */
 /* replaced; reconnecting backs off from 25 ms to at most 1 s between attempts, and during  */
 /* a back-off calls fail at once with TRAFFIC_EUNAVAILABLE (or the status of the failed     */
-/* connect, e.g. TRAFFIC_EPERM for a refused password). A call never waits much longer      */
-/* than `timeout` in total; a server that stops answering gives TRAFFIC_ETIMEDOUT. No call  */
+/* connect, e.g. TRAFFIC_EPERM for a refused password). A server that stops answering gives */
+/* TRAFFIC_ETIMEDOUT within `timeout` (a call's reads are cut to what is left of it after a */
+/* connect or a wait for the pool). A server that answers, but each reply slowly, can make  */
+/* a call that opens a new connection take up to ~3 x `timeout` (AUTH, SELECT, ROLE are    */
+/* read one after another), and traffic_open, which also loads the script, ~4x. No call     */
 /* is retried when the server may have run it, except the idempotent ones: an increment     */
 /* whose connection broke after sending reports TRAFFIC_EUNAVAILABLE, and may or may not    */
 /* have counted. Calls recover by themselves once the server is back.                       */
