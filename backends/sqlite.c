@@ -179,6 +179,7 @@ typedef struct sq_conn {
     int turn_fd;             /* PATH-turn, or -1: no turnstile for this connection */
     int starving;            /* this connection holds the turnstile */
     int ckpt_frames;         /* WAL size (frames) at this connection's last checkpoint */
+    int in_ckpt;             /* a checkpoint is running: the busy handler must not wait */
     uint64_t rng;            /* jitter of the busy handler's sleeps */
     struct sq_conn *next;    /* in the pool's idle list */
 } sq_conn;
@@ -511,6 +512,11 @@ static int64_t busy_sleep_us(int count, int64_t waited_ns)
 static int sq_busy(void *arg, int count)
 {
     sq_conn *c = arg;
+    /* A checkpoint never waits: a RESTART waits for every reader while holding the writer
+     * lock, so a long-lived reader (a backup, an open admin shell) would stall every writer
+     * of every process for the whole timeout. A checkpoint that cannot run now fails, and a
+     * later one runs. */
+    if (c->in_ckpt) return 0;
     int64_t now = mono_ns();
     if (count == 0) c->busy_started_ns = now;
     int64_t waited = now - c->busy_started_ns, deadline = c->busy_started_ns + c->s->timeout_ns;
@@ -557,11 +563,12 @@ static int sq_wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
     sq_conn *c = arg;
     if (frames < c->ckpt_frames) c->ckpt_frames = 0; /* the WAL started over */
     int mode = ckpt_mode(frames);
-    if (mode < 0 || (mode == SQLITE_CHECKPOINT_PASSIVE && frames - c->ckpt_frames < SQ_WAL_CKPT_FRAMES))
-        return SQLITE_OK;
+    if (mode < 0 || frames - c->ckpt_frames < SQ_WAL_CKPT_FRAMES) return SQLITE_OK; /* RESTART too */
     c->ckpt_frames = frames;
+    c->in_ckpt = 1;
     sqlite3_wal_checkpoint_v2(db, name, mode, NULL, NULL); /* failing is fine: a later one runs */
-    return SQLITE_OK;                                      /* the commit itself succeeded */
+    c->in_ckpt = 0;
+    return SQLITE_OK; /* the commit itself succeeded */
 }
 
 /* ---- connections ----------------------------------------------------------------------- */
@@ -727,9 +734,23 @@ static int pool_get(sqlite_backend *s, sq_conn **out)
         fork_leave();
         return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
     }
+    /* Wait for a free connection at most `timeout` (the free_cv clock is CLOCK_REALTIME). */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t ns = until.tv_nsec + s->timeout_ns % 1000000000;
+    until.tv_sec += (time_t)(s->timeout_ns / 1000000000 + ns / 1000000000);
+    until.tv_nsec = (long)(ns % 1000000000);
     pthread_mutex_lock(&p->mu);
-    while (!p->idle && p->nconn >= s->pool_size)
-        pthread_cond_wait(&p->free_cv, &p->mu);
+    int waited = 0;
+    while (!p->idle && p->nconn >= s->pool_size && waited != ETIMEDOUT)
+        waited = pthread_cond_timedwait(&p->free_cv, &p->mu, &until);
+    if (!p->idle && p->nconn >= s->pool_size) {
+        pthread_mutex_unlock(&p->mu);
+        fork_leave();
+        return traffic_backend_fail(EB(s), TRAFFIC_ETIMEDOUT,
+                                    "all %d connections of the pool stayed busy for the timeout of %.3f s",
+                                    s->pool_size, (double)s->timeout_ns / 1e9);
+    }
     sq_conn *c = p->idle;
     if (c)
         p->idle = c->next;
@@ -1109,8 +1130,10 @@ static void checkpoint(sqlite_backend *s)
     sq_conn *c;
     int frames = 0;
     if (pool_get(s, &c) != TRAFFIC_OK) return;
+    c->in_ckpt = 1; /* never waits (see sq_busy) */
     sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, NULL);
     if (frames >= SQ_WAL_RESTART_FRAMES) sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    c->in_ckpt = 0;
     pool_put(s, c);
 }
 

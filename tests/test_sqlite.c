@@ -1165,6 +1165,45 @@ START_TEST(busy_latency)
 }
 END_TEST
 
+/* A long-lived reader (a backup, an admin shell in a transaction) keeps the WAL from
+ * starting over, so it grows past the size where checkpoints become RESTART ones. Those must
+ * never wait for the reader: one used to, holding the writer lock, so every write of every
+ * process stalled for the timeout and other writers failed with TRAFFIC_ETIMEDOUT. */
+START_TEST(long_reader_does_not_stall_writers)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/reader.db", test_dir("reader"));
+    traffic_sqlite_options o = {.path = path, .timeout = 0.3};
+    traffic_backend *b;
+    TU_OK(NULL, traffic_sqlite_open(&o, &b));
+    TU_OK(b, traffic_set(b, "seed", "x", 1, 0));
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN; SELECT count(*) FROM traffic_entries;", NULL, NULL, NULL), SQLITE_OK);
+    char v[600];
+    memset(v, 'a', sizeof v);
+    for (int i = 0; i < 4200; i++) { /* about 12000 WAL frames: past the RESTART size */
+        char k[32];
+        snprintf(k, sizeof k, "k%d", i);
+        TU_OK(b, traffic_set(b, k, v, sizeof v, 0));
+    }
+    pid_t p = fork();
+    if (p == 0) {
+        int failed = 0;
+        for (int i = 0; i < 20; i++) failed += traffic_increment(b, "child", 1, 0, NULL) != TRAFFIC_OK;
+        _exit(failed);
+    }
+    int failed = 0;
+    for (int i = 0; i < 20; i++) failed += traffic_increment(b, "parent", 1, 0, NULL) != TRAFFIC_OK;
+    ck_assert_int_eq(tu_wait(p), 0);
+    ck_assert_int_eq(failed, 0);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(db);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
+
 int main(void)
 {
     Suite *s = suite_create("sqlite");
@@ -1195,6 +1234,7 @@ int main(void)
     tcase_add_test(tc, busy_timeout_reported);
     tcase_add_test(tc, busy_turnstile_claimant_stuck);
     tcase_add_test(tc, busy_latency);
+    tcase_add_test(tc, long_reader_does_not_stall_writers);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -246,8 +246,12 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* Concurrency: journal_mode=WAL, synchronous=NORMAL (a power cut may lose the last         */
 /* transactions, never corrupts the file; a process crash loses nothing acknowledged). Each */
 /* process keeps a pool of up to pool_size connections, each used by one thread at a time.  */
-/* Readers never wait. A writer waits for the others up to `timeout` (default 5 s) and only */
-/* then fails with TRAFFIC_ETIMEDOUT; it never reports SQLITE_BUSY before that. Writers of  */
+/* Readers do not wait for writers' locks, but any call waits (at most `timeout`) for a     */
+/* free pooled connection when all of them are busy. A writer waits for the others up to    */
+/* `timeout` (default 5 s) and only then fails with TRAFFIC_ETIMEDOUT; it never reports     */
+/* SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a backup    */
+/* only lets the WAL grow until it ends). A writer that claimed the turnstile and is then   */
+/* stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes. Writers of */
 /* all processes take turns fairly: one that has waited 0.5 ms claims an OFD lock on the    */
 /* file PATH-turn and the others let it go first (the file is created next to the database, */
 /* like PATH-wal and PATH-shm, and is only ever locked).                                    */
@@ -255,7 +259,10 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* fork(): the child opens its own connections on first use and never uses the parent's.   */
 /* A pthread_atfork handler waits for the calls in flight in other threads and closes this  */
 /* process's idle connections, so that no SQLite lock state crosses fork() (SQLite's rule:  */
-/* never carry a connection across fork()); the parent reopens them on next use.            */
+/* never carry a connection across fork()); the parent reopens them on next use. So fork()  */
+/* can wait up to `timeout` for a call stuck on another program's lock, and must not be     */
+/* called from a signal handler that interrupted a traffic call, nor may an atfork handler  */
+/* of the application call into this backend: both deadlock.                                */
 /*                                                                                          */
 /* traffic_start_cleanup: every cleanup_interval one process (elected by a lease row in the */
 /* file, handed over when it stops or when its lease of 2 intervals + 1 s runs out) deletes */
