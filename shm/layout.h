@@ -232,6 +232,9 @@ struct shm_self *shm_self_get(struct shm_table *t);
 void shm_pin(struct shm_table *t, struct shm_self *me);
 void shm_unpin(struct shm_self *me);
 int shm_epoch_try_advance(struct shm_table *t);
+void shm_self_leave(struct shm_table *t); /* the calling thread leaves t (close) */
+void shm_part_process_init(void);         /* once per process, from map.c */
+void shm_part_atfork_child(void);         /* from map.c's atfork child handler */
 /* 1 if the owner named by token is alive, 0 if it is dead (its record is then recovered). */
 int shm_token_alive(struct shm_table *t, uint32_t token);
 /* Whole-table passes (clear, the reaper) visit only the pages of slots that

@@ -248,8 +248,6 @@ void shm_tables_unregister(struct shm_table *t)
     pthread_mutex_unlock(&tables_mu);
 }
 
-extern void shm_part_atfork_child(void);
-
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&tables_mu);
@@ -281,8 +279,6 @@ static void atfork_child(void)
 }
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-extern void shm_part_process_init(void);
-
 static void process_init(void)
 {
     shm_part_process_init();

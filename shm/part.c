@@ -321,7 +321,6 @@ struct shm_self *shm_self_get(struct shm_table *t)
     return self_slow(t);
 }
 
-/* The calling thread leaves t (used by close). */
 void shm_self_leave(struct shm_table *t)
 {
     struct tls_state *s = tls_state_get();

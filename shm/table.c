@@ -57,8 +57,6 @@
 #define INSERT_WAIT_MS    200  /* how long an insert waits for a stalled epoch before EFULL */
 #define REAP_BATCH        1024 /* slots per pinned stretch of a reaper pass */
 
-void shm_self_leave(struct shm_table *t);
-
 static inline void cpu_relax(void)
 {
     __builtin_ia32_pause();

@@ -59,13 +59,6 @@ static char *key_of(size_t n, char fill)
     return k;
 }
 
-#define EXPECT_RC(b, expr, want)                                                                                       \
-    do {                                                                                                               \
-        int rc_ = (expr);                                                                                              \
-        ck_assert_msg(rc_ == (want), "%s -> %d %s, want %s (%s)", #expr, rc_, traffic_strerror(rc_),                   \
-                      traffic_strerror(want), rc_ < 0 ? traffic_errmsg(b) : "");                                      \
-    } while (0)
-
 /* get(key) must succeed with exactly want[0..wlen). */
 static void expect_value_at(traffic_backend *b, const char *key, const void *want, size_t wlen, int line)
 {
@@ -147,7 +140,7 @@ START_TEST(c_roundtrip)
     ck_assert_uint_eq(len, 5);
     ck_assert(memcmp(exact, "hello", 5) == 0);
 
-    EXPECT_RC(b, traffic_get(b, "absent", exact, sizeof exact, &len), TRAFFIC_ENOTFOUND);
+    TU_EXPECT_RC(b, traffic_get(b, "absent", exact, sizeof exact, &len), TRAFFIC_ENOTFOUND);
     done(b);
 }
 END_TEST
@@ -180,7 +173,7 @@ START_TEST(c_set_replaces_counter)
     TU_OK(b, traffic_set(b, "c", "bytes", 5, 0));
     EXPECT_STR(b, "c", "bytes");
     out = 12345;
-    EXPECT_RC(b, traffic_increment(b, "c", 1, 0, &out), TRAFFIC_ETYPE);
+    TU_EXPECT_RC(b, traffic_increment(b, "c", 1, 0, &out), TRAFFIC_ETYPE);
     EXPECT_STR(b, "c", "bytes"); /* the failed increment changed nothing */
     ck_assert_int_eq(traffic_exists(b, "c"), 1);
     done(b);
@@ -244,15 +237,15 @@ START_TEST(c_key_lengths)
     const char *longs[] = {k251, k1000};
     for (int i = 0; i < 2; i++) {
         const char *k = longs[i];
-        EXPECT_RC(b, traffic_set(b, k, "v", 1, 0), TRAFFIC_ETOOBIG);
-        EXPECT_RC(b, traffic_get(b, k, buf, sizeof buf, &len), TRAFFIC_ETOOBIG);
-        EXPECT_RC(b, traffic_exists(b, k), TRAFFIC_ETOOBIG);
-        EXPECT_RC(b, traffic_delete(b, k), TRAFFIC_ETOOBIG);
-        EXPECT_RC(b, traffic_increment(b, k, 1, 0, NULL), TRAFFIC_ETOOBIG);
-        EXPECT_RC(b, traffic_ttl(b, k, &s), TRAFFIC_ETOOBIG);
+        TU_EXPECT_RC(b, traffic_set(b, k, "v", 1, 0), TRAFFIC_ETOOBIG);
+        TU_EXPECT_RC(b, traffic_get(b, k, buf, sizeof buf, &len), TRAFFIC_ETOOBIG);
+        TU_EXPECT_RC(b, traffic_exists(b, k), TRAFFIC_ETOOBIG);
+        TU_EXPECT_RC(b, traffic_delete(b, k), TRAFFIC_ETOOBIG);
+        TU_EXPECT_RC(b, traffic_increment(b, k, 1, 0, NULL), TRAFFIC_ETOOBIG);
+        TU_EXPECT_RC(b, traffic_ttl(b, k, &s), TRAFFIC_ETOOBIG);
         ck_assert_str_ne(traffic_errmsg(b), "");
     }
-    EXPECT_RC(b, traffic_increment(b, c251, 1, 0, NULL), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_increment(b, c251, 1, 0, NULL), TRAFFIC_ETOOBIG);
     ck_assert_int_eq(traffic_exists(b, k250), 0);
     ck_assert_int_eq(traffic_exists(b, c250), 0);
     ck_assert_uint_eq(stats_of(b).keys, 0);
@@ -261,12 +254,12 @@ START_TEST(c_key_lengths)
     const char *bad[] = {"", NULL};
     for (int i = 0; i < 2; i++) {
         const char *k = bad[i];
-        EXPECT_RC(b, traffic_set(b, k, "v", 1, 0), TRAFFIC_EINVAL);
-        EXPECT_RC(b, traffic_get(b, k, buf, sizeof buf, &len), TRAFFIC_EINVAL);
-        EXPECT_RC(b, traffic_exists(b, k), TRAFFIC_EINVAL);
-        EXPECT_RC(b, traffic_delete(b, k), TRAFFIC_EINVAL);
-        EXPECT_RC(b, traffic_increment(b, k, 1, 0, NULL), TRAFFIC_EINVAL);
-        EXPECT_RC(b, traffic_ttl(b, k, &s), TRAFFIC_EINVAL);
+        TU_EXPECT_RC(b, traffic_set(b, k, "v", 1, 0), TRAFFIC_EINVAL);
+        TU_EXPECT_RC(b, traffic_get(b, k, buf, sizeof buf, &len), TRAFFIC_EINVAL);
+        TU_EXPECT_RC(b, traffic_exists(b, k), TRAFFIC_EINVAL);
+        TU_EXPECT_RC(b, traffic_delete(b, k), TRAFFIC_EINVAL);
+        TU_EXPECT_RC(b, traffic_increment(b, k, 1, 0, NULL), TRAFFIC_EINVAL);
+        TU_EXPECT_RC(b, traffic_ttl(b, k, &s), TRAFFIC_EINVAL);
     }
 
     /* 1 and 250 bytes: every call works. */
@@ -301,30 +294,30 @@ START_TEST(c_null_arguments)
     traffic_backend *nb = NULL;
 
     /* a NULL handle: EINVAL from every call (close accepts it) */
-    EXPECT_RC(nb, traffic_get(NULL, "k", buf, sizeof buf, &len), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_set(NULL, "k", "v", 1, 0), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_delete(NULL, "k"), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_exists(NULL, "k"), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_increment(NULL, "k", 1, 0, NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_ttl(NULL, "k", &s), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_clear(NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_stats(NULL, &st), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_stats_json(NULL, buf, sizeof buf), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_start_cleanup(NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_stop_cleanup(NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(nb, traffic_close(NULL), TRAFFIC_OK);
-    EXPECT_RC(nb, traffic_open("memory://", NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_get(NULL, "k", buf, sizeof buf, &len), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_set(NULL, "k", "v", 1, 0), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_delete(NULL, "k"), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_exists(NULL, "k"), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_increment(NULL, "k", 1, 0, NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_ttl(NULL, "k", &s), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_clear(NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_stats(NULL, &st), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_stats_json(NULL, buf, sizeof buf), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_start_cleanup(NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_stop_cleanup(NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(nb, traffic_close(NULL), TRAFFIC_OK);
+    TU_EXPECT_RC(nb, traffic_open("memory://", NULL), TRAFFIC_EINVAL);
     ck_assert_ptr_nonnull(traffic_errmsg(NULL));
 
     traffic_backend *b = fresh();
     TU_OK(b, traffic_set(b, "k", "value", 5, 0));
-    EXPECT_RC(b, traffic_get(b, "k", buf, sizeof buf, NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(b, traffic_get(b, "k", NULL, 4, &len), TRAFFIC_EINVAL);
-    EXPECT_RC(b, traffic_ttl(b, "k", NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(b, traffic_set(b, "k2", NULL, 3, 0), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_get(b, "k", buf, sizeof buf, NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_get(b, "k", NULL, 4, &len), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_ttl(b, "k", NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_set(b, "k2", NULL, 3, 0), TRAFFIC_EINVAL);
     ck_assert_int_eq(traffic_exists(b, "k2"), 0);
-    EXPECT_RC(b, traffic_stats(b, NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(b, traffic_stats_json(b, NULL, 8), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_stats(b, NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_stats_json(b, NULL, 8), TRAFFIC_EINVAL);
     EXPECT_STR(b, "k", "value"); /* none of that disturbed the store */
 
     /* out == NULL: the increment still happens */
@@ -352,7 +345,7 @@ START_TEST(c_ttl_invalid)
     EXPECT_ABSENT(b, "i");
     /* and an existing entry is left alone by a rejected call */
     TU_OK(b, traffic_set(b, "s", "v", 1, 0));
-    EXPECT_RC(b, traffic_set(b, "s", "w", 1, NAN), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_set(b, "s", "w", 1, NAN), TRAFFIC_EINVAL);
     EXPECT_STR(b, "s", "v");
     done(b);
 }
@@ -369,7 +362,7 @@ START_TEST(c_ttl_zero_is_no_expiry)
     s = 0;
     TU_OK(b, traffic_ttl(b, "c", &s));
     ck_assert_msg(s == -1.0, "ttl of a no-expiry counter is %g, want -1", s);
-    EXPECT_RC(b, traffic_ttl(b, "absent", &s), TRAFFIC_ENOTFOUND);
+    TU_EXPECT_RC(b, traffic_ttl(b, "absent", &s), TRAFFIC_ENOTFOUND);
     done(b);
 }
 END_TEST
@@ -497,10 +490,10 @@ START_TEST(c_value_limit)
     v[n / 2] = 0;
     TU_OK(b, traffic_set(b, "big", v, n, 0));
     EXPECT_VALUE(b, "big", v, n);
-    EXPECT_RC(b, traffic_set(b, "big", v, n + 1, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "big", v, n + 1, 0), TRAFFIC_ETOOBIG);
     ck_assert_msg(traffic_errmsg(b)[0] != '\0', "ETOOBIG without a message");
     EXPECT_VALUE(b, "big", v, n); /* the old value survives the failed set */
-    EXPECT_RC(b, traffic_set(b, "new", v, n + 1, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "new", v, n + 1, 0), TRAFFIC_ETOOBIG);
     EXPECT_ABSENT(b, "new");
     free(v);
     done(b);
@@ -515,14 +508,14 @@ START_TEST(c_short_buffer)
     TU_OK(b, traffic_set(b, "v", "0123456789", 10, 0));
 
     memset(buf, 0xAA, sizeof buf);
-    EXPECT_RC(b, traffic_get(b, "v", buf, 4, &len), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_get(b, "v", buf, 4, &len), TRAFFIC_ERANGE);
     ck_assert_uint_eq(len, 10);
     for (size_t i = 4; i < sizeof buf; i++) ck_assert_msg(buf[i] == 0xAA, "get wrote byte %zu past cap 4", i);
     len = 0;
-    EXPECT_RC(b, traffic_get(b, "v", buf, 9, &len), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_get(b, "v", buf, 9, &len), TRAFFIC_ERANGE);
     ck_assert_uint_eq(len, 10);
     len = 0;
-    EXPECT_RC(b, traffic_get(b, "v", NULL, 0, &len), TRAFFIC_ERANGE); /* a length query */
+    TU_EXPECT_RC(b, traffic_get(b, "v", NULL, 0, &len), TRAFFIC_ERANGE); /* a length query */
     ck_assert_uint_eq(len, 10);
     TU_OK(b, traffic_get(b, "v", buf, 10, &len));
     ck_assert_uint_eq(len, 10);
@@ -537,11 +530,11 @@ START_TEST(c_short_buffer)
     /* a counter's text too */
     TU_OK(b, traffic_increment(b, "c", 12345, 0, NULL));
     len = 0;
-    EXPECT_RC(b, traffic_get(b, "c", NULL, 0, &len), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_get(b, "c", NULL, 0, &len), TRAFFIC_ERANGE);
     ck_assert_uint_eq(len, 5);
     memset(buf, 0xAA, sizeof buf);
     len = 0;
-    EXPECT_RC(b, traffic_get(b, "c", buf, 3, &len), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_get(b, "c", buf, 3, &len), TRAFFIC_ERANGE);
     ck_assert_uint_eq(len, 5);
     for (size_t i = 3; i < sizeof buf; i++) ck_assert_msg(buf[i] == 0xAA, "get wrote byte %zu past cap 3", i);
     EXPECT_COUNTER(b, "c", 12345);
@@ -589,16 +582,16 @@ START_TEST(c_counter_type)
     traffic_backend *b = fresh();
     int64_t out = 777;
     TU_OK(b, traffic_set(b, "b", "abc", 3, 0));
-    EXPECT_RC(b, traffic_increment(b, "b", 1, 0, &out), TRAFFIC_ETYPE);
+    TU_EXPECT_RC(b, traffic_increment(b, "b", 1, 0, &out), TRAFFIC_ETYPE);
     ck_assert_str_ne(traffic_errmsg(b), "");
-    EXPECT_RC(b, traffic_increment(b, "b", 0, 0, &out), TRAFFIC_ETYPE);
+    TU_EXPECT_RC(b, traffic_increment(b, "b", 0, 0, &out), TRAFFIC_ETYPE);
     EXPECT_STR(b, "b", "abc");
     /* A counter is what traffic_increment made: a set value that looks numeric is not one. */
     TU_OK(b, traffic_set(b, "digits", "12", 2, 0));
-    EXPECT_RC(b, traffic_increment(b, "digits", 1, 0, &out), TRAFFIC_ETYPE);
+    TU_EXPECT_RC(b, traffic_increment(b, "digits", 1, 0, &out), TRAFFIC_ETYPE);
     EXPECT_STR(b, "digits", "12");
     TU_OK(b, traffic_set(b, "e", NULL, 0, 0));
-    EXPECT_RC(b, traffic_increment(b, "e", 1, 0, &out), TRAFFIC_ETYPE);
+    TU_EXPECT_RC(b, traffic_increment(b, "e", 1, 0, &out), TRAFFIC_ETYPE);
     done(b);
 }
 END_TEST
@@ -610,27 +603,27 @@ START_TEST(c_counter_overflow)
     TU_OK(b, traffic_increment(b, "hi", INT64_MAX - 1, 0, &out));
     TU_OK(b, traffic_increment(b, "hi", 1, 0, &out));
     ck_assert_int_eq(out, INT64_MAX);
-    EXPECT_RC(b, traffic_increment(b, "hi", 1, 0, &out), TRAFFIC_EOVERFLOW);
+    TU_EXPECT_RC(b, traffic_increment(b, "hi", 1, 0, &out), TRAFFIC_EOVERFLOW);
     ck_assert_str_ne(traffic_errmsg(b), "");
     EXPECT_COUNTER(b, "hi", INT64_MAX);
-    EXPECT_RC(b, traffic_increment(b, "hi", INT64_MAX, 0, &out), TRAFFIC_EOVERFLOW);
+    TU_EXPECT_RC(b, traffic_increment(b, "hi", INT64_MAX, 0, &out), TRAFFIC_EOVERFLOW);
     EXPECT_COUNTER(b, "hi", INT64_MAX);
     TU_OK(b, traffic_increment(b, "hi", -1, 0, &out)); /* still usable */
     ck_assert_int_eq(out, INT64_MAX - 1);
 
     TU_OK(b, traffic_increment(b, "lo", INT64_MIN, 0, &out));
-    EXPECT_RC(b, traffic_increment(b, "lo", -1, 0, &out), TRAFFIC_EOVERFLOW);
+    TU_EXPECT_RC(b, traffic_increment(b, "lo", -1, 0, &out), TRAFFIC_EOVERFLOW);
     EXPECT_COUNTER(b, "lo", INT64_MIN);
-    EXPECT_RC(b, traffic_increment(b, "lo", INT64_MIN, 0, &out), TRAFFIC_EOVERFLOW);
+    TU_EXPECT_RC(b, traffic_increment(b, "lo", INT64_MIN, 0, &out), TRAFFIC_EOVERFLOW);
     EXPECT_COUNTER(b, "lo", INT64_MIN);
     TU_OK(b, traffic_increment(b, "lo", 1, 0, &out));
     ck_assert_int_eq(out, INT64_MIN + 1);
 
     TU_OK(b, traffic_increment(b, "small", 1, 0, &out));
-    EXPECT_RC(b, traffic_increment(b, "small", INT64_MAX, 0, &out), TRAFFIC_EOVERFLOW);
+    TU_EXPECT_RC(b, traffic_increment(b, "small", INT64_MAX, 0, &out), TRAFFIC_EOVERFLOW);
     EXPECT_COUNTER(b, "small", 1);
     TU_OK(b, traffic_increment(b, "minus", -2, 0, &out));
-    EXPECT_RC(b, traffic_increment(b, "minus", INT64_MIN, 0, &out), TRAFFIC_EOVERFLOW);
+    TU_EXPECT_RC(b, traffic_increment(b, "minus", INT64_MIN, 0, &out), TRAFFIC_EOVERFLOW);
     EXPECT_COUNTER(b, "minus", -2);
     done(b);
 }
@@ -734,7 +727,7 @@ START_TEST(c_stats_counts)
 
     TU_OK(b, traffic_get(b, "a", buf, sizeof buf, &len));
     TU_OK(b, traffic_get(b, "b", buf, sizeof buf, &len));
-    EXPECT_RC(b, traffic_get(b, "zz", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
+    TU_EXPECT_RC(b, traffic_get(b, "zz", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
     ck_assert_int_eq(traffic_exists(b, "c"), 1);
     ck_assert_int_eq(traffic_exists(b, "yy"), 0);
     s1 = stats_of(b);
@@ -806,9 +799,9 @@ START_TEST(c_stats_json)
 
     /* too small: ERANGE, whether one byte short (no room for the NUL) or tiny */
     char small[8];
-    EXPECT_RC(b, traffic_stats_json(b, buf, (size_t)need), TRAFFIC_ERANGE);
-    EXPECT_RC(b, traffic_stats_json(b, small, sizeof small), TRAFFIC_ERANGE);
-    EXPECT_RC(b, traffic_stats_json(b, small, 1), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_stats_json(b, buf, (size_t)need), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_stats_json(b, small, sizeof small), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_stats_json(b, small, 1), TRAFFIC_ERANGE);
     free(buf);
     done(b);
 }
@@ -864,7 +857,7 @@ START_TEST(c_errmsg)
     ck_assert_ptr_null(x);
     const char *m = traffic_errmsg(NULL);
     ck_assert_msg(m != NULL && strstr(m, "no-such-scheme") != NULL, "errmsg(NULL) = \"%s\"", m ? m : "(null)");
-    EXPECT_RC(NULL, traffic_open("not a url", &x), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_open("not a url", &x), TRAFFIC_EINVAL);
     ck_assert_ptr_null(x);
     ck_assert_str_ne(traffic_errmsg(NULL), "");
 
@@ -872,9 +865,9 @@ START_TEST(c_errmsg)
     ck_assert_ptr_nonnull(traffic_errmsg(b));
     ck_assert_str_eq(traffic_errmsg(b), ""); /* no failure yet on this handle */
     char *k251 = key_of(251, 'z');
-    EXPECT_RC(b, traffic_set(b, k251, "v", 1, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, k251, "v", 1, 0), TRAFFIC_ETOOBIG);
     ck_assert_str_ne(traffic_errmsg(b), "");
-    EXPECT_RC(b, traffic_get(b, "", NULL, 0, NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(b, traffic_get(b, "", NULL, 0, NULL), TRAFFIC_EINVAL);
     ck_assert_str_ne(traffic_errmsg(b), "");
     free(k251);
     done(b);

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #endif
 #include "redis_harness.h"
+#include "testutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,13 +38,6 @@ static long long now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -210,7 +204,7 @@ static int wait_ready(rh_server *s)
         if (r) freeReplyObject(r);
         if (c) redisFree(c);
         if (ready) return 0;
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     return -1;
 }
@@ -339,7 +333,7 @@ static int wait_info(const rh_server *s, const char *section, const char *want, 
         int ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, want);
         if (r) freeReplyObject(r);
         if (ok) return 0;
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     fprintf(stderr, "redis harness: port %d never showed \"%s\" in INFO %s\n", s->port, want, section);
     return -1;
@@ -388,7 +382,7 @@ int rh_sentinel_start(rh_sentinel_set *set, int nsentinels, const char *password
                 fprintf(stderr, "redis harness: sentinels did not discover each other and the replica\n");
                 return -1;
             }
-            sleep_ms(50);
+            tu_sleep_ms(50);
         }
     }
     return 0;
@@ -438,7 +432,7 @@ int rh_cluster_start(rh_cluster *c, int n)
             fprintf(stderr, "redis harness: the cluster never reached cluster_state:ok\n");
             return -1;
         }
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     return 0;
 }

@@ -214,18 +214,12 @@ static pid_t spawn(const char *url, struct scratch *sc, int w, int mode)
     return p;
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Waits up to ms for pid to exit; 0 if it did, -1 if it is still running (then killed). */
 static int wait_bounded(pid_t pid, long ms)
 {
     for (long t = 0; t < ms; t += 10) {
         if (waitpid(pid, NULL, WNOHANG) == pid) return 0;
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
@@ -257,15 +251,6 @@ static int final_sweep(const char *url, int mode)
     return tu_wait(p);
 }
 
-static int64_t counter_value(traffic_backend *b, const char *key)
-{
-    char buf[32];
-    size_t len;
-    if (traffic_get(b, key, buf, sizeof buf - 1, &len)) return -1;
-    buf[len] = '\0';
-    return atoll(buf);
-}
-
 /* Runs workers for up to `seconds`, SIGKILLing one every 10-60 ms when kill_them; with
  * stop_on_violation, ends as soon as a torn or wrong-key read is seen. */
 static struct result run(int mode, double seconds, int kill_them, unsigned broken, int stop_on_violation)
@@ -286,7 +271,7 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     uint64_t x = (uint64_t)getpid() | 1;
     int64_t end = tu_now_ms() + (int64_t)(seconds * 1000);
     while (tu_now_ms() < end) {
-        sleep_ms(10 + (long)(rng(&x) % 50));
+        tu_sleep_ms(10 + (long)(rng(&x) % 50));
         if (stop_on_violation && (atomic_load(&sc->torn) || atomic_load(&sc->wrongkey))) break;
         if (mode == MODE_FRESH) {
             int running = 0;
@@ -323,7 +308,7 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
             for (int w = 0; w < WORKERS; w++)
                 acked += atomic_load(&sc->acked[w][k]);
             snprintf(key, sizeof key, "c:%d", k);
-            int64_t v = counter_value(b, key);
+            int64_t v = tu_counter(b, key);
             if (v < acked)
                 res.lost_keys++;
             else
@@ -332,7 +317,7 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     } else if (mode == MODE_FRESH) {
         for (int i = 0; i < NFRESH; i++) {
             snprintf(key, sizeof key, "n:%d", i);
-            int64_t v = counter_value(b, key);
+            int64_t v = tu_counter(b, key);
             if (v != WORKERS) res.lost_keys++;
         }
     }

@@ -85,13 +85,6 @@ static void open_fails_at(const char *url, int want, const char *word, int line)
 }
 #define OPEN_FAILS(url, want, word) open_fails_at(url, want, word, __LINE__)
 
-#define EXPECT_RC(b, expr, want)                                                                                       \
-    do {                                                                                                               \
-        int rc_ = (expr);                                                                                              \
-        ck_assert_msg(rc_ == (want), "%s -> %d %s, want %s (%s)", #expr, rc_, traffic_strerror(rc_),                   \
-                      traffic_strerror(want), rc_ < 0 ? traffic_errmsg(b) : "");                                      \
-    } while (0)
-
 static void expect_str_at(traffic_backend *b, const char *key, const char *want, int line)
 {
     char buf[256];
@@ -286,13 +279,13 @@ START_TEST(m_key_max)
     TU_OK(b, traffic_set(b, k10, "v", 1, 0));
     EXPECT_STR(b, k10, "v");
     TU_OK(b, traffic_increment(b, "cccccccccc", 1, 0, NULL));
-    EXPECT_RC(b, traffic_set(b, k11, "v", 1, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, k11, "v", 1, 0), TRAFFIC_ETOOBIG);
     ck_assert_msg(strstr(traffic_errmsg(b), "key_max"), "message: %s", traffic_errmsg(b));
-    EXPECT_RC(b, traffic_get(b, k11, buf, sizeof buf, &len), TRAFFIC_ETOOBIG);
-    EXPECT_RC(b, traffic_exists(b, k11), TRAFFIC_ETOOBIG);
-    EXPECT_RC(b, traffic_increment(b, k11, 1, 0, NULL), TRAFFIC_ETOOBIG);
-    EXPECT_RC(b, traffic_ttl(b, k11, &s), TRAFFIC_ETOOBIG);
-    EXPECT_RC(b, traffic_delete(b, k11), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_get(b, k11, buf, sizeof buf, &len), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_exists(b, k11), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_increment(b, k11, 1, 0, NULL), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_ttl(b, k11, &s), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_delete(b, k11), TRAFFIC_ETOOBIG);
     ck_assert_uint_eq(stats_of(b).keys, 2);
     TU_OK(b, traffic_close(b));
 }
@@ -303,7 +296,7 @@ START_TEST(m_value_max)
     traffic_backend *b = open_ok("memory://?value_max=16");
     TU_OK(b, traffic_set(b, "v", "0123456789abcdef", 16, 0));
     EXPECT_STR(b, "v", "0123456789abcdef");
-    EXPECT_RC(b, traffic_set(b, "v", "0123456789abcdefg", 17, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "v", "0123456789abcdefg", 17, 0), TRAFFIC_ETOOBIG);
     ck_assert_msg(strstr(traffic_errmsg(b), "value_max"), "message: %s", traffic_errmsg(b));
     EXPECT_STR(b, "v", "0123456789abcdef");
     /* counters are not bytes values: a 20-digit counter is fine in a 16-byte table */
@@ -327,9 +320,9 @@ START_TEST(m_value_max_64k)
         ck_assert_uint_eq(len, n);
         ck_assert_msg(memcmp(got, v, n) == 0, "round %d: 64 KiB value came back different", round);
     }
-    EXPECT_RC(b, traffic_set(b, "big", v, n + 1, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "big", v, n + 1, 0), TRAFFIC_ETOOBIG);
     size_t len = 0;
-    EXPECT_RC(b, traffic_get(b, "big", got, 100, &len), TRAFFIC_ERANGE);
+    TU_EXPECT_RC(b, traffic_get(b, "big", got, 100, &len), TRAFFIC_ERANGE);
     ck_assert_uint_eq(len, n);
     free(v);
     free(got);
@@ -439,12 +432,12 @@ START_TEST(m_named_unlink)
     TU_OK(b, traffic_close(b));
     unlink_ok(name);
 
-    EXPECT_RC(NULL, traffic_memory_unlink(name), TRAFFIC_ENOTFOUND);
+    TU_EXPECT_RC(NULL, traffic_memory_unlink(name), TRAFFIC_ENOTFOUND);
     ck_assert_str_ne(traffic_errmsg(NULL), "");
-    EXPECT_RC(NULL, traffic_memory_unlink(""), TRAFFIC_EINVAL);
-    EXPECT_RC(NULL, traffic_memory_unlink(NULL), TRAFFIC_EINVAL);
-    EXPECT_RC(NULL, traffic_memory_unlink("a/b"), TRAFFIC_EINVAL);
-    EXPECT_RC(NULL, traffic_memory_unlink("../traffic.x"), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_memory_unlink(""), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_memory_unlink(NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_memory_unlink("a/b"), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_memory_unlink("../traffic.x"), TRAFFIC_EINVAL);
     ck_assert_str_ne(traffic_errmsg(NULL), "");
 }
 END_TEST
@@ -490,7 +483,7 @@ START_TEST(m_named_geometry_mismatch)
     OPEN_FAILS(url, TRAFFIC_EINVAL, "value_max");
     traffic_memory_options o = {.name = name, .max_size = 200};
     traffic_backend *x = NULL;
-    EXPECT_RC(NULL, traffic_memory_open(&o, &x), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_memory_open(&o, &x), TRAFFIC_EINVAL);
     ck_assert_ptr_null(x);
 
     /* no geometry: whatever the table has; the same geometry: fine */
@@ -631,7 +624,7 @@ START_TEST(m_typed_open)
     ck_assert_uint_ge(s.capacity, 10000);
     unsigned char v[257] = {0};
     TU_OK(b, traffic_set(b, "v", v, 256, 0));
-    EXPECT_RC(b, traffic_set(b, "v", v, 257, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "v", v, 257, 0), TRAFFIC_ETOOBIG);
     TU_OK(b, traffic_close(b));
 
     traffic_memory_options o = {.max_size = 500, .key_max = 20, .value_max = 1000, .cleanup_interval = 0.5};
@@ -641,10 +634,10 @@ START_TEST(m_typed_open)
     ck_assert_uint_ge(s.capacity, 500);
     ck_assert_uint_eq(s.keys, 0);
     TU_OK(b, traffic_set(b, "kkkkkkkkkkkkkkkkkkkk", "v", 1, 0));
-    EXPECT_RC(b, traffic_set(b, "kkkkkkkkkkkkkkkkkkkkk", "v", 1, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "kkkkkkkkkkkkkkkkkkkkk", "v", 1, 0), TRAFFIC_ETOOBIG);
     unsigned char big[1001] = {0};
     TU_OK(b, traffic_set(b, "big", big, 1000, 0));
-    EXPECT_RC(b, traffic_set(b, "big", big, 1001, 0), TRAFFIC_ETOOBIG);
+    TU_EXPECT_RC(b, traffic_set(b, "big", big, 1001, 0), TRAFFIC_ETOOBIG);
     TU_OK(b, traffic_close(b));
 
     /* named, with a mode; the URL opener then sees the same table */
@@ -672,7 +665,7 @@ END_TEST
 START_TEST(m_typed_open_invalid)
 {
     traffic_backend *b = (traffic_backend *)&b;
-    EXPECT_RC(NULL, traffic_memory_open(NULL, NULL), TRAFFIC_EINVAL);
+    TU_EXPECT_RC(NULL, traffic_memory_open(NULL, NULL), TRAFFIC_EINVAL);
     const traffic_memory_options bad[] = {
         {.value_max = 70000},       {.key_max = 251},       {.cleanup_interval = -1},
         {.cleanup_interval = NAN},  {.cleanup_interval = INFINITY}, {.mode = 01000},

@@ -24,22 +24,6 @@
 extern char **environ;
 static char self_exe[4096];
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int64_t get_counter(traffic_backend *b, const char *key)
-{
-    char buf[32];
-    size_t len;
-    int rc = traffic_get(b, key, buf, sizeof buf - 1, &len);
-    if (rc) return rc;
-    buf[len] = '\0';
-    return atoll(buf);
-}
-
 #define WORKERS    4
 #define PER_WORKER 100000
 #define HOT        16
@@ -66,7 +50,7 @@ START_TEST(workers_exact_totals)
     for (int k = 0; k < HOT; k++) {
         char key[16];
         snprintf(key, sizeof key, "hot:%d", k);
-        int64_t v = get_counter(b, key);
+        int64_t v = tu_counter(b, key);
         ck_assert_int_eq(v, (int64_t)WORKERS * PER_WORKER / HOT);
         total += v;
     }
@@ -88,7 +72,7 @@ static int child_main(const char *name)
     char buf[64];
     size_t len;
     if (traffic_get(b, "greeting", buf, sizeof buf, &len) || len != 11 || memcmp(buf, "from parent", 11)) return 11;
-    if (get_counter(b, "visits") != 41) return 12;
+    if (tu_counter(b, "visits") != 41) return 12;
     int64_t n;
     if (traffic_increment(b, "visits", 1, 0, &n) || n != 42) return 13;
     if (traffic_set(b, "reply", "from child", 10, 0)) return 14;
@@ -109,7 +93,7 @@ START_TEST(named_table_unrelated_process)
     char *argv[] = {self_exe, "--child", (char *)name, NULL};
     ck_assert_int_eq(posix_spawn(&pid, self_exe, NULL, NULL, argv, environ), 0);
     ck_assert_int_eq(tu_wait(pid), 0);
-    ck_assert_int_eq(get_counter(b, "visits"), 42);
+    ck_assert_int_eq(tu_counter(b, "visits"), 42);
     char buf[64];
     size_t len;
     TU_OK(b, traffic_get(b, "reply", buf, sizeof buf, &len));
@@ -129,8 +113,8 @@ START_TEST(expiry_seen_by_all_processes)
     for (int c = 0; c < 3; c++) {
         pids[c] = fork();
         if (pids[c] == 0) {
-            if (traffic_exists(b, "session") != 1 || get_counter(b, "window") != 5) _exit(1);
-            sleep_ms(600);
+            if (traffic_exists(b, "session") != 1 || tu_counter(b, "window") != 5) _exit(1);
+            tu_sleep_ms(600);
             char buf[8];
             size_t len;
             if (traffic_get(b, "session", buf, sizeof buf, &len) != TRAFFIC_ENOTFOUND) _exit(2);
@@ -179,7 +163,7 @@ START_TEST(reaper_elected_and_taken_over)
     }
     /* one of them is elected... */
     int64_t elected = 0;
-    for (int i = 0; i < 200 && elected <= 0; i++, sleep_ms(20))
+    for (int i = 0; i < 200 && elected <= 0; i++, tu_sleep_ms(20))
         elected = reaper_pid(b);
     int idx = -1;
     for (int c = 0; c < 3; c++)
@@ -188,7 +172,7 @@ START_TEST(reaper_elected_and_taken_over)
     /* ...and stays elected while it lives, working every interval */
     struct traffic_stats st0, st1;
     TU_OK(b, traffic_stats(b, &st0));
-    for (int i = 0; i < 25; i++, sleep_ms(20))
+    for (int i = 0; i < 25; i++, tu_sleep_ms(20))
         ck_assert_int_eq(reaper_pid(b), elected);
     TU_OK(b, traffic_stats(b, &st1));
     ck_assert_uint_gt(st1.reaper_runs, st0.reaper_runs);
@@ -199,7 +183,7 @@ START_TEST(reaper_elected_and_taken_over)
         snprintf(key, sizeof key, "e:%d", i);
         TU_OK(b, traffic_set(b, key, "x", 1, 0.05));
     }
-    for (int i = 0; i < 100; i++, sleep_ms(20)) {
+    for (int i = 0; i < 100; i++, tu_sleep_ms(20)) {
         TU_OK(b, traffic_stats(b, &st1));
         if (st1.keys == 0) break;
     }
@@ -210,7 +194,7 @@ START_TEST(reaper_elected_and_taken_over)
     kill(pids[idx], SIGKILL);
     tu_wait(pids[idx]);
     int64_t next = 0;
-    for (int i = 0; i < 300; i++, sleep_ms(20)) {
+    for (int i = 0; i < 300; i++, tu_sleep_ms(20)) {
         next = reaper_pid(b);
         if (next > 0 && next != elected) break;
     }
@@ -245,7 +229,7 @@ START_TEST(attached_counts_processes_and_recovers_dead)
         }
     }
     struct traffic_stats st;
-    for (int i = 0; i < 100; i++, sleep_ms(10)) {
+    for (int i = 0; i < 100; i++, tu_sleep_ms(10)) {
         TU_OK(b, traffic_stats(b, &st));
         if (st.attached == 4) break;
     }

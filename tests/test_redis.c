@@ -39,13 +39,6 @@ static rh_cluster CL; /* three cluster masters */
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
 /* A fresh prefix "tag-<unique>:" in a rotating buffer. */
 static const char *prefix_of(const char *tag)
 {
@@ -87,15 +80,6 @@ static void expect_open_fails(const char *url, int want, const char *needle)
     ck_assert_msg(!needle || strstr(traffic_errmsg(NULL), needle), "open(%s): message \"%s\" lacks \"%s\"", url,
                   traffic_errmsg(NULL), needle);
     ck_assert_msg(took < 3000, "open(%s) took %lld ms to fail", url, (long long)took);
-}
-
-static int64_t counter_of(traffic_backend *b, const char *key)
-{
-    char buf[32];
-    size_t len = 0;
-    TU_OK(b, traffic_get(b, key, buf, sizeof buf - 1, &len));
-    buf[len] = '\0';
-    return strtoll(buf, NULL, 10);
 }
 
 /* A loopback port where nobody listens, held (bound, not listening) until close(*fd): a
@@ -229,7 +213,7 @@ START_TEST(t_options)
     TU_OK(b, traffic_increment(b, "bare", 3, 0, NULL));
     TU_OK(b, traffic_close(b));
     b = open_url(rh_url("redis://127.0.0.1:%d/8?prefix=bar", S.port));
-    ck_assert_int_eq(counter_of(b, "e"), 3); /* "bar"+"e" */
+    ck_assert_int_eq(tu_counter(b, "e"), 3); /* "bar"+"e" */
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -249,7 +233,7 @@ START_TEST(t_encoding)
     ck_assert_int_eq(raw_get(&S, key, raw, sizeof raw), 0);
     ck_assert_str_eq(raw, "5");
     ck_assert_int_eq(rh_int(&S, "INCRBY %s 10", key), 15);
-    ck_assert_int_eq(counter_of(b, "c"), 15);
+    ck_assert_int_eq(tu_counter(b, "c"), 15);
     TU_OK(b, traffic_increment(b, "c", 1, 0, &out));
     ck_assert_int_eq(out, 16);
 
@@ -315,7 +299,7 @@ START_TEST(t_prefix_isolation)
     ck_assert_uint_eq(st.keys, 0);
     TU_OK(b, traffic_stats(b, &st));
     ck_assert_uint_eq(st.keys, 50);
-    ck_assert_int_eq(counter_of(b, "k49"), 49);
+    ck_assert_int_eq(tu_counter(b, "k49"), 49);
     char raw[32];
     ck_assert_int_eq(raw_get(&S, outside, raw, sizeof raw), 0);
     ck_assert_str_eq(raw, "mine");
@@ -445,7 +429,7 @@ static void expect_totals(traffic_backend *b, int64_t each)
     char key[32];
     for (int k = 0; k < PROC_KEYS; k++) {
         snprintf(key, sizeof key, "k%d", k);
-        int64_t v = counter_of(b, key);
+        int64_t v = tu_counter(b, key);
         ck_assert_msg(v == each, "%s = %" PRId64 ", want %" PRId64, key, v, each);
     }
 }
@@ -489,7 +473,7 @@ START_TEST(t_fork_parent_handle)
     TU_OK(b, traffic_increment(b, "k0", 1, 0, NULL));
     /* the children's own connections went away with them (the server notices a moment later) */
     long long clients1 = 0;
-    for (int64_t deadline = tu_now_ms() + 3000; tu_now_ms() < deadline; sleep_ms(20)) {
+    for (int64_t deadline = tu_now_ms() + 3000; tu_now_ms() < deadline; tu_sleep_ms(20)) {
         r = rh_cmd(&S, "INFO clients");
         sscanf(strstr(r->str, "connected_clients:") + 18, "%lld", &clients1);
         freeReplyObject(r);
@@ -545,7 +529,7 @@ static void *fault_loop(void *arg)
             f->failed++;
             if (took > f->worst_fail_ms) f->worst_fail_ms = took;
             if (rc != TRAFFIC_EUNAVAILABLE && rc != TRAFFIC_ETIMEDOUT) f->bad_status = rc;
-            sleep_ms(5);
+            tu_sleep_ms(5);
         }
     }
     return NULL;
@@ -563,9 +547,9 @@ START_TEST(t_server_killed)
         f[i].b = b, f[i].stop = &stop;
         ck_assert_int_eq(pthread_create(&f[i].tid, NULL, fault_loop, &f[i]), 0);
     }
-    sleep_ms(200);
+    tu_sleep_ms(200);
     rh_kill(&s);
-    sleep_ms(800);
+    tu_sleep_ms(800);
     /* errors, promptly, from the main thread too */
     int64_t t0 = tu_now_ms();
     int rc = traffic_set(b, "x", "y", 1, 0);
@@ -577,7 +561,7 @@ START_TEST(t_server_killed)
     /* the same handle recovers by itself */
     int64_t deadline = tu_now_ms() + 5000;
     while ((rc = traffic_set(b, "x", "y", 1, 0)) != TRAFFIC_OK && tu_now_ms() < deadline)
-        sleep_ms(20);
+        tu_sleep_ms(20);
     ck_assert_msg(rc == TRAFFIC_OK, "no recovery: %s (%s)", traffic_strerror(rc), traffic_errmsg(b));
     int64_t t_recovered = tu_now_ms();
     while (tu_now_ms() < t_recovered + 1500) { /* let every thread get through again */
@@ -585,7 +569,7 @@ START_TEST(t_server_killed)
         for (int i = 0; i < 3; i++)
             all &= f[i].ok_after_fail > 0;
         if (all) break;
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     atomic_store(&stop, 1);
     for (int i = 0; i < 3; i++) {
@@ -629,7 +613,7 @@ START_TEST(t_server_frozen)
     struct blocked_get g = {.b = b};
     pthread_t tid;
     ck_assert_int_eq(pthread_create(&tid, NULL, blocked_get_main, &g), 0);
-    sleep_ms(50);
+    tu_sleep_ms(50);
     int64_t t0 = tu_now_ms();
     int rc = traffic_set(b, "k", "w", 1, 0);
     int64_t took = tu_now_ms() - t0;
@@ -642,7 +626,7 @@ START_TEST(t_server_frozen)
     rh_pause(&s, 0);
     int64_t deadline = tu_now_ms() + 3000;
     while ((rc = traffic_set(b, "k", "x", 1, 0)) != TRAFFIC_OK && tu_now_ms() < deadline)
-        sleep_ms(20);
+        tu_sleep_ms(20);
     TU_OK(b, rc);
     TU_OK(b, traffic_close(b));
     rh_kill(&s);
@@ -658,13 +642,13 @@ START_TEST(t_auth_password)
     ck_assert_int_eq(rh_start(&s, "requirepass \"p@ss:w/rd\"\n"), 0);
     traffic_backend *b = open_url(rh_url("redis://:p%%40ss%%3Aw%%2Frd@127.0.0.1:%d?prefix=auth:", s.port));
     TU_OK(b, traffic_increment(b, "c", 2, 0, NULL));
-    ck_assert_int_eq(counter_of(b, "c"), 2);
+    ck_assert_int_eq(tu_counter(b, "c"), 2);
     TU_OK(b, traffic_close(b));
     expect_open_fails(rh_url("redis://127.0.0.1:%d", s.port), TRAFFIC_EPERM, "NOAUTH");
     expect_open_fails(rh_url("redis://:wrong@127.0.0.1:%d", s.port), TRAFFIC_EPERM, "WRONGPASS");
     traffic_redis_options o = {.hosts = rh_url("127.0.0.1:%d", s.port), .password = "p@ss:w/rd", .prefix = "auth:"};
     TU_OK(NULL, traffic_redis_open(&o, &b));
-    ck_assert_int_eq(counter_of(b, "c"), 2);
+    ck_assert_int_eq(tu_counter(b, "c"), 2);
     TU_OK(b, traffic_close(b));
     rh_kill(&s);
 }
@@ -712,7 +696,7 @@ START_TEST(t_sentinel_failover)
     ck_assert_str_eq(raw, "10");
     int64_t deadline = tu_now_ms() + 5000; /* replicated before the master dies */
     while ((raw_get(&set.replica, "fo:c", raw, sizeof raw) || strcmp(raw, "10")) && tu_now_ms() < deadline)
-        sleep_ms(20);
+        tu_sleep_ms(20);
     ck_assert_str_eq(raw, "10");
 
     rh_kill(&set.master);
@@ -728,7 +712,7 @@ START_TEST(t_sentinel_failover)
         ck_assert_msg(tu_now_ms() - t1 < 1500, "a call took %lld ms during the failover",
                       (long long)(tu_now_ms() - t1));
         failures++;
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     ck_assert_msg(rc == TRAFFIC_OK, "never followed the failover: %s (%s)", traffic_strerror(rc), traffic_errmsg(b));
     ck_assert_int_gt(failures, 0);
@@ -844,7 +828,7 @@ static void *hot_thread(void *arg)
 static void pause_between_batches(void *arg)
 {
     (void)arg;
-    sleep_ms(15);
+    tu_sleep_ms(15);
 }
 
 START_TEST(t_cluster_reshard)
@@ -884,7 +868,7 @@ START_TEST(t_cluster_reshard)
     }
     const int total = PROCS * HOT_THREADS * HOT_INCRS;
     while (atomic_load(progress) < total / 10)
-        sleep_ms(2);
+        tu_sleep_ms(2);
     int moved = rh_cluster_move_slot(&CL, slot, from, to, pause_between_batches, NULL);
     int progress_at_end = atomic_load(progress);
     for (int c = 0; c < PROCS; c++)
@@ -901,7 +885,7 @@ START_TEST(t_cluster_reshard)
     for (int k = 0; k < HOT_KEYS; k++) {
         char key[32];
         snprintf(key, sizeof key, "{hot}%d", k);
-        sum += counter_of(b, key); /* the parent's own map is stale: MOVED, then refreshed */
+        sum += tu_counter(b, key); /* the parent's own map is stale: MOVED, then refreshed */
     }
     ck_assert_int_eq(sum, total);
     TU_OK(b, traffic_clear(b));
@@ -972,7 +956,7 @@ START_TEST(t_cluster_fork_under_load)
         done += m[i].done;
     }
     ck_assert_int_eq(atomic_load(&failures), 0);
-    ck_assert_int_eq(counter_of(b, "k0"), done + forks);
+    ck_assert_int_eq(tu_counter(b, "k0"), done + forks);
     TU_OK(b, traffic_clear(b));
     TU_OK(b, traffic_close(b));
 }

@@ -141,29 +141,13 @@ static long long raw_int(const char *path, const char *sql)
     return atoll(raw_text(path, sql));
 }
 
-static int64_t get_counter(traffic_backend *b, const char *key)
-{
-    char buf[32];
-    size_t len;
-    TU_OK(b, traffic_get(b, key, buf, sizeof buf - 1, &len));
-    buf[len] = 0;
-    return strtoll(buf, NULL, 10);
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* Starts the cleanup thread and lets it get going before the caller forks: under GCC 12's
  * AddressSanitizer (no fork handler in its allocator), a fork() that races a new thread's
  * start-up can leave the child's allocator locked for ever. Plain builds do not need this. */
 static void start_cleanup_settled(traffic_backend *b)
 {
     TU_OK(b, traffic_start_cleanup(b));
-    sleep_ms(50);
+    tu_sleep_ms(50);
 }
 
 /* The whole file as bytes (malloc'd), for "left untouched" checks. */
@@ -275,13 +259,13 @@ START_TEST(ops_counters)
     /* overflow both ways: EOVERFLOW, counter unchanged */
     TU_OK(b, traffic_increment(b, "max", INT64_MAX, 0, &n));
     ck_assert_int_eq(traffic_increment(b, "max", 1, 0, &n), TRAFFIC_EOVERFLOW);
-    ck_assert_int_eq(get_counter(b, "max"), INT64_MAX);
+    ck_assert_int_eq(tu_counter(b, "max"), INT64_MAX);
     TU_OK(b, traffic_increment(b, "max", -1, 0, &n));
     ck_assert_int_eq(n, INT64_MAX - 1);
     TU_OK(b, traffic_increment(b, "min", INT64_MIN, 0, &n));
     ck_assert_int_eq(traffic_increment(b, "min", -1, 0, &n), TRAFFIC_EOVERFLOW);
     ck_assert_int_eq(traffic_increment(b, "min", INT64_MIN, 0, &n), TRAFFIC_EOVERFLOW);
-    ck_assert_int_eq(get_counter(b, "min"), INT64_MIN);
+    ck_assert_int_eq(tu_counter(b, "min"), INT64_MIN);
     TU_OK(b, traffic_increment(b, "min", INT64_MAX, 0, &n));
     ck_assert_int_eq(n, -1);
     TU_OK(b, traffic_close(b));
@@ -306,7 +290,7 @@ START_TEST(ops_expiry)
     TU_OK(b, traffic_ttl(b, "forever", &ttl));
     ck_assert(ttl == -1.0);
     ck_assert_int_eq(traffic_ttl(b, "absent", &ttl), TRAFFIC_ENOTFOUND);
-    sleep_ms(200);
+    tu_sleep_ms(200);
     /* expired: never returned, reaper or not */
     ck_assert_int_eq(traffic_get(b, "v", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
     ck_assert_int_eq(traffic_get(b, "c", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
@@ -349,7 +333,7 @@ START_TEST(ops_stats)
     ck_assert_int_eq(traffic_exists(b, "zz"), 0);
     TU_OK(b, traffic_delete(b, "a"));
     TU_OK(b, traffic_delete(b, "a"));
-    sleep_ms(80);
+    tu_sleep_ms(80);
     TU_OK(b, traffic_delete(b, "e")); /* had expired: an expiration, not a delete */
     struct traffic_stats st;
     TU_OK(b, traffic_stats(b, &st));
@@ -401,7 +385,7 @@ START_TEST(open_url_and_options)
     /* typed opener */
     traffic_sqlite_options o = {.path = p, .pool_size = 3, .timeout = 1};
     TU_OK(NULL, traffic_sqlite_open(&o, &b));
-    ck_assert_int_eq(get_counter(b, "k"), 1);
+    ck_assert_int_eq(tu_counter(b, "k"), 1);
     TU_OK(b, traffic_close(b));
     o.pool_size = 100;
     ck_assert_int_eq(traffic_sqlite_open(&o, &b), TRAFFIC_EINVAL);
@@ -491,7 +475,7 @@ START_TEST(schema_marks_and_reopen)
     ck_assert_int_eq(raw_int(p, "PRAGMA application_id"), 0x54524643);
     ck_assert_int_eq(raw_int(p, "PRAGMA user_version"), 1);
     ck_assert_str_eq(raw_text(p, "PRAGMA journal_mode"), "wal");
-    sleep_ms(250);
+    tu_sleep_ms(250);
     b = open_db(p, NULL);
     char buf[16];
     size_t len;
@@ -667,7 +651,7 @@ START_TEST(procs_exact_totals)
     for (int k = 0; k < PROC_KEYS; k++) {
         char key[8];
         snprintf(key, sizeof key, "k%d", k);
-        ck_assert_int_eq(get_counter(b, key), PROCS * PROC_INCRS / PROC_KEYS);
+        ck_assert_int_eq(tu_counter(b, key), PROCS * PROC_INCRS / PROC_KEYS);
     }
     TU_OK(b, traffic_close(b));
     ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
@@ -742,7 +726,7 @@ START_TEST(crash_sigkill_mid_writes)
         for (int w = 0; w < KILL_WORKERS; w++)
             if ((pids[w] = fork()) == 0) kill_worker(p, w, acked, errs);
         while (acked[0] < (uint64_t)(200 + round * 400))
-            sleep_ms(1);
+            tu_sleep_ms(1);
         kill(pids[0], SIGKILL);
         ck_assert_int_eq(tu_wait(pids[0]), 128 + SIGKILL);
         for (int w = 1; w < KILL_WORKERS; w++)
@@ -750,7 +734,7 @@ START_TEST(crash_sigkill_mid_writes)
         ck_assert_uint_eq(*errs, 0);
         ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
         b = open_db(p, NULL);
-        int64_t total = get_counter(b, "hits");
+        int64_t total = tu_counter(b, "hits");
         uint64_t others = (uint64_t)(KILL_WORKERS - 1) * KILL_INCRS;
         ck_assert_msg((uint64_t)total >= others + acked[0] && (uint64_t)total <= others + acked[0] + 1,
                       "total %lld, acknowledged %llu + %llu", (long long)total, (unsigned long long)others,
@@ -788,7 +772,7 @@ START_TEST(fork_children_share_handle)
         TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     for (int w = 0; w < FORK_CHILDREN; w++)
         ck_assert_int_eq(tu_wait(pids[w]), 0);
-    ck_assert_int_eq(get_counter(b, "k"), 1 + (FORK_CHILDREN + 1) * FORK_INCRS);
+    ck_assert_int_eq(tu_counter(b, "k"), 1 + (FORK_CHILDREN + 1) * FORK_INCRS);
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -832,7 +816,7 @@ START_TEST(fork_parent_closes)
     ck_assert_int_eq(write(go[1], "x", 1), 1);
     ck_assert_int_eq(tu_wait(pid), 0);
     b = open_db(p, NULL);
-    ck_assert_int_eq(get_counter(b, "k"), 1 + 20 + 100);
+    ck_assert_int_eq(tu_counter(b, "k"), 1 + 20 + 100);
     TU_OK(b, traffic_close(b));
     ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
 }
@@ -866,10 +850,10 @@ START_TEST(fork_while_threads_write)
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(pthread_create(&th[i], NULL, hammer_main, &h), 0);
-    sleep_ms(50); /* see start_cleanup_settled */
+    tu_sleep_ms(50); /* see start_cleanup_settled */
     int children = 0;
     for (int round = 0; round < 20; round++) {
-        sleep_ms(5);
+        tu_sleep_ms(5);
         pid_t pid = fork();
         if (pid == 0) {
             alarm(30);
@@ -884,7 +868,7 @@ START_TEST(fork_while_threads_write)
     for (int i = 0; i < 3; i++)
         pthread_join(th[i], NULL);
     ck_assert_uint_eq(h.errors, 0);
-    ck_assert_int_eq(get_counter(h.b, "k"), (int64_t)h.done + children * 20);
+    ck_assert_int_eq(tu_counter(h.b, "k"), (int64_t)h.done + children * 20);
     TU_OK(h.b, traffic_close(h.b));
 }
 END_TEST
@@ -929,11 +913,11 @@ START_TEST(threads_share_handle)
         pthread_join(th[i], NULL);
         ck_assert_int_eq(jobs[i].errors, 0);
     }
-    ck_assert_int_eq(get_counter(b, "shared"), THREADS * THREAD_INCRS);
+    ck_assert_int_eq(tu_counter(b, "shared"), THREADS * THREAD_INCRS);
     for (int i = 0; i < THREADS; i++) {
         char key[16];
         snprintf(key, sizeof key, "own%d", i);
-        ck_assert_int_eq(get_counter(b, key), THREAD_INCRS);
+        ck_assert_int_eq(tu_counter(b, key), THREAD_INCRS);
     }
     TU_OK(b, traffic_close(b));
 }
@@ -962,13 +946,13 @@ START_TEST(cleanup_sweeps_expired)
         snprintf(key, sizeof key, "stays-%d", i);
         TU_OK(b, traffic_set(b, key, "x", 1, i ? 0 : 600));
     }
-    sleep_ms(100);
+    tu_sleep_ms(100);
     ck_assert_uint_eq(stats_of(b).expired_pending, 2000);
     TU_OK(b, traffic_start_cleanup(b));
     TU_OK(b, traffic_start_cleanup(b)); /* twice: OK */
     int64_t t0 = tu_now_ms();
     while (stats_of(b).keys > 10 && tu_now_ms() - t0 < 10000)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     struct traffic_stats st = stats_of(b);
     ck_assert_uint_eq(st.keys, 10);
     ck_assert_uint_eq(st.expired_pending, 0);
@@ -998,7 +982,7 @@ START_TEST(cleanup_one_reaper_and_takeover)
         if (traffic_open(db_url(p, "cleanup_interval=0.1"), &c) || traffic_start_cleanup(c)) _exit(1);
         struct traffic_stats st;
         do
-            sleep_ms(5);
+            tu_sleep_ms(5);
         while (traffic_stats(c, &st) == 0 && st.reaper_pid != getpid());
         if (write(ready[1], "x", 1) != 1) _exit(2);
         for (;;)
@@ -1008,7 +992,7 @@ START_TEST(cleanup_one_reaper_and_takeover)
     ck_assert_int_eq(read(ready[0], &ch, 1), 1);
     TU_OK(b, traffic_start_cleanup(b));
     for (int i = 0; i < 10; i++) { /* the child keeps renewing: the parent never gets it */
-        sleep_ms(50);
+        tu_sleep_ms(50);
         ck_assert_int_eq(stats_of(b).reaper_pid, child);
     }
     TU_OK(b, traffic_increment(b, "gone", 1, 0.01, NULL));
@@ -1016,10 +1000,10 @@ START_TEST(cleanup_one_reaper_and_takeover)
     ck_assert_int_eq(tu_wait(child), 128 + SIGKILL);
     int64_t t0 = tu_now_ms();
     while (stats_of(b).reaper_pid != getpid() && tu_now_ms() - t0 < 5000)
-        sleep_ms(20);
+        tu_sleep_ms(20);
     ck_assert_int_eq(stats_of(b).reaper_pid, getpid());
     while (stats_of(b).keys > 0 && tu_now_ms() - t0 < 8000)
-        sleep_ms(20);
+        tu_sleep_ms(20);
     ck_assert_uint_eq(stats_of(b).keys, 0);
     TU_OK(b, traffic_close(b));
 }
@@ -1037,7 +1021,7 @@ START_TEST(busy_timeout_reported)
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     sqlite3 *db = raw_open(p);
     ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    ck_assert_int_eq(get_counter(b, "k"), 1);
+    ck_assert_int_eq(tu_counter(b, "k"), 1);
     int64_t t0 = tu_now_ms();
     ck_assert_int_eq(traffic_increment(b, "k", 1, 0, NULL), TRAFFIC_ETIMEDOUT);
     int64_t waited = tu_now_ms() - t0;
@@ -1047,7 +1031,7 @@ START_TEST(busy_timeout_reported)
     ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
-    ck_assert_int_eq(get_counter(b, "k"), 2);
+    ck_assert_int_eq(tu_counter(b, "k"), 2);
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -1077,7 +1061,7 @@ START_TEST(busy_turnstile_claimant_stuck)
     for (int i = 0; i < 10; i++)
         TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     ck_assert_msg(tu_now_ms() - t0 < held / 2, "writes still held back after the release");
-    ck_assert_int_eq(get_counter(b, "k"), 21);
+    ck_assert_int_eq(tu_counter(b, "k"), 21);
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -1149,7 +1133,7 @@ static void latency_run(const char *dir, int writers, int pace_us, int sqlite_de
         ck_assert_msg(lat[n - 1] < 2000000000ull, "an increment took %.0f ms", lat[n - 1] / 1e6);
         ck_assert_msg(errs[1] < 64u << 20, "the WAL grew to %llu bytes", (unsigned long long)errs[1]);
     }
-    ck_assert_int_eq(get_counter(master, "hot"), (int64_t)n);
+    ck_assert_int_eq(tu_counter(master, "hot"), (int64_t)n);
     TU_OK(master, traffic_close(master));
     munmap(lat, bytes);
 }

@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <stdio.h>
@@ -60,6 +61,26 @@ int tu_wait(pid_t pid)
     if (waitpid(pid, &st, 0) != pid) return -1;
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     return 128 + WTERMSIG(st);
+}
+
+int64_t tu_counter(traffic_backend *b, const char *key)
+{
+    char buf[32];
+    size_t len;
+    int rc = traffic_get(b, key, buf, sizeof buf - 1, &len);
+    if (rc) {
+        fprintf(stderr, "tu_counter(%s): %s (%s)\n", key, traffic_strerror(rc), traffic_errmsg(b));
+        return INT64_MIN;
+    }
+    buf[len] = '\0';
+    return strtoll(buf, NULL, 10);
+}
+
+void tu_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
 }
 
 int64_t tu_now_ms(void)

@@ -26,6 +26,18 @@ int tu_wait(pid_t pid);
         int tu_rc_ = (expr);                                                                                           \
         ck_assert_msg(tu_rc_ == TRAFFIC_OK, "%s -> %s (%s)", #expr, traffic_strerror(tu_rc_), traffic_errmsg(b));      \
     } while (0)
+/* Asserts that expr returns want, naming both statuses and the handle's message. */
+#define TU_EXPECT_RC(b, expr, want)                                                                                    \
+    do {                                                                                                               \
+        int rc_ = (expr);                                                                                              \
+        ck_assert_msg(rc_ == (want), "%s -> %d %s, want %s (%s)", #expr, rc_, traffic_strerror(rc_),                   \
+                      traffic_strerror(want), rc_ < 0 ? traffic_errmsg(b) : "");                                       \
+    } while (0)
+/* The value of counter key, or INT64_MIN (after a line on stderr) when it cannot be read.
+ * Asserts nothing, so forked children may use it too. */
+int64_t tu_counter(traffic_backend *b, const char *key);
+/* Sleeps ms milliseconds, through signals. */
+void tu_sleep_ms(long ms);
 /* Monotonic milliseconds. */
 int64_t tu_now_ms(void);
 /* Runs the suite; returns the process exit status for main(). */
