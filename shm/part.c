@@ -100,7 +100,10 @@ void shm_part_process_init(void)
 void shm_part_atfork_child(void)
 {
     atomic_fetch_add(&fork_gen, 1);
-    asym_register(); /* a new process is not registered, whatever its parent was */
+    /* Linux 6.18 keeps the parent's registration across fork() (checked with
+     * MEMBARRIER_CMD_GET_REGISTRATIONS); registering again is a cheap guard should another
+     * kernel not, since unfenced pins are safe only in a registered process. */
+    asym_register();
 }
 
 /* ---- records ------------------------------------------------------------------------------ */
