@@ -96,8 +96,8 @@ int shm_name_valid(const char *name)
 /* ---- geometry --------------------------------------------------------------------------- */
 
 struct geometry {
-    uint64_t capacity, max_size, parts_off, touched_off, slots_off, map_size;
-    uint32_t key_max, value_max, slot_size, key_off, tail_off, buf_off, buf_size;
+    uint64_t capacity, max_size, parts_off, touched_off, heads_off, bodies_off, map_size;
+    uint32_t key_max, value_max, body_size, buf_off, buf_size;
 };
 
 static uint64_t round_up(uint64_t x, uint64_t a)
@@ -110,29 +110,29 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
     g->max_size = max_size;
     g->key_max = key_max;
     g->value_max = value_max;
-    g->key_off = (uint32_t)sizeof(struct shm_slot);
-    g->tail_off = g->key_off + (uint32_t)round_up(key_max, 8);
-    g->buf_off = g->tail_off + (uint32_t)sizeof(struct shm_slot_tail);
+    /* The body: the key beyond the head's SHM_KEY_INLINE bytes, then two value buffers. */
+    g->buf_off = key_max > SHM_KEY_INLINE ? (uint32_t)round_up(key_max - SHM_KEY_INLINE, 8) : 0;
     g->buf_size = (uint32_t)(sizeof(struct shm_vbuf) + round_up(value_max, 8));
-    /* Whole pairs of lines: the adjacent-line prefetcher then brings line 1 with line 0. */
-    g->slot_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, 2 * SHM_LINE);
+    g->body_size = (uint32_t)round_up(g->buf_off + 2ull * g->buf_size, SHM_LINE);
     /* Capacity. At least 1.5 x max_size (load below 2/3, with room for tombstones awaiting
      * their epoch). Small tables get 4 x: probes then rarely pass other keys' slots, which is
      * what costs when several processes work at once (measured, 2 processes on distinct keys:
      * 1.57x the 1-process throughput at 49 % load, 1.72x at 24 %, 1.91x at 12 %; 1 process:
      * 31 -> 25 ns per increment). The mapping is touched lazily, so the headroom costs address
      * space, and memory only where keys land. */
+    uint64_t slot_bytes = SHM_HEAD_SIZE + (uint64_t)g->body_size;
     uint64_t want = max_size + max_size / 2;
-    if (4 * max_size * (uint64_t)g->slot_size <= SHM_SMALL_TABLE_BYTES) want = 4 * max_size;
+    if (4 * max_size * slot_bytes <= SHM_SMALL_TABLE_BYTES) want = 4 * max_size;
     g->capacity = SHM_MIN_CAPACITY;
     while (g->capacity < want)
         g->capacity <<= 1;
     g->parts_off = round_up(sizeof(struct shm_header), SHM_LINE);
     long page = sysconf(_SC_PAGESIZE);
     g->touched_off = round_up(g->parts_off + (uint64_t)SHM_MAX_PARTS * sizeof(struct shm_part), SHM_LINE);
-    uint64_t chunks = (g->capacity * g->slot_size + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
-    g->slots_off = round_up(g->touched_off + (chunks + 63) / 64 * 8, (uint64_t)page);
-    g->map_size = round_up(g->slots_off + g->capacity * g->slot_size, (uint64_t)page);
+    uint64_t chunks = (g->capacity * SHM_HEAD_SIZE + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
+    g->heads_off = round_up(g->touched_off + (chunks + 63) / 64 * 8, (uint64_t)page);
+    g->bodies_off = round_up(g->heads_off + g->capacity * SHM_HEAD_SIZE, (uint64_t)page);
+    g->map_size = round_up(g->bodies_off + g->capacity * g->body_size, (uint64_t)page);
 }
 
 /* A word that changes whenever the binary layout of the mapping would: struct sizes (which
@@ -149,8 +149,9 @@ static uint32_t layout_word(const struct geometry *g)
                         g->max_size,
                         g->key_max,
                         g->value_max,
-                        g->slot_size,
-                        g->slots_off,
+                        g->body_size,
+                        g->heads_off,
+                        g->bodies_off,
                         g->touched_off};
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
@@ -169,10 +170,11 @@ static int init_mapping(unsigned char *base, const struct geometry *g, uint64_t 
     h->max_size = g->max_size;
     h->key_max = g->key_max;
     h->value_max = g->value_max;
-    h->slot_size = g->slot_size;
+    h->body_size = g->body_size;
     h->max_parts = SHM_MAX_PARTS;
     h->parts_off = g->parts_off;
-    h->slots_off = g->slots_off;
+    h->heads_off = g->heads_off;
+    h->bodies_off = g->bodies_off;
     h->touched_off = g->touched_off;
     h->cleanup_ms = cleanup_ms;
     if (getrandom(&h->hash_seed, sizeof h->hash_seed, 0) != sizeof h->hash_seed)
@@ -212,9 +214,9 @@ static int validate(const unsigned char *base, size_t file_size, char *err, size
         return fail(err, errlen, SHM_ECORRUPT, "%s: geometry out of range", what);
     struct geometry g;
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
-    if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->slot_size != g.slot_size ||
-        h->slots_off != g.slots_off || h->parts_off != g.parts_off || h->touched_off != g.touched_off ||
-        h->map_size != g.map_size || h->max_parts != SHM_MAX_PARTS)
+    if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->body_size != g.body_size ||
+        h->heads_off != g.heads_off || h->bodies_off != g.bodies_off || h->parts_off != g.parts_off ||
+        h->touched_off != g.touched_off || h->map_size != g.map_size || h->max_parts != SHM_MAX_PARTS)
         return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h->layout,
                     layout_word(&g));
     if (file_size && file_size != h->map_size)
@@ -301,14 +303,13 @@ static int make_handle(unsigned char *base, size_t size, struct shm_table **out)
     t->map_size = size;
     t->h = h;
     t->parts = (struct shm_part *)(base + h->parts_off);
-    t->slots = base + h->slots_off;
+    t->heads = base + h->heads_off;
+    t->bodies = base + h->bodies_off;
     t->touched = (_Atomic uint64_t *)(base + h->touched_off);
     t->mask = h->capacity - 1;
     struct geometry g;
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
-    t->slot_size = g.slot_size;
-    t->key_off = g.key_off;
-    t->tail_off = g.tail_off;
+    t->body_size = g.body_size;
     t->buf_off = g.buf_off;
     t->buf_size = g.buf_size;
     t->uid = atomic_fetch_add(&table_uids, 1);

@@ -208,17 +208,18 @@ static inline int key_matches(struct shm_table *t, struct shm_slot *s, const str
 {
     if (atomic_load_explicit(&s->hash, memory_order_relaxed) != k->h) return 0;
     if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != k->len) return 0;
-    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
-    for (size_t i = 0; i < k->nw; i++)
-        if (atomic_load_explicit(&w[i], memory_order_relaxed) != k->w[i]) return 0;
+    size_t head = k->nw < SHM_KEY_INLINE_WORDS ? k->nw : SHM_KEY_INLINE_WORDS;
+    for (size_t i = 0; i < head; i++)
+        if (atomic_load_explicit(&s->key[i], memory_order_relaxed) != k->w[i]) return 0;
+    for (size_t i = head; i < k->nw; i++) /* a long key goes on in the body (layout.h) */
+        if (atomic_load_explicit(shm_slot_key_word(t, s, i), memory_order_relaxed) != k->w[i]) return 0;
     return 1;
 }
 
 static void key_store(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
 {
-    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_slot_key(t, s);
     for (size_t i = 0; i < k->nw; i++)
-        atomic_store_explicit(&w[i], k->w[i], memory_order_relaxed);
+        atomic_store_explicit(shm_slot_key_word(t, s, i), k->w[i], memory_order_relaxed);
 }
 
 /* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
@@ -240,7 +241,11 @@ static struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key
 
 static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key *k, uint64_t *ctl)
 {
-    uint32_t bound = atomic_load_explicit(&shm_slot_at(t, k->h)->probe_max, memory_order_acquire);
+    struct shm_slot *home = shm_slot_at(t, k->h);
+    /* Most keys sit in their home slot, and their lookup reads its line 1 (key, counter) right
+     * after line 0: ask for line 1 now, so that in a large table the two misses overlap. */
+    __builtin_prefetch(&home->counter);
+    uint32_t bound = atomic_load_explicit(&home->probe_max, memory_order_acquire);
     return lookup_bounded(t, k, bound, ctl);
 }
 
@@ -488,7 +493,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
         atomic_store_explicit(&home->probe_max, d, memory_order_release);
     atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
     /* Publish: everything written above becomes visible with LIVE (I2, I3). */
-    uint64_t v = atomic_fetch_add_explicit(&shm_slot_tail(t, s)->vseq, 1, memory_order_relaxed) + 1;
+    uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
     atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, v), memory_order_release);
     latch_release(home);
     return INS_DONE;
@@ -697,7 +702,7 @@ static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_s
         vbuf_write(shm_slot_buf(t, s, nb), val, len, expires);
         /* Fails only if a delete or eviction retired the entry meanwhile: the write is then
          * ordered before that removal, which is a correct outcome. */
-        uint64_t v = atomic_fetch_add_explicit(&shm_slot_tail(t, s)->vseq, 1, memory_order_relaxed) + 1;
+        uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
         ctl_cas(s, &w, CTL_MAKE(ST_LIVE, nb, 0, v));
         touch(t, s);
         return 0;
@@ -737,31 +742,25 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
 
 void shm_touched_mark(struct shm_table *t, struct shm_slot *s)
 {
-    size_t off = (size_t)((unsigned char *)s - t->slots);
-    for (size_t c = off >> SHM_CHUNK_SHIFT; c <= (off + t->slot_size - 1) >> SHM_CHUNK_SHIFT; c++) {
-        uint64_t bit = 1ull << (c % 64);
-        if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_relaxed) & bit))
-            atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_relaxed);
-    }
+    uint64_t c = (shm_slot_index(t, s) * SHM_HEAD_SIZE) >> SHM_CHUNK_SHIFT, bit = 1ull << (c % 64);
+    if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_relaxed) & bit))
+        atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_relaxed);
 }
 
 typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg);
 
 static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_fn fn, void *arg)
 {
-    uint64_t cap = t->h->capacity, next = 0, visited = 0;
-    uint64_t chunks = (cap * t->slot_size + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
-    for (uint64_t c = 0; c < chunks; c++) {
+    const uint64_t per_chunk = (1ull << SHM_CHUNK_SHIFT) / SHM_HEAD_SIZE;
+    uint64_t cap = t->h->capacity, visited = 0;
+    for (uint64_t c = 0; c * per_chunk < cap; c++) {
         if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & (1ull << (c % 64)))) continue;
-        uint64_t first = (c << SHM_CHUNK_SHIFT) / t->slot_size;
-        uint64_t last = (((c + 1) << SHM_CHUNK_SHIFT) - 1) / t->slot_size;
-        for (uint64_t i = first > next ? first : next; i <= last && i < cap; i++) {
+        for (uint64_t i = c * per_chunk; i < (c + 1) * per_chunk && i < cap; i++) {
             if (++visited % REAP_BATCH == 0) { /* let the epoch move between batches */
                 shm_unpin(me);
                 shm_pin(t, me);
             }
             fn(t, me, shm_slot_at(t, i), arg);
-            next = i + 1;
         }
     }
     return SHM_OK;
@@ -930,8 +929,11 @@ int shm_check(shm_table *t, shm_check_report *r)
         for (uint64_t j = k + 1; j < nl && hs[2 * j] == hs[2 * k]; j++) {
             struct shm_slot *a = shm_slot_at(t, hs[2 * k + 1]), *b = shm_slot_at(t, hs[2 * j + 1]);
             uint32_t la = atomic_load(&a->meta) & 0xffff;
-            if (la == (atomic_load(&b->meta) & 0xffff) && memcmp(shm_slot_key(t, a), shm_slot_key(t, b), la) == 0)
-                r->duplicates++;
+            unsigned char ka[SHM_KEY_LIMIT], kb[SHM_KEY_LIMIT];
+            if (la > SHM_KEY_LIMIT || la != (atomic_load(&b->meta) & 0xffff)) continue;
+            shm_slot_key_copy(t, a, ka, la);
+            shm_slot_key_copy(t, b, kb, la);
+            if (memcmp(ka, kb, la) == 0) r->duplicates++;
         }
     free(hs);
     free(idx);

@@ -330,6 +330,84 @@ START_TEST(m_value_max_64k)
 }
 END_TEST
 
+/* Key of length len for the head/body test: distinct for each (len, variant); variants share
+ * their first 48 bytes and differ after them, where a slot's key continues in its body. */
+static void split_key(char *k, int len, int variant)
+{
+    for (int i = 0; i < len; i++)
+        k[i] = (char)('a' + (i * 7 + len) % 26);
+    if (len > 48) k[48 + (variant * 13) % (len - 48)] = (char)('A' + variant);
+    k[len] = 0;
+}
+
+/* A slot keeps the first 48 key bytes in its head and the rest in its body (shm/layout.h):
+ * every key length up to key_max, written by one process and read by another. */
+START_TEST(m_keys_across_head_and_body)
+{
+    const char *urls[] = {"memory://?max_size=1000", "memory://?max_size=1000&key_max=48",
+                          "memory://?max_size=1000&key_max=49&value_max=8"};
+    for (size_t u = 0; u < sizeof urls / sizeof urls[0]; u++) {
+        traffic_backend *b = open_ok(urls[u]);
+        int key_max = u == 0 ? 250 : u == 1 ? 48 : 49;
+        pid_t c = fork();
+        if (c == 0) {
+            char k[256], v[8];
+            for (int len = 1; len <= key_max; len++)
+                for (int var = 0; var < (len > 48 ? 3 : 1); var++) {
+                    split_key(k, len, var);
+                    snprintf(v, sizeof v, "%d.%d", len % 100, var);
+                    int rc =
+                        len % 2 ? traffic_set(b, k, v, strlen(v), 0) : traffic_increment(b, k, len * 10 + var, 0, NULL);
+                    if (rc != TRAFFIC_OK) _exit(1);
+                }
+            _exit(0);
+        }
+        ck_assert_int_eq(tu_wait(c), 0);
+        char k[256], v[8], got[8];
+        for (int len = 1; len <= key_max; len++)
+            for (int var = 0; var < (len > 48 ? 3 : 1); var++) {
+                split_key(k, len, var);
+                if (len % 2) {
+                    size_t n = 0;
+                    snprintf(v, sizeof v, "%d.%d", len % 100, var);
+                    TU_OK(b, traffic_get(b, k, got, sizeof got, &n));
+                    ck_assert_msg(n == strlen(v) && memcmp(got, v, n) == 0, "%s: key of %d bytes", urls[u], len);
+                } else {
+                    ck_assert_int_eq(tu_counter(b, k), len * 10 + var);
+                }
+            }
+        /* Deleting the variant of a long key that differs past byte 48 leaves the others. */
+        split_key(k, key_max, 1);
+        TU_OK(b, traffic_delete(b, k));
+        ck_assert_int_eq(traffic_exists(b, k), 0);
+        split_key(k, key_max, 2);
+        ck_assert_int_eq(traffic_exists(b, k), key_max > 48);
+        TU_OK(b, traffic_close(b));
+    }
+}
+END_TEST
+
+/* Counters with short keys live in the slots' heads only: 100k of them in a table with the
+ * default 256-byte values leave the bodies (where the value buffers are) untouched. With key,
+ * counter and values in one 896-byte slot, as before the split, they touched ~230 MB. */
+START_TEST(m_counters_leave_bodies_untouched)
+{
+    traffic_backend *b = open_ok("memory://?max_size=100000");
+    char key[32];
+    for (int i = 0; i < 100000; i++) {
+        snprintf(key, sizeof key, "rl:%d", i);
+        TU_OK(b, traffic_increment(b, key, 1, 0, NULL));
+    }
+    struct traffic_stats st = stats_of(b);
+    ck_assert_uint_eq(st.keys, 100000);
+    ck_assert_uint_gt(st.bytes_used, 200ull << 20);                       /* heads and bodies mapped... */
+    ck_assert_msg(st.bytes_resident < (st.capacity * 128 + (4ull << 20)), /* ...heads resident */
+                  "%llu bytes resident for %llu slots", (unsigned long long)st.bytes_resident,
+                  (unsigned long long)st.capacity);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- named tables ---------------------------------------------------------------------- */
 
 /* What a process that attaches by name does: check the parent's data, add its own. Returns 0
@@ -874,6 +952,8 @@ int main(int argc, char **argv)
     tcase_add_test(g, m_key_max);
     tcase_add_test(g, m_value_max);
     tcase_add_test(g, m_value_max_64k);
+    tcase_add_test(g, m_keys_across_head_and_body);
+    tcase_add_test(g, m_counters_leave_bodies_untouched);
     tcase_add_test(g, m_typed_open);
     tcase_add_test(g, m_typed_open_invalid);
     suite_add_tcase(s, g);

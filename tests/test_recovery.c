@@ -125,9 +125,10 @@ static int64_t live_slot_of(shm_table *t, const char *key)
     size_t klen = strlen(key);
     for (uint64_t i = 0; i < t->h->capacity; i++) {
         struct shm_slot *s = shm_slot_at(t, i);
-        if (CTL_STATE(atomic_load(&s->ctl)) == ST_LIVE && (atomic_load(&s->meta) & 0xffff) == klen &&
-            memcmp(shm_slot_key(t, s), key, klen) == 0)
-            return (int64_t)i;
+        char k[SHM_KEY_LIMIT];
+        if (CTL_STATE(atomic_load(&s->ctl)) != ST_LIVE || (atomic_load(&s->meta) & 0xffff) != klen) continue;
+        shm_slot_key_copy(t, s, k, klen);
+        if (memcmp(k, key, klen) == 0) return (int64_t)i;
     }
     return -1;
 }
