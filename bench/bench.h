@@ -108,6 +108,7 @@ enum { BENCH_OK = 0, BENCH_SKIP = 1, BENCH_ERR = -1 };
 struct store;
 struct store_ops {
     const char *prefix; /* "bench:raw-atomic", …; NULL for the library (any other URL) */
+    int numbered_keys;  /* 1: uses key numbers only, never the key strings (raw-atomic, null) */
     int (*open)(struct store *s, char *err, size_t errlen);
     /* optional: the parent lets go of per-process state before fork() and takes it back after */
     void (*release)(struct store *s);

@@ -79,6 +79,7 @@ static void null_close(struct store *s)
 }
 
 const struct store_ops store_null = {
+    .numbered_keys = 1,
     .prefix = "bench:null",
     .open = null_open,
     .incr = null_incr,
@@ -160,6 +161,7 @@ static void ra_close(struct store *s)
 }
 
 const struct store_ops store_raw_atomic = {
+    .numbered_keys = 1,
     .prefix = "bench:raw-atomic",
     .open = ra_open,
     .incr = ra_incr,
