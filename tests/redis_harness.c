@@ -187,6 +187,25 @@ static redisContext *connect_to(const rh_server *s, int ms)
     return c;
 }
 
+/* Is the server behind c the process pid? Ports are picked free, but another test program
+ * running at the same time may bind the same one first: our server then fails to start, and
+ * a PING alone would take the other program's server for ours. A server that requires a
+ * password we do not have (NOAUTH) cannot be asked; it counts as ours while pid lives. */
+static int answered_by(redisContext *c, pid_t pid)
+{
+    redisReply *r = redisCommand(c, "INFO server");
+    int ours = 0;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, "process_id:");
+        ours = p && atol(p + strlen("process_id:")) == (long)pid;
+    } else if (r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOAUTH", 6)) {
+        siginfo_t si = {0}; /* still running? (WNOWAIT: the caller reaps) */
+        ours = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
+    }
+    if (r) freeReplyObject(r);
+    return ours;
+}
+
 static int wait_ready(rh_server *s)
 {
     long long deadline = now_ms() + RH_READY_MS;
@@ -198,10 +217,7 @@ static int wait_ready(rh_server *s)
             return -1;
         }
         redisContext *c = connect_to(s, 200);
-        redisReply *r = c ? redisCommand(c, "PING") : NULL;
-        int ready =
-            r && (r->type == REDIS_REPLY_STATUS || (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOAUTH", 6)));
-        if (r) freeReplyObject(r);
+        int ready = c && answered_by(c, s->pid);
         if (c) redisFree(c);
         if (ready) return 0;
         tu_sleep_ms(20);

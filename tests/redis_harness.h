@@ -29,7 +29,8 @@ typedef struct rh_server {
 /* The directory of this test process's servers (created on first use). */
 const char *rh_dir(void);
 
-/* Starts s (extra: config lines, may be NULL) and waits until it answers PING.
+/* Starts s (extra: config lines, may be NULL) and waits until it answers as itself (INFO
+ * process_id: a server of another test program that took the port first is not ours).
  * Returns 0, or -1 with a message on stderr. */
 int rh_start(rh_server *s, const char *extra);
 /* Starts s again on the same port with the same config. */
