@@ -97,7 +97,7 @@ int shm_name_valid(const char *name)
 
 struct geometry {
     uint64_t capacity, max_size, parts_off, touched_off, heads_off, bodies_off, map_size;
-    uint32_t key_max, value_max, body_size, buf_off, buf_size;
+    uint32_t key_max, value_max, body_size, buf_off, buf_size, head_stride;
 };
 
 static uint64_t round_up(uint64_t x, uint64_t a)
@@ -122,16 +122,20 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
      * space, and memory only where keys land. */
     uint64_t slot_bytes = SHM_HEAD_SIZE + (uint64_t)g->body_size;
     uint64_t want = max_size + max_size / 2;
-    if (4 * max_size * slot_bytes <= SHM_SMALL_TABLE_BYTES) want = 4 * max_size;
+    g->head_stride = SHM_HEAD_SIZE;
+    if (4 * max_size * slot_bytes <= SHM_SMALL_TABLE_BYTES) { /* and sparse heads: layout.h */
+        want = 4 * max_size;
+        g->head_stride = SHM_HEAD_STRIDE_SMALL;
+    }
     g->capacity = SHM_MIN_CAPACITY;
     while (g->capacity < want)
         g->capacity <<= 1;
     g->parts_off = round_up(sizeof(struct shm_header), SHM_LINE);
     long page = sysconf(_SC_PAGESIZE);
     g->touched_off = round_up(g->parts_off + (uint64_t)SHM_MAX_PARTS * sizeof(struct shm_part), SHM_LINE);
-    uint64_t chunks = (g->capacity * SHM_HEAD_SIZE + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
+    uint64_t chunks = (g->capacity * g->head_stride + (1ull << SHM_CHUNK_SHIFT) - 1) >> SHM_CHUNK_SHIFT;
     g->heads_off = round_up(g->touched_off + (chunks + 63) / 64 * 8, (uint64_t)page);
-    g->bodies_off = round_up(g->heads_off + g->capacity * SHM_HEAD_SIZE, (uint64_t)page);
+    g->bodies_off = round_up(g->heads_off + g->capacity * g->head_stride, (uint64_t)page);
     g->map_size = round_up(g->bodies_off + g->capacity * g->body_size, (uint64_t)page);
 }
 
@@ -142,6 +146,11 @@ static uint32_t layout_word(const struct geometry *g)
     uint64_t parts[] = {sizeof(struct shm_header),
                         sizeof(struct shm_part),
                         sizeof(struct shm_slot),
+                        SHM_KEY_INLINE,
+                        __builtin_offsetof(struct shm_slot, vseq),
+                        __builtin_offsetof(struct shm_slot, key),
+                        __builtin_offsetof(struct shm_slot, counter),
+                        g->buf_off,
                         sizeof(struct shm_vbuf),
                         sizeof(pthread_mutex_t),
                         SHM_MAX_PARTS,
@@ -150,6 +159,7 @@ static uint32_t layout_word(const struct geometry *g)
                         g->key_max,
                         g->value_max,
                         g->body_size,
+                        g->head_stride,
                         g->heads_off,
                         g->bodies_off,
                         g->touched_off};
@@ -171,6 +181,7 @@ static int init_mapping(unsigned char *base, const struct geometry *g, uint64_t 
     h->key_max = g->key_max;
     h->value_max = g->value_max;
     h->body_size = g->body_size;
+    h->head_stride = g->head_stride;
     h->max_parts = SHM_MAX_PARTS;
     h->parts_off = g->parts_off;
     h->heads_off = g->heads_off;
@@ -215,8 +226,9 @@ static int validate(const unsigned char *base, size_t file_size, char *err, size
     struct geometry g;
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
     if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->body_size != g.body_size ||
-        h->heads_off != g.heads_off || h->bodies_off != g.bodies_off || h->parts_off != g.parts_off ||
-        h->touched_off != g.touched_off || h->map_size != g.map_size || h->max_parts != SHM_MAX_PARTS)
+        h->head_stride != g.head_stride || h->heads_off != g.heads_off || h->bodies_off != g.bodies_off ||
+        h->parts_off != g.parts_off || h->touched_off != g.touched_off || h->map_size != g.map_size ||
+        h->max_parts != SHM_MAX_PARTS)
         return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h->layout,
                     layout_word(&g));
     if (file_size && file_size != h->map_size)
@@ -310,6 +322,7 @@ static int make_handle(unsigned char *base, size_t size, struct shm_table **out)
     struct geometry g;
     geometry_compute(&g, h->max_size, h->key_max, h->value_max);
     t->body_size = g.body_size;
+    t->head_shift = (uint32_t)__builtin_ctz(g.head_stride);
     t->buf_off = g.buf_off;
     t->buf_size = g.buf_size;
     t->uid = atomic_fetch_add(&table_uids, 1);

@@ -207,6 +207,9 @@ static inline void key_prepare(struct shm_table *t, const char *key, size_t klen
 static inline int key_matches(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
 {
     if (atomic_load_explicit(&s->hash, memory_order_relaxed) != k->h) return 0;
+    /* A full hash match: almost surely our key, whose counter line (layout.h) the caller
+     * reads or writes next. Fetch it while the key is compared. */
+    __builtin_prefetch(&s->counter);
     if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != k->len) return 0;
     size_t head = k->nw < SHM_KEY_INLINE_WORDS ? k->nw : SHM_KEY_INLINE_WORDS;
     for (size_t i = 0; i < head; i++)
@@ -242,9 +245,10 @@ static struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key
 static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key *k, uint64_t *ctl)
 {
     struct shm_slot *home = shm_slot_at(t, k->h);
-    /* Most keys sit in their home slot, and their lookup reads its line 1 (key, counter) right
-     * after line 0: ask for line 1 now, so that in a large table the two misses overlap. */
-    __builtin_prefetch(&home->counter);
+    /* Most keys sit in their home slot, and their lookup reads its key line right after line
+     * 0: ask for both now, so that in a large table the two misses overlap. (Not the counter
+     * line: the home may hold another process's key; see key_matches.) */
+    __builtin_prefetch(&home->key[0]);
     uint32_t bound = atomic_load_explicit(&home->probe_max, memory_order_acquire);
     return lookup_bounded(t, k, bound, ctl);
 }
@@ -456,6 +460,9 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
                   struct shm_slot **found, uint64_t *fctl)
 {
     struct shm_slot *home = shm_slot_at(t, k->h);
+    /* The home's page is marked before its latch can hold our token, so that if we die
+     * holding it, reaper passes (which visit marked pages only) find and clear it. */
+    shm_touched_mark(t, home);
     int stolen = latch_acquire(t, me, home);
     shm_debug_crash(SHM_CRASH_HOLDING_LATCH);
     uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
@@ -742,7 +749,7 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
 
 void shm_touched_mark(struct shm_table *t, struct shm_slot *s)
 {
-    uint64_t c = (shm_slot_index(t, s) * SHM_HEAD_SIZE) >> SHM_CHUNK_SHIFT, bit = 1ull << (c % 64);
+    uint64_t c = (shm_slot_index(t, s) << t->head_shift) >> SHM_CHUNK_SHIFT, bit = 1ull << (c % 64);
     if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_relaxed) & bit))
         atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_relaxed);
 }
@@ -751,7 +758,7 @@ typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slo
 
 static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_fn fn, void *arg)
 {
-    const uint64_t per_chunk = (1ull << SHM_CHUNK_SHIFT) / SHM_HEAD_SIZE;
+    const uint64_t per_chunk = (1ull << SHM_CHUNK_SHIFT) >> t->head_shift;
     uint64_t cap = t->h->capacity, visited = 0;
     for (uint64_t c = 0; c * per_chunk < cap; c++) {
         if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & (1ull << (c % 64)))) continue;

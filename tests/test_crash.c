@@ -94,9 +94,13 @@ static int value_ok(const unsigned char *v, size_t len, uint32_t k)
     return 1;
 }
 
+/* Churned keys are 160 bytes: their last words live in the slot's body, not its head
+ * (shm/layout.h), so revival and reuse are exercised on both. */
+#define CHURN_KEY "t:%u:%0150u"
+
 static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *x, unsigned char *buf)
 {
-    char key[32];
+    char key[192];
     uint64_t r = rng(x) % 100;
     size_t len;
     int rc;
@@ -126,7 +130,7 @@ static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *
         /* churn: short-lived keys whose value names them, so a read served from a reused
          * slot shows up as "another key's value" */
         uint32_t k = (uint32_t)(rng(x) % NCHURN);
-        snprintf(key, sizeof key, "t:%u", k);
+        snprintf(key, sizeof key, CHURN_KEY, k, k);
         uint64_t op = rng(x) % 3;
         if (op == 0) {
             size_t n = make_value(buf, k, k + 1000, 16 + rng(x) % 512);
