@@ -8,9 +8,9 @@
  *   bench:raw-atomic    key i is a counter at a fixed offset, pre-resolved: one fetch_add.
  *                       The physical floor of a shared counter. ?stride=64 (default: each
  *                       counter on its own cache line) or 8 (packed, neighbours share lines).
- *   bench:mutex-table   an open-addressing, linear-probing hash table of the memory backend's
- *                       shape (a hash, the key in key_max bytes, a counter, an expiry and a
- *                       value buffer of value_max per slot) guarded by ONE process-shared
+ *   bench:mutex-table   an open-addressing, linear-probing hash table with one record per
+ *                       slot (a hash, the key in key_max bytes, a counter, an expiry and a
+ *                       value buffer of value_max) guarded by ONE process-shared
  *                       pthread mutex: the design of nginx/OpenResty shared dicts, APCu and
  *                       uWSGI's cache. The hash is computed outside the lock, as they do.
  *                       ?key_max=250&value_max=256 (the library's defaults), ?robust=1 for a
