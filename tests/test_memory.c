@@ -351,7 +351,7 @@ START_TEST(m_keys_across_head_and_body)
         int key_max = u == 0 ? 250 : u == 1 ? 128 : 129;
         pid_t c = fork();
         if (c == 0) {
-            char k[256], v[8];
+            char k[256], v[16];
             for (int len = 1; len <= key_max; len++)
                 for (int var = 0; var < (len > 128 ? 3 : 1); var++) {
                     split_key(k, len, var);
@@ -363,7 +363,7 @@ START_TEST(m_keys_across_head_and_body)
             _exit(0);
         }
         ck_assert_int_eq(tu_wait(c), 0);
-        char k[256], v[8], got[8];
+        char k[256], v[16], got[16];
         for (int len = 1; len <= key_max; len++)
             for (int var = 0; var < (len > 128 ? 3 : 1); var++) {
                 split_key(k, len, var);
