@@ -226,15 +226,15 @@ static int map_build(rx_handle *h, rx_proc *p, const redisReply *r, const char *
 }
 
 /* CLUSTER SLOTS from node n, as a new map. */
-static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, rx_map **out)
+static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline, rx_map **out)
 {
     rx_conn *c;
-    int rc = rx_conn_acquire(h, p, n, rx_now_ms() + h->cfg.timeout_ms, &c);
+    int rc = rx_conn_acquire(h, p, n, deadline, &c);
     if (rc) return rc;
     const char *argv[2] = {"CLUSTER", "SLOTS"};
     size_t argvlen[2] = {7, 5};
     redisReply *r;
-    rc = rx_conn_command(h, c, 2, argv, argvlen, &r);
+    rc = rx_conn_command_until(h, c, deadline, 2, argv, argvlen, &r);
     char host[256];
     pthread_mutex_lock(&n->mu);
     snprintf(host, sizeof host, "%s", n->host ? n->host : "");
@@ -246,40 +246,71 @@ static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, rx_map **out)
     return rc;
 }
 
-/* Tries hint, then the masters of the current map, then the seeds. Holds refresh_mu. */
-static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, rx_map **out)
+/* Tries hint, then the masters of the current map, then the seeds, each node once, until
+ * deadline. Holds refresh_mu. */
+static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, int64_t deadline, rx_map **out)
 {
     int rc = TRAFFIC_EUNAVAILABLE;
     char last[RX_ERR_LEN] = "no node to ask";
-    size_t nm = cur ? cur->nmasters : 0;
-    for (size_t i = 0; i < 1 + nm + h->cfg.nseeds; i++) {
+    size_t nm = cur ? cur->nmasters : 0, total = 1 + nm + h->cfg.nseeds, ntried = 0;
+    rx_node **tried = malloc(total * sizeof *tried);
+    if (!tried) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+    for (size_t i = 0; i < total; i++) {
         rx_node *n = i == 0 ? hint : i <= nm ? cur->masters[i - 1] : NULL;
         if (i > nm) {
             const rx_addr *s = &h->cfg.seeds[i - 1 - nm];
-            if (!(n = rx_node_get(h, p, s->host, s->port)))
-                return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+            if (!(n = rx_node_get(h, p, s->host, s->port))) {
+                rc = traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+                goto out;
+            }
         }
-        if (!n || (i > 0 && n == hint)) continue;
-        if ((rc = map_load_from(h, p, n, out)) == TRAFFIC_OK) return rc;
-        if (rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM) return rc;
+        size_t k = 0;
+        while (k < ntried && tried[k] != n)
+            k++;
+        if (!n || k < ntried) continue; /* a seed is usually one of the masters */
+        if (rx_now_ms() >= deadline) {
+            rc = traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
+                                      "no cluster node gave its slot map within %d ms; last: %s", h->cfg.timeout_ms,
+                                      last);
+            goto out;
+        }
+        tried[ntried++] = n;
+        if ((rc = map_load_from(h, p, n, deadline, out)) == TRAFFIC_OK) goto out;
+        if (rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM) goto out;
         snprintf(last, sizeof last, "%s", traffic_errmsg(&h->base));
     }
-    return traffic_backend_fail(&h->base, rc, "no cluster node gave its slot map; last: %s", last);
+    rc = traffic_backend_fail(&h->base, rc, "no cluster node gave its slot map; last: %s", last);
+out:
+    free(tried);
+    return rc;
 }
 
-int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch)
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline)
 {
+    uint64_t seq = atomic_load(&p->refresh_seq);
     pthread_mutex_lock(&p->refresh_mu);
     rx_map *cur = rcu_dereference(p->map), *m = NULL;
     if (cur && cur->epoch != seen_epoch) { /* replaced since the caller looked */
         pthread_mutex_unlock(&p->refresh_mu);
         return TRAFFIC_OK;
     }
-    int rc = map_load(h, p, hint, cur, &m);
+    if (atomic_load(&p->refresh_seq) != seq && p->refresh_rc) {
+        /* Another thread's refresh failed while we waited for it: asking the same nodes again
+         * at once would fail the same way, after as long, for every thread in the queue. */
+        int rc = p->refresh_rc;
+        char msg[RX_ERR_LEN];
+        memcpy(msg, p->refresh_err, sizeof msg);
+        pthread_mutex_unlock(&p->refresh_mu);
+        return traffic_backend_fail(&h->base, rc, "%s", msg);
+    }
+    int rc = map_load(h, p, hint, cur, deadline, &m);
     if (!rc) {
         m->epoch = (cur ? cur->epoch : 0) + 1;
         rcu_assign_pointer(p->map, m);
     }
+    p->refresh_rc = rc;
+    if (rc) snprintf(p->refresh_err, sizeof p->refresh_err, "%s", traffic_errmsg(&h->base));
+    atomic_fetch_add(&p->refresh_seq, 1);
     pthread_mutex_unlock(&p->refresh_mu);
     if (!rc && cur) {
         rx_rcu_synchronize(); /* no reader still looks into cur */
@@ -288,7 +319,7 @@ int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_ep
     return rc;
 }
 
-int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, rx_node **out, uint64_t *epoch)
+int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, rx_node **out, uint64_t *epoch)
 {
     for (int pass = 0; pass < 2; pass++) {
         int rc = rx_rcu_read_enter(h);
@@ -302,12 +333,12 @@ int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, rx_node **out, uin
             *epoch = e;
             return TRAFFIC_OK;
         }
-        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, e))) return rc;
+        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, e, deadline))) return rc;
     }
     return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "no node of the cluster serves slot %u", slot);
 }
 
-int rx_cluster_masters(rx_handle *h, rx_proc *p, rx_node ***out, size_t *n)
+int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n)
 {
     for (int pass = 0; pass < 2; pass++) {
         int rc = rx_rcu_read_enter(h);
@@ -324,7 +355,7 @@ int rx_cluster_masters(rx_handle *h, rx_proc *p, rx_node ***out, size_t *n)
             return TRAFFIC_OK;
         }
         if (m) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, 0))) return rc;
+        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, 0, deadline))) return rc;
     }
     return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "the cluster has no slot map");
 }

@@ -151,6 +151,19 @@ int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const
     return rc ? rc : rx_conn_read(h, c, out);
 }
 
+int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
+                          const size_t *argvlen, redisReply **out)
+{
+    int64_t left = deadline - rx_now_ms();
+    if (left <= 0)
+        return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT, "%s: no time left for %s", c->addr, argv[0]);
+    int shortened = left < h->cfg.timeout_ms;
+    if (shortened) redisSetTimeout(c->ctx, tv_of_ms((int)left));
+    int rc = rx_conn_command(h, c, argc, argv, argvlen, out);
+    if (shortened && c->ctx) redisSetTimeout(c->ctx, tv_of_ms(h->cfg.timeout_ms));
+    return rc;
+}
+
 static void addr_of(char *buf, const char *host, int port)
 {
     if (!host)
@@ -714,7 +727,7 @@ static int after_failure(run_state *st, int rc, int from_acquire)
     st->asking = 0;
     if (h->cfg.mode == RX_CLUSTER) { /* perhaps a failover moved its slots: reload the map once */
         if (st->down_retries++) return rc;
-        int r2 = rx_cluster_refresh(h, st->p, NULL, st->epoch);
+        int r2 = rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline);
         return r2 ? rc : RX_AGAIN;
     }
     /* One server: a connect that just failed would fail again; a broken pooled connection
@@ -744,7 +757,7 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
         remember(st, TRAFFIC_EUNAVAILABLE, r->str);
         rc = redirect_target(st, r, n, &st->target);
         st->asking = kind == RE_ASK;
-        if (!rc && kind == RE_MOVED) rx_cluster_refresh(h, st->p, st->target, st->epoch);
+        if (!rc && kind == RE_MOVED) rx_cluster_refresh(h, st->p, st->target, st->epoch, st->deadline);
         if (!rc) rc = RX_AGAIN;
         break;
     case RE_WAIT: {
@@ -754,7 +767,7 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
         st->waits++;
         if (ms > RX_WAIT_MAX_MS) ms = RX_WAIT_MAX_MS;
         if (left > 0) rx_sleep_ms(ms < left ? ms : (int)left);
-        if (cluster && is_error(r, "CLUSTERDOWN")) rx_cluster_refresh(h, st->p, NULL, st->epoch);
+        if (cluster && is_error(r, "CLUSTERDOWN")) rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline);
         st->target = NULL;
         st->asking = 0;
         break;
@@ -762,7 +775,7 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
     case RE_ROLE: /* a master turned replica: find the new one */
         remember(st, TRAFFIC_EUNAVAILABLE, r->str);
         node_suspect(h, n);
-        if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch);
+        if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline);
         st->target = NULL;
         st->asking = 0;
         break;
@@ -781,7 +794,8 @@ static int run_once(run_state *st, redisReply **out)
     rx_handle *h = st->h;
     rx_node *n = st->target;
     int rc;
-    if (!n && h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_route(h, st->p, st->slot, &n, &st->epoch))) return rc;
+    if (!n && h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_route(h, st->p, st->slot, st->deadline, &n, &st->epoch)))
+        return rc;
     if (!n) n = st->p->master;
     rx_conn *c;
     if ((rc = rx_conn_acquire(h, st->p, n, st->deadline, &c))) return after_failure(st, rc, 1);
@@ -831,7 +845,8 @@ int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg),
     if (rc) return rc;
     rx_node *one[1] = {p->master}, **nodes = one;
     size_t n = 1;
-    if (h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_masters(h, p, &nodes, &n))) return rc;
+    if (h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_masters(h, p, rx_now_ms() + h->cfg.timeout_ms, &nodes, &n)))
+        return rc;
     for (size_t i = 0; !rc && i < n; i++) {
         rx_conn *c;
         rc = rx_conn_acquire(h, p, nodes[i], rx_now_ms() + h->cfg.timeout_ms, &c);

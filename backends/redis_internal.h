@@ -94,13 +94,16 @@ typedef struct rx_map {
  * only by threads of that process. */
 typedef struct rx_proc {
     pid_t pid;
-    pthread_mutex_t nodes_mu;   /* appends to `nodes` */
-    rx_node *nodes;             /* append-only; freed with the proc */
-    rx_node *master;            /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
-    pthread_mutex_t refresh_mu; /* one slot-map refresh or Sentinel discovery at a time */
-    rx_map *map;                /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
-                                 * replaced with rcu_assign_pointer under refresh_mu */
-    struct rx_proc *parent;     /* the state inherited across fork(): never used nor closed here */
+    pthread_mutex_t nodes_mu;     /* appends to `nodes` */
+    rx_node *nodes;               /* append-only; freed with the proc */
+    rx_node *master;              /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
+    pthread_mutex_t refresh_mu;   /* one slot-map refresh or Sentinel discovery at a time */
+    _Atomic uint64_t refresh_seq; /* CLUSTER: refreshes done (bumped under refresh_mu) */
+    int refresh_rc;               /* and how the last one ended, under refresh_mu */
+    char refresh_err[RX_ERR_LEN];
+    rx_map *map;            /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
+                             * replaced with rcu_assign_pointer under refresh_mu */
+    struct rx_proc *parent; /* the state inherited across fork(): never used nor closed here */
 } rx_proc;
 
 typedef struct rx_handle {
@@ -147,6 +150,9 @@ int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len);
 int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out);
 /* Sends one command on c and reads its reply (no routing, no retries). */
 int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out);
+/* The same, reading for no longer than until deadline (ms of rx_now_ms). */
+int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
+                          const size_t *argvlen, redisReply **out);
 
 /* Runs cmd for the key rkey (the prefixed key, which routes it in a cluster) and returns its
  * reply, which may be a server error the caller has to interpret. Handles the pool, NOSCRIPT,
@@ -162,13 +168,14 @@ int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg),
 /* The hash slot of a key: CRC16-XMODEM of the key, or of its {hashtag}, mod 16384. */
 unsigned rx_key_slot(const char *key, size_t len);
 /* The node serving slot (refreshing the map first if the proc has none yet); *epoch is the
- * map's, for rx_cluster_refresh. */
-int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, rx_node **out, uint64_t *epoch);
-/* Loads the slot map from CLUSTER SLOTS (asking hint first) unless a map newer than seen_epoch
- * was published meanwhile. */
-int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch);
+ * map's, for rx_cluster_refresh. deadline: the calling operation's (ms of rx_now_ms). */
+int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, rx_node **out, uint64_t *epoch);
+/* Loads the slot map from CLUSTER SLOTS (asking hint first, then each known master and seed
+ * once) unless a map newer than seen_epoch was published meanwhile, giving up at deadline. A
+ * caller that waited while another thread's refresh failed gets that failure at once. */
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline);
 /* A malloc'd copy of the current map's masters. */
-int rx_cluster_masters(rx_handle *h, rx_proc *p, rx_node ***out, size_t *n);
+int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);
 /* Frees p's map (p is being freed: no reader is left). */
 void rx_cluster_free_map(rx_proc *p);
 

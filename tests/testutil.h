@@ -12,6 +12,16 @@
 
 #include <traffic/traffic.h>
 
+/* 1 when built with AddressSanitizer. GCC 12's libasan does not hold its allocator's locks
+ * across fork(), unlike glibc's malloc: a child forked while another thread of the parent is
+ * inside malloc can block forever on the copied lock (seen: t_fork_parent_handle hung in CI).
+ * Tests that fork while their own threads allocate do so only without it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_ASAN 1
+#else
+#define TU_ASAN 0
+#endif
+
 /* "t<pid>-<counter>-<tag>": unique per test process and call. */
 const char *tu_name(const char *tag);
 /* memory://NAME?extra built from tu_name(tag); extra may be NULL. */
