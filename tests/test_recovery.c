@@ -88,18 +88,27 @@ START_TEST(reserve_leak_is_repaired)
 }
 END_TEST
 
+/* A child of a new named table `name` (URL parameters `params`, may be "") dies holding the
+ * home latch of key; returns the table, opened here through shm/ (url gets its URL). */
+static shm_table *table_after_latch_crash(const char *name, const char *params, const char *key, char *url,
+                                          size_t urlcap)
+{
+    snprintf(url, urlcap, "memory://%s%s%s", name, *params ? "?" : "", params);
+    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, key)), 128 + SIGKILL);
+    shm_params p = {.name = name};
+    shm_table *t;
+    char err[256];
+    ck_assert_msg(shm_open_table(&p, &t, err, sizeof err) == SHM_OK, "%s", err);
+    return t;
+}
+
 START_TEST(own_stale_latch_token_is_taken_over)
 {
     const char *name = tu_name("wrap");
     char url[256];
-    snprintf(url, sizeof url, "memory://%s", name);
     /* A child dies holding the home latch of "victim". This process does no operation of its
      * own before the last step, so it holds no participant record. */
-    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, "victim")), 128 + SIGKILL);
-    shm_params p = {.name = name};
-    shm_table *t;
-    char err[256];
-    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    shm_table *t = table_after_latch_crash(name, "", "victim", url, sizeof url);
     uint32_t stale = 0;
     for (uint64_t i = 0; i < t->h->capacity && !stale; i++)
         stale = atomic_load(&shm_slot_at(t, i)->latch);
@@ -171,12 +180,7 @@ START_TEST(dead_latch_in_unused_page_is_cleared)
 {
     const char *name = tu_name("latchpage");
     char url[256];
-    snprintf(url, sizeof url, "memory://%s?max_size=100000", name);
-    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, "first-key")), 128 + SIGKILL);
-    shm_params p = {.name = name};
-    shm_table *t;
-    char err[256];
-    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    shm_table *t = table_after_latch_crash(name, "max_size=100000", "first-key", url, sizeof url);
     shm_check_report r;
     ck_assert_int_eq(shm_check(t, &r), SHM_OK);
     ck_assert_uint_eq(r.dead_owned, 1); /* the latch, and nothing else */
