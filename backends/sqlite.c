@@ -175,13 +175,14 @@ typedef struct sq_conn {
     sqlite3 *db;
     sqlite3_stmt *st[ST_N];
     struct sqlite_backend *s;
-    int64_t busy_started_ns; /* when the current busy wait began (CLOCK_MONOTONIC) */
-    int turn_fd;             /* PATH-turn, or -1: no turnstile for this connection */
-    int starving;            /* this connection holds the turnstile */
-    int ckpt_frames;         /* WAL size (frames) at this connection's last checkpoint */
-    int in_ckpt;             /* a checkpoint is running: the busy handler must not wait */
-    uint64_t rng;            /* jitter of the busy handler's sleeps */
-    struct sq_conn *next;    /* in the pool's idle list */
+    int64_t busy_started_ns;  /* when the current busy wait began (CLOCK_MONOTONIC) */
+    int64_t call_deadline_ns; /* the checkout's end: pool_get's start + timeout; 0: none */
+    int turn_fd;              /* PATH-turn, or -1: no turnstile for this connection */
+    int starving;             /* this connection holds the turnstile */
+    int ckpt_frames;          /* WAL size (frames) at this connection's last checkpoint */
+    int in_ckpt;              /* a checkpoint is running: the busy handler must not wait */
+    uint64_t rng;             /* jitter of the busy handler's sleeps */
+    struct sq_conn *next;     /* in the pool's idle list */
 } sq_conn;
 
 /* The connections and the cleanup thread of ONE process. pid never changes; every other
@@ -519,7 +520,9 @@ static int sq_busy(void *arg, int count)
     if (c->in_ckpt) return 0;
     int64_t now = mono_ns();
     if (count == 0) c->busy_started_ns = now;
-    int64_t waited = now - c->busy_started_ns, deadline = c->busy_started_ns + c->s->timeout_ns;
+    /* One timeout per call, whatever it waited for before (the pool, an earlier lock). */
+    int64_t waited = now - c->busy_started_ns,
+            deadline = c->call_deadline_ns ? c->call_deadline_ns : c->busy_started_ns + c->s->timeout_ns;
     if (now >= deadline) return 0;
     COUNT(c->s, busy_retries);
     if (count < SQ_BUSY_YIELDS) {
@@ -727,6 +730,7 @@ static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
  * counts as inside SQLite for fork_prepare. */
 static int pool_get(sqlite_backend *s, sq_conn **out)
 {
+    int64_t start = mono_ns();
     fork_enter();
     sq_pool *p = pool_current(s);
     int rc = TRAFFIC_OK;
@@ -761,7 +765,10 @@ static int pool_get(sqlite_backend *s, sq_conn **out)
         *out = c;
     else
         rc = pool_open_conn(s, p, out);
-    if (rc != TRAFFIC_OK) fork_leave();
+    if (rc != TRAFFIC_OK)
+        fork_leave();
+    else
+        (*out)->call_deadline_ns = start + s->timeout_ns;
     return rc;
 }
 

@@ -1039,6 +1039,51 @@ START_TEST(busy_timeout_reported)
 }
 END_TEST
 
+/* A call's `timeout` covers all its waiting: one that first waits for the only pooled
+ * connection (held by a call stuck on the lock) and then meets the lock itself gives up when
+ * its own timeout is over, not a whole timeout after it got the connection. */
+struct timed_incr {
+    traffic_backend *b;
+    int rc;
+    int64_t took;
+};
+
+static void *timed_incr_main(void *arg)
+{
+    struct timed_incr *t = arg;
+    int64_t t0 = tu_now_ms();
+    t->rc = traffic_increment(t->b, "k", 1, 0, NULL);
+    t->took = tu_now_ms() - t0;
+    return NULL;
+}
+
+START_TEST(busy_timeout_counts_the_pool_wait)
+{
+    const char *dir = test_dir("poolwait");
+    const char *p = in_dir(dir, "t.db");
+    traffic_backend *b = open_db(p, "timeout=1&pool_size=1");
+    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
+    sqlite3 *db = raw_open(p);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct timed_incr first = {.b = b};
+    pthread_t tid;
+    ck_assert_int_eq(pthread_create(&tid, NULL, timed_incr_main, &first), 0);
+    tu_sleep_ms(200); /* the first call holds the connection, waiting for the lock */
+    struct timed_incr second = {.b = b};
+    timed_incr_main(&second);
+    pthread_join(tid, NULL);
+    ck_assert_int_eq(first.rc, TRAFFIC_ETIMEDOUT);
+    ck_assert_int_eq(second.rc, TRAFFIC_ETIMEDOUT);
+    /* ~800 ms: the pool until the first call gave up, then nothing left. (A fresh timeout
+     * for the lock made it ~1800 ms; the bound leaves room for a loaded machine.) */
+    ck_assert_msg(second.took < 1400, "the second call gave up after %lld ms", (long long)second.took);
+    ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* The turnstile's claimant is stuck (here: this process holds the OFD lock on PATH-turn and
  * never writes, as a stopped claimant would): writers hold back at most ~20 ms each and then
  * go ahead; nothing fails. Released, writes no longer hold back. */
@@ -1219,6 +1264,7 @@ int main(void)
     tcase_add_test(tc, cleanup_sweeps_expired);
     tcase_add_test(tc, cleanup_one_reaper_and_takeover);
     tcase_add_test(tc, busy_timeout_reported);
+    tcase_add_test(tc, busy_timeout_counts_the_pool_wait);
     tcase_add_test(tc, busy_turnstile_claimant_stuck);
     tcase_add_test(tc, busy_latency);
     tcase_add_test(tc, long_reader_does_not_stall_writers);

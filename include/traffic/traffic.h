@@ -246,10 +246,11 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* Concurrency: journal_mode=WAL, synchronous=NORMAL (a power cut may lose the last         */
 /* transactions, never corrupts the file; a process crash loses nothing acknowledged). Each */
 /* process keeps a pool of up to pool_size connections, each used by one thread at a time.  */
-/* Readers do not wait for writers' locks, but any call waits (at most `timeout`) for a     */
-/* free pooled connection when all of them are busy. A writer waits for the others up to    */
-/* `timeout` (default 5 s) and only then fails with TRAFFIC_ETIMEDOUT; it never reports     */
-/* SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a backup    */
+/* Readers do not wait for writers' locks, but any call may wait for a free pooled         */
+/* connection when all of them are busy. A writer waits for the others, and a call waits in */
+/* all, up to `timeout` (default 5 s, counted from the start of the call, the wait for a    */
+/* pooled connection included) and only then fails with TRAFFIC_ETIMEDOUT; it never         */
+/* reports SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a   */
 /* only lets the WAL grow until it ends). A writer that claimed the turnstile and is then   */
 /* stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes. Writers of */
 /* all processes take turns fairly: one that has waited 0.5 ms claims an OFD lock on the    */
