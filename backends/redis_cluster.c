@@ -27,6 +27,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <urcu/urcu-memb.h>
 
 #include "redis_internal.h"
@@ -225,9 +226,15 @@ static int map_build(rx_handle *h, rx_proc *p, const redisReply *r, const char *
     return TRAFFIC_OK;
 }
 
-/* CLUSTER SLOTS from node n, as a new map. */
+/* CLUSTER SLOTS from node n, as a new map, by deadline. */
 static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline, rx_map **out)
 {
+    char host[256];
+    pthread_mutex_lock(&n->mu);
+    snprintf(host, sizeof host, "%s", n->host ? n->host : "");
+    pthread_mutex_unlock(&n->mu);
+    if (rx_now_ms() >= deadline) /* before taking a connection that we would not use */
+        return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT, "no time left to ask %s for the slot map", host);
     rx_conn *c;
     int rc = rx_conn_acquire(h, p, n, deadline, &c);
     if (rc) return rc;
@@ -235,10 +242,6 @@ static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline,
     size_t argvlen[2] = {7, 5};
     redisReply *r;
     rc = rx_conn_command_until(h, c, deadline, 2, argv, argvlen, &r);
-    char host[256];
-    pthread_mutex_lock(&n->mu);
-    snprintf(host, sizeof host, "%s", n->host ? n->host : "");
-    pthread_mutex_unlock(&n->mu);
     rx_conn_release(c, rc == TRAFFIC_OK);
     if (rc) return rc;
     rc = map_build(h, p, r, host, out);
@@ -246,71 +249,76 @@ static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline,
     return rc;
 }
 
-/* Tries hint, then the masters of the current map, then the seeds, each node once, until
- * deadline. Holds refresh_mu. */
+/* Asks hint, then the node that gave the current map, then the other masters, then the seeds,
+ * each node once, until deadline. Each node gets an equal share of the time left, so that one
+ * that accepts connections and never answers (stopped, hung) cannot use it all: the try
+ * order is the same every time, and a node that times out is not backed off. Holds
+ * refresh_mu. */
 static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, int64_t deadline, rx_map **out)
 {
-    int rc = TRAFFIC_EUNAVAILABLE;
-    char last[RX_ERR_LEN] = "no node to ask";
-    size_t nm = cur ? cur->nmasters : 0, total = 1 + nm + h->cfg.nseeds, ntried = 0;
-    rx_node **tried = malloc(total * sizeof *tried);
-    if (!tried) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-    for (size_t i = 0; i < total; i++) {
-        rx_node *n = i == 0 ? hint : i <= nm ? cur->masters[i - 1] : NULL;
-        if (i > nm) {
-            const rx_addr *s = &h->cfg.seeds[i - 1 - nm];
-            if (!(n = rx_node_get(h, p, s->host, s->port))) {
+    size_t nm = cur ? cur->nmasters : 0, total = 2 + nm + h->cfg.nseeds, n = 0;
+    rx_node **order = malloc(total * sizeof *order);
+    if (!order) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+    int rc = TRAFFIC_OK;
+    for (size_t i = 0; i < total && !rc; i++) {
+        rx_node *x = i == 0 ? hint : i == 1 ? p->map_source : i < 2 + nm ? cur->masters[i - 2] : NULL;
+        if (i >= 2 + nm) {
+            const rx_addr *s = &h->cfg.seeds[i - 2 - nm];
+            if (!(x = rx_node_get(h, p, s->host, s->port)))
                 rc = traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-                goto out;
-            }
         }
         size_t k = 0;
-        while (k < ntried && tried[k] != n)
+        while (k < n && order[k] != x)
             k++;
-        if (!n || k < ntried) continue; /* a seed is usually one of the masters */
-        if (rx_now_ms() >= deadline) {
-            rc = traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
-                                      "no cluster node gave its slot map within %d ms; last: %s", h->cfg.timeout_ms,
-                                      last);
-            goto out;
-        }
-        tried[ntried++] = n;
-        if ((rc = map_load_from(h, p, n, deadline, out)) == TRAFFIC_OK) goto out;
-        if (rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM) goto out;
-        snprintf(last, sizeof last, "%s", traffic_errmsg(&h->base));
+        if (x && k == n) order[n++] = x; /* a seed is usually one of the masters */
     }
-    rc = traffic_backend_fail(&h->base, rc, "no cluster node gave its slot map; last: %s", last);
-out:
-    free(tried);
+    char last[RX_ERR_LEN] = "no node to ask";
+    for (size_t i = 0; i < n && !rc; i++) {
+        int64_t left = deadline - rx_now_ms();
+        if (left <= 0) {
+            rc = traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
+                                      "no cluster node gave its slot map before the call's timeout; last: %s", last);
+            break;
+        }
+        int r = map_load_from(h, p, order[i], rx_now_ms() + left / (int64_t)(n - i) + (left < (int64_t)(n - i)), out);
+        if (r == TRAFFIC_OK) {
+            p->map_source = order[i];
+            free(order);
+            return TRAFFIC_OK;
+        }
+        if (r == TRAFFIC_ENOMEM || r == TRAFFIC_EPERM) rc = r;
+        snprintf(last, sizeof last, "%s", traffic_errmsg(&h->base));
+        if (i + 1 == n && !rc)
+            rc = traffic_backend_fail(&h->base, r, "no cluster node gave its slot map; last: %s", last);
+    }
+    if (!n) rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "no cluster node to ask for the slot map");
+    free(order);
     return rc;
 }
 
 int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline)
 {
-    uint64_t seq = atomic_load(&p->refresh_seq);
-    pthread_mutex_lock(&p->refresh_mu);
+    /* Another thread's reload may be under way: wait for it no longer than this call may. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    int64_t left = deadline - rx_now_ms();
+    if (left < 0) left = 0;
+    until.tv_sec += (time_t)(left / 1000);
+    until.tv_nsec += (long)(left % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    if (pthread_mutex_timedlock(&p->refresh_mu, &until) != 0)
+        return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
+                                    "another thread's reload of the slot map outlasted the call's timeout");
     rx_map *cur = rcu_dereference(p->map), *m = NULL;
     if (cur && cur->epoch != seen_epoch) { /* replaced since the caller looked */
         pthread_mutex_unlock(&p->refresh_mu);
         return TRAFFIC_OK;
-    }
-    if (atomic_load(&p->refresh_seq) != seq && p->refresh_rc) {
-        /* Another thread's refresh failed while we waited for it: asking the same nodes again
-         * at once would fail the same way, after as long, for every thread in the queue. */
-        int rc = p->refresh_rc;
-        char msg[RX_ERR_LEN];
-        memcpy(msg, p->refresh_err, sizeof msg);
-        pthread_mutex_unlock(&p->refresh_mu);
-        return traffic_backend_fail(&h->base, rc, "%s", msg);
     }
     int rc = map_load(h, p, hint, cur, deadline, &m);
     if (!rc) {
         m->epoch = (cur ? cur->epoch : 0) + 1;
         rcu_assign_pointer(p->map, m);
     }
-    p->refresh_rc = rc;
-    if (rc) snprintf(p->refresh_err, sizeof p->refresh_err, "%s", traffic_errmsg(&h->base));
-    atomic_fetch_add(&p->refresh_seq, 1);
     pthread_mutex_unlock(&p->refresh_mu);
     if (!rc && cur) {
         rx_rcu_synchronize(); /* no reader still looks into cur */

@@ -94,16 +94,14 @@ typedef struct rx_map {
  * only by threads of that process. */
 typedef struct rx_proc {
     pid_t pid;
-    pthread_mutex_t nodes_mu;     /* appends to `nodes` */
-    rx_node *nodes;               /* append-only; freed with the proc */
-    rx_node *master;              /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
-    pthread_mutex_t refresh_mu;   /* one slot-map refresh or Sentinel discovery at a time */
-    _Atomic uint64_t refresh_seq; /* CLUSTER: refreshes done (bumped under refresh_mu) */
-    int refresh_rc;               /* and how the last one ended, under refresh_mu */
-    char refresh_err[RX_ERR_LEN];
-    rx_map *map;            /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
-                             * replaced with rcu_assign_pointer under refresh_mu */
-    struct rx_proc *parent; /* the state inherited across fork(): never used nor closed here */
+    pthread_mutex_t nodes_mu;   /* appends to `nodes` */
+    rx_node *nodes;             /* append-only; freed with the proc */
+    rx_node *master;            /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
+    pthread_mutex_t refresh_mu; /* one slot-map refresh or Sentinel discovery at a time */
+    rx_node *map_source;        /* CLUSTER: the node that gave the current map, under refresh_mu */
+    rx_map *map;                /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
+                                 * replaced with rcu_assign_pointer under refresh_mu */
+    struct rx_proc *parent;     /* the state inherited across fork(): never used nor closed here */
 } rx_proc;
 
 typedef struct rx_handle {
@@ -170,9 +168,9 @@ unsigned rx_key_slot(const char *key, size_t len);
 /* The node serving slot (refreshing the map first if the proc has none yet); *epoch is the
  * map's, for rx_cluster_refresh. deadline: the calling operation's (ms of rx_now_ms). */
 int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, rx_node **out, uint64_t *epoch);
-/* Loads the slot map from CLUSTER SLOTS (asking hint first, then each known master and seed
- * once) unless a map newer than seen_epoch was published meanwhile, giving up at deadline. A
- * caller that waited while another thread's refresh failed gets that failure at once. */
+/* Loads the slot map from CLUSTER SLOTS (asking hint first, then each known node once, each
+ * with a share of the time left) unless a map newer than seen_epoch was published meanwhile;
+ * gives up at deadline, waiting for another thread's reload included. */
 int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline);
 /* A malloc'd copy of the current map's masters. */
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);

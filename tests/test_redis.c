@@ -898,10 +898,11 @@ START_TEST(t_cluster_reshard)
 }
 END_TEST
 
-/* A cluster whose nodes are all out (one killed, two frozen): every call gives up within its
- * own timeout, slot-map refresh included, and threads queued behind a refresh that just
- * failed do not each run it again. (Without the deadline, a refresh asked every master and
- * seed in turn with a fresh timeout each; queued threads repeated it one after another.) */
+/* One node of a cluster frozen: a process that has no slot map yet loads it from the others
+ * (each node gets a share of the call's time, so the frozen one cannot take it all). Then all
+ * nodes out (one killed, two frozen): every call gives up within its own timeout, slot-map
+ * reloads included. (Without the deadline, a reload asked every master and seed in turn
+ * with a fresh timeout each, and threads queued on it repeated it one after another.) */
 struct cl_call {
     traffic_backend *b;
     int id, rc;
@@ -932,7 +933,31 @@ START_TEST(t_cluster_all_nodes_out)
         snprintf(key, sizeof key, "k%d", i);
         TU_OK(b, traffic_set(b, key, "v", 1, 0));
     }
-    rh_kill(&cl.nodes[0]); /* refused at once: its callers reload the map... */
+    /* The first seed freezes: a process without a map yet (a child: new pid, new state) must
+     * still load it from the others and reach the keys they serve, quickly (before the cluster
+     * itself marks the node failed, after 2 s). */
+    char alive[3][32];
+    for (int i = 0, n = 0; n < 3; i++) { /* keys the other nodes serve (asked before the freeze) */
+        char full[40];
+        snprintf(alive[n], sizeof alive[n], "f%d", i);
+        snprintf(full, sizeof full, "out:%s", alive[n]);
+        if (rh_cluster_owner(&cl, (int)rx_key_slot(full, strlen(full))) != 0) n++;
+    }
+    rh_pause(&cl.nodes[0], 1);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int wrong = 0;
+        for (int i = 0; i < 3; i++) {
+            int rc = traffic_set(b, alive[i], "v", 1, 0);
+            if (rc != TRAFFIC_OK) {
+                fprintf(stderr, "key %s: %s (%s)\n", alive[i], traffic_strerror(rc), traffic_errmsg(b));
+                wrong++;
+            }
+        }
+        _exit(wrong);
+    }
+    ck_assert_int_eq(tu_wait(pid), 0);
+    rh_kill(&cl.nodes[0]);     /* refused at once: its callers reload the map... */
     rh_pause(&cl.nodes[1], 1); /* ...from nodes that accept and never answer */
     rh_pause(&cl.nodes[2], 1);
     struct cl_call c[N];
