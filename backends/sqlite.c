@@ -408,8 +408,9 @@ static int sq_fail(const sqlite_backend *s, sqlite3 *db, int rc, const char *wha
     int status = sq_status(rc, sys);
     const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     if (status == TRAFFIC_ETIMEDOUT)
-        return traffic_backend_fail(EB(s), status, "%s: %s stayed locked by other writers for %.3g s (%s)", what,
-                                    s->path, (double)s->timeout_ns / 1e9, msg);
+        return traffic_backend_fail(EB(s), status,
+                                    "%s: %s stayed locked by other writers until the call's timeout of %.3g s (%s)",
+                                    what, s->path, (double)s->timeout_ns / 1e9, msg);
     if ((rc & 0xff) == SQLITE_NOTADB)
         return traffic_backend_fail(EB(s), status, "%s: %s is not a SQLite database, or its header is damaged (%s)",
                                     what, s->path, msg);
