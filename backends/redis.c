@@ -29,7 +29,8 @@
  * "TRAFFIC_ETYPE …" (the value is not an integer) / "TRAFFIC_EOVERFLOW …". Any other error
  * (OOM, READONLY after a failover, NOPERM) is passed on as Redis said it, so that the usual
  * classification sees it: READONLY makes the next connect rediscover the master. INCRBY
- * changes nothing when it fails. */
+ * changes nothing when it fails. The value is read before the TTL is set: read after a
+ * 1 ms PEXPIRE, it once came back nil (CI, Sentinel suite, a loaded machine). */
 static const char INCR_SCRIPT[] =
     "local existed = redis.call('EXISTS', KEYS[1])\n"
     "local r = redis.pcall('INCRBY', KEYS[1], ARGV[1])\n"
@@ -42,8 +43,9 @@ static const char INCR_SCRIPT[] =
     "  end\n"
     "  return redis.error_reply(r.err)\n"
     "end\n"
+    "local v = redis.call('GET', KEYS[1])\n"
     "if existed == 0 and ARGV[2] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
-    "return redis.call('GET', KEYS[1])\n";
+    "return v\n";
 
 static rx_handle *H(traffic_backend *b)
 {
