@@ -145,8 +145,9 @@ struct shm_part {
  * the rest of a longer key and the two value buffers of a bytes entry. Split so that a table
  * of counters — the rate limiter's table — is a dense array: with 1M keys an increment lands
  * on a random page of a 512 MB head array instead of one of a 1.9 GB slot array (on this KVM
- * guest a random access costs ~56 ns at 256 MB, ~90 ns at 1 GB, ~180 ns at 2 GB, mostly the
- * nested page walk), and body pages are never faulted in for such entries.
+ * guest bench:raw-atomic's random fetch_add costs ~56 ns at 256 MB, ~90 ns at 1 GB, ~180 ns
+ * at 2 GB, mostly the nested page walk), and body pages are never faulted in for such
+ * entries.
  *
  * The four lines of a head, and why 256 bytes rather than a denser 128:
  *   line 0  state and probing: read by every lookup that meets the slot
@@ -159,14 +160,14 @@ struct shm_part {
  * the read-only line 1. The written line 3 pairs with line 2, which only lookups of this
  * very key (a full hash match) read. Measured, 2 processes on distinct keys of one 1k-key
  * table, 2-process over 1-process throughput: 1.32x with 128-byte heads (counter and key
- * on line 1, the pair-mate of line 0), 1.74x with this layout, 1.75x with the unsplit
- * 896-byte slots that came before.
+ * on line 1, the pair-mate of line 0), 1.50-1.74x with this layout (noisy), 1.74-1.80x with
+ * the unsplit 896-byte slots that came before.
  *
- * Small tables (those that get 4 x headroom, map.c) space their heads SHM_HEAD_STRIDE_SMALL
- * bytes apart, the rest of each stride unused: the L2 streamer prefetches a few lines ahead
- * of what a process reads, and in a dense array those lines are other keys' counters.
- * Measured the same way: 1.50-1.64x at 256 bytes, 1.62-1.70x at 512, 1.71-1.74x at 1024
- * (the unsplit slots, 896 bytes: 1.74-1.80x). Large tables keep 256: there the page walk of
+ * Small tables (those whose slots fit in SHM_SMALL_TABLE_BYTES with 4 x headroom, map.c)
+ * space their heads SHM_HEAD_STRIDE_SMALL bytes apart, the rest of each stride unused: the
+ * L2 streamer prefetches a few lines ahead of what a process reads, and in a dense array
+ * those lines are other keys' counters. Measured the same way, three runs each: 1.50-1.64x
+ * at 256 bytes, 1.62-1.70x at 512, 1.71-1.78x at 1024. Large tables keep 256: there the page walk of
  * every access is what costs, and two processes rarely work on neighbouring slots.
  *
  * Fields other than ctl, vseq, counter, tick, latch and probe_max are written only by the
