@@ -461,8 +461,12 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
 {
     struct shm_slot *home = shm_slot_at(t, k->h);
     /* The home's page is marked before its latch can hold our token, so that if we die
-     * holding it, reaper passes (which visit marked pages only) find and clear it. */
+     * holding it, reaper passes (which visit marked pages only) find and clear it. The fence
+     * keeps the mark (a relaxed RMW) before the latch CAS, which is only an acquire: anyone
+     * who sees our token in the latch sees the mark. (On x86 both are locked instructions,
+     * executed in this order; the fence only binds the compiler.) */
     shm_touched_mark(t, home);
+    atomic_thread_fence(memory_order_release);
     int stolen = latch_acquire(t, me, home);
     shm_debug_crash(SHM_CRASH_HOLDING_LATCH);
     uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
