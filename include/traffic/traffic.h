@@ -253,7 +253,7 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* reports SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a   */
 /* only lets the WAL grow until it ends). A writer that claimed the turnstile and is then   */
 /* stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes. Writers of */
-/* all processes take turns fairly: one that has waited 0.5 ms claims an OFD lock on the    */
+/* all processes take turns fairly: one that has waited 2 ms claims an OFD lock on the      */
 /* file PATH-turn and the others let it go first (the file is created next to the database, */
 /* like PATH-wal and PATH-shm, and is only ever locked).                                    */
 /*                                                                                          */
