@@ -589,23 +589,6 @@ START_TEST(t_server_killed)
 }
 END_TEST
 
-struct blocked_get {
-    traffic_backend *b;
-    int rc;
-    int64_t took;
-};
-
-static void *blocked_get_main(void *arg)
-{
-    struct blocked_get *g = arg;
-    char buf[8];
-    size_t len;
-    int64_t t0 = tu_now_ms();
-    g->rc = traffic_get(g->b, "k", buf, sizeof buf, &len);
-    g->took = tu_now_ms() - t0;
-    return NULL;
-}
-
 START_TEST(t_server_frozen)
 {
     /* A server that accepts but never answers (SIGSTOP): ETIMEDOUT after `timeout`, and a call
@@ -615,9 +598,9 @@ START_TEST(t_server_frozen)
     traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=frz:&timeout=0.3&pool_size=1", s.port));
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     rh_pause(&s, 1);
-    struct blocked_get g = {.b = b};
+    tu_timed g = {.b = b, .op = TU_GET, .key = "k"};
     pthread_t tid;
-    ck_assert_int_eq(pthread_create(&tid, NULL, blocked_get_main, &g), 0);
+    ck_assert_int_eq(pthread_create(&tid, NULL, tu_timed_call, &g), 0);
     tu_sleep_ms(50);
     int64_t t0 = tu_now_ms();
     int rc = traffic_set(b, "k", "w", 1, 0);
@@ -903,23 +886,6 @@ END_TEST
  * nodes out (one killed, two frozen): every call gives up within its own timeout, slot-map
  * reloads included. (Without the deadline, a reload asked every master and seed in turn
  * with a fresh timeout each, and threads queued on it repeated it one after another.) */
-struct cl_call {
-    traffic_backend *b;
-    int id, rc;
-    int64_t took;
-};
-
-static void *cl_call_main(void *arg)
-{
-    struct cl_call *c = arg;
-    char key[32];
-    snprintf(key, sizeof key, "k%d", c->id);
-    int64_t t0 = tu_now_ms();
-    c->rc = traffic_set(c->b, key, "v", 1, 0);
-    c->took = tu_now_ms() - t0;
-    return NULL;
-}
-
 START_TEST(t_cluster_all_nodes_out)
 {
     rh_cluster cl = {0};
@@ -960,11 +926,12 @@ START_TEST(t_cluster_all_nodes_out)
     rh_kill(&cl.nodes[0]);     /* refused at once: its callers reload the map... */
     rh_pause(&cl.nodes[1], 1); /* ...from nodes that accept and never answer */
     rh_pause(&cl.nodes[2], 1);
-    struct cl_call c[N];
+    tu_timed c[N];
     pthread_t tid[N];
     for (int i = 0; i < N; i++) {
-        c[i] = (struct cl_call){.b = b, .id = i};
-        ck_assert_int_eq(pthread_create(&tid[i], NULL, cl_call_main, &c[i]), 0);
+        c[i] = (tu_timed){.b = b, .op = TU_SET};
+        snprintf(c[i].key, sizeof c[i].key, "k%d", i);
+        ck_assert_int_eq(pthread_create(&tid[i], NULL, tu_timed_call, &c[i]), 0);
     }
     for (int i = 0; i < N; i++)
         pthread_join(tid[i], NULL);

@@ -1014,16 +1014,24 @@ END_TEST
 
 /* ---- waiting for other writers ------------------------------------------------------------ */
 
+/* A new database (directory tag) opened with params, counter "k" at 1, and a raw connection
+ * that holds its write lock (returned; COMMIT and close it). */
+static sqlite3 *locked_by_another(const char *tag, const char *params, traffic_backend **b)
+{
+    const char *p = in_dir(test_dir(tag), "t.db");
+    *b = open_db(p, params);
+    TU_OK(*b, traffic_increment(*b, "k", 1, 0, NULL));
+    sqlite3 *db = raw_open(p);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    return db;
+}
+
 /* Another connection holds the write lock: reads go on (WAL), a write waits `timeout` and
  * then fails with TRAFFIC_ETIMEDOUT, and works again once the lock is released. */
 START_TEST(busy_timeout_reported)
 {
-    const char *dir = test_dir("busy");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, "timeout=0.3");
-    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
-    sqlite3 *db = raw_open(p);
-    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    traffic_backend *b;
+    sqlite3 *db = locked_by_another("busy", "timeout=0.3", &b);
     ck_assert_int_eq(tu_counter(b, "k"), 1);
     int64_t t0 = tu_now_ms();
     ck_assert_int_eq(traffic_increment(b, "k", 1, 0, NULL), TRAFFIC_ETIMEDOUT);
@@ -1042,35 +1050,16 @@ END_TEST
 /* A call's `timeout` covers all its waiting: one that first waits for the only pooled
  * connection (held by a call stuck on the lock) and then meets the lock itself gives up when
  * its own timeout is over, not a whole timeout after it got the connection. */
-struct timed_incr {
-    traffic_backend *b;
-    int rc;
-    int64_t took;
-};
-
-static void *timed_incr_main(void *arg)
-{
-    struct timed_incr *t = arg;
-    int64_t t0 = tu_now_ms();
-    t->rc = traffic_increment(t->b, "k", 1, 0, NULL);
-    t->took = tu_now_ms() - t0;
-    return NULL;
-}
-
 START_TEST(busy_timeout_counts_the_pool_wait)
 {
-    const char *dir = test_dir("poolwait");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, "timeout=1&pool_size=1");
-    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
-    sqlite3 *db = raw_open(p);
-    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    struct timed_incr first = {.b = b};
+    traffic_backend *b;
+    sqlite3 *db = locked_by_another("poolwait", "timeout=1&pool_size=1", &b);
+    tu_timed first = {.b = b, .op = TU_INCR, .key = "k"};
     pthread_t tid;
-    ck_assert_int_eq(pthread_create(&tid, NULL, timed_incr_main, &first), 0);
+    ck_assert_int_eq(pthread_create(&tid, NULL, tu_timed_call, &first), 0);
     tu_sleep_ms(200); /* the first call holds the connection, waiting for the lock */
-    struct timed_incr second = {.b = b};
-    timed_incr_main(&second);
+    tu_timed second = {.b = b, .op = TU_INCR, .key = "k"};
+    tu_timed_call(&second);
     pthread_join(tid, NULL);
     ck_assert_int_eq(first.rc, TRAFFIC_ETIMEDOUT);
     ck_assert_int_eq(second.rc, TRAFFIC_ETIMEDOUT);

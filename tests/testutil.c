@@ -76,6 +76,19 @@ int64_t tu_counter(traffic_backend *b, const char *key)
     return strtoll(buf, NULL, 10);
 }
 
+void *tu_timed_call(void *arg)
+{
+    tu_timed *c = arg;
+    char buf[32];
+    size_t len;
+    int64_t t0 = tu_now_ms();
+    c->rc = c->op == TU_GET   ? traffic_get(c->b, c->key, buf, sizeof buf, &len)
+            : c->op == TU_SET ? traffic_set(c->b, c->key, "v", 1, 0)
+                              : traffic_increment(c->b, c->key, 1, 0, NULL);
+    c->took = tu_now_ms() - t0;
+    return NULL;
+}
+
 void tu_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};

@@ -46,6 +46,18 @@ int tu_wait(pid_t pid);
 /* The value of counter key, or INT64_MIN (after a line on stderr) when it cannot be read.
  * Asserts nothing, so forked children may use it too. */
 int64_t tu_counter(traffic_backend *b, const char *key);
+/* One call, timed: fill in b, op and key, then run tu_timed_call directly or as a thread
+ * (pthread_create(&t, NULL, tu_timed_call, &c)); rc and took (ms) come back.
+ * op: TU_GET (a get into a small buffer), TU_SET (sets "v"), TU_INCR (adds 1). */
+enum { TU_GET, TU_SET, TU_INCR };
+typedef struct tu_timed {
+    traffic_backend *b;
+    int op;
+    char key[32];
+    int rc;
+    int64_t took;
+} tu_timed;
+void *tu_timed_call(void *arg);
 /* Sleeps ms milliseconds, through signals. */
 void tu_sleep_ms(long ms);
 /* Monotonic milliseconds. */
