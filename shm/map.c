@@ -35,7 +35,7 @@
 #define SHM_DIR               "/dev/shm/"
 #define SHM_PREFIX            "traffic."
 #define SHM_MIN_CAPACITY      64
-#define SHM_SMALL_TABLE_BYTES (128ull << 20) /* slots up to this size: 4 x headroom, sparse heads */
+#define SHM_SMALL_TABLE_BYTES (64ull << 20) /* slots up to this size: 4 x headroom, sparse heads */
 
 int64_t shm_coarse_margin_ms = 8;
 unsigned shm_broken;
@@ -118,16 +118,19 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
      * their epoch). Small tables get 4 x: probes then rarely pass other keys' slots, which is
      * what costs when several processes work at once (measured, 2 processes on distinct keys:
      * 1.57x the 1-process throughput at 49 % load, 1.72x at 24 %, 1.91x at 12 %; 1 process:
-     * 31 -> 25 ns per increment) and space their heads SHM_HEAD_STRIDE_SMALL apart
-     * (layout.h) — when all that still fits in SHM_SMALL_TABLE_BYTES. The mapping is touched
-     * lazily, so the headroom costs address space, and memory only where keys land: the
-     * default table (10000 keys: 65536 slots, 112 MiB mapped) holds 10000 counters in ~30 MiB
-     * resident, where dense heads without headroom would take ~5 MiB. */
+     * 31 -> 25 ns per increment) and space their heads as far apart as fits, up to
+     * SHM_HEAD_STRIDE_SMALL (layout.h) — all within SHM_SMALL_TABLE_BYTES of slots. The limit
+     * keeps the default table's slots (10000 keys: 65536 slots, 256-byte heads, 60 MiB) the
+     * size of a container's default /dev/shm when it is named (traffic.h). The mapping is
+     * touched lazily, so the headroom costs address space, and memory only where keys land. */
+    static const uint32_t strides[] = {SHM_HEAD_STRIDE_SMALL, SHM_HEAD_STRIDE_SMALL / 2, SHM_HEAD_SIZE};
     g->capacity = SHM_MIN_CAPACITY;
     while (g->capacity < 4 * max_size)
         g->capacity <<= 1;
-    g->head_stride = SHM_HEAD_STRIDE_SMALL;
-    if (g->capacity * (SHM_HEAD_STRIDE_SMALL + (uint64_t)g->body_size) > SHM_SMALL_TABLE_BYTES) {
+    g->head_stride = 0;
+    for (size_t i = 0; i < sizeof strides / sizeof strides[0] && !g->head_stride; i++)
+        if (g->capacity * (strides[i] + (uint64_t)g->body_size) <= SHM_SMALL_TABLE_BYTES) g->head_stride = strides[i];
+    if (!g->head_stride) {
         g->head_stride = SHM_HEAD_SIZE;
         g->capacity = SHM_MIN_CAPACITY;
         while (g->capacity < max_size + max_size / 2)

@@ -8,7 +8,10 @@
  *   memory://          an anonymous shared mapping: open it in the master before fork(), every
  *                      child inherits it. Lock-free; the fastest choice for one host.
  *   memory://NAME      a named table in /dev/shm/traffic.NAME that unrelated processes of the
- *                      same user attach to by name.
+ *                      same user attach to by name. It is a sparse file: the pages that keys
+ *                      touch count against /dev/shm's size (64 MB by default in a Docker
+ *                      container), and a process that touches a page when /dev/shm is full
+ *                      is killed by SIGBUS; the default table's slots map 60 MiB in all.
  *   sqlite://PATH      one SQLite file (WAL) shared by the processes of one host, kept across
  *                      restarts; see "SQLite backend" below.
  *   redis://…          Redis over TCP (redis://), a unix socket (redis+unix://), Sentinel
