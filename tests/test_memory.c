@@ -344,11 +344,13 @@ static void split_key(char *k, int len, int variant)
  * every key length up to key_max, written by one process and read by another. */
 START_TEST(m_keys_across_head_and_body)
 {
+    /* heads 1 KiB apart; 1 KiB, no key in the body; 1 KiB; 512 bytes (map.c); 256 bytes */
     const char *urls[] = {"memory://?max_size=1000", "memory://?max_size=1000&key_max=128",
-                          "memory://?max_size=1000&key_max=129&value_max=8"};
+                          "memory://?max_size=1000&key_max=129&value_max=8", "memory://?max_size=10000&value_max=64",
+                          "memory://?max_size=100000&value_max=64"};
     for (size_t u = 0; u < sizeof urls / sizeof urls[0]; u++) {
         traffic_backend *b = open_ok(urls[u]);
-        int key_max = u == 0 ? 250 : u == 1 ? 128 : 129;
+        int key_max = u == 1 ? 128 : u == 2 ? 129 : 250;
         pid_t c = fork();
         if (c == 0) {
             char k[256], v[16];
