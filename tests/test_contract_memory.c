@@ -21,7 +21,7 @@ static int open_named(traffic_backend **out, void *ctx)
     const char *extra = ctx;
     char url[512];
     const char *name = tu_name("contract");
-    snprintf(url, sizeof url, "memory://%s?%s", name, extra);
+    tu_memory_url(url, sizeof url, name, extra);
     int rc = traffic_open(url, out);
     if (rc == TRAFFIC_OK) {
         int u = traffic_memory_unlink(name);

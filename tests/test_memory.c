@@ -48,11 +48,6 @@ static const char *name_of(const char *tag)
 
 static void path_of(char *buf, size_t n, const char *name) { snprintf(buf, n, "/dev/shm/traffic.%s", name); }
 
-static void url_of(char *buf, size_t n, const char *name, const char *extra)
-{
-    snprintf(buf, n, "memory://%s%s%s", name, extra ? "?" : "", extra ? extra : "");
-}
-
 static int file_mode(const char *name)
 {
     char path[512];
@@ -143,7 +138,7 @@ START_TEST(m_url_params_accepted)
 
     char url[512];
     const char *name = name_of("params");
-    url_of(url, sizeof url, name, "max_size=50&cleanup_interval=1&key_max=20&value_max=32&mode=0600");
+    tu_memory_url(url, sizeof url, name, "max_size=50&cleanup_interval=1&key_max=20&value_max=32&mode=0600");
     b = open_ok(url);
     ck_assert_uint_eq(stats_of(b).max_size, 50);
     ck_assert_int_eq(file_mode(name), 0600);
@@ -163,7 +158,7 @@ START_TEST(m_url_unknown_param)
     OPEN_FAILS("memory://?pool_size=2", TRAFFIC_EINVAL, "pool_size");
     char url[512];
     const char *name = name_of("unknown");
-    url_of(url, sizeof url, name, "max_sise=5");
+    tu_memory_url(url, sizeof url, name, "max_sise=5");
     OPEN_FAILS(url, TRAFFIC_EINVAL, "max_sise");
     ck_assert_int_eq(file_mode(name), -ENOENT); /* rejected before anything was created */
 }
@@ -208,12 +203,12 @@ START_TEST(m_url_bad_names)
     int n = snprintf(name, sizeof name, "long-m%d-", main_pid);
     memset(name + n, 'x', 201 - (size_t)n);
     name[201] = '\0';
-    url_of(url, sizeof url, name, NULL);
+    tu_memory_url(url, sizeof url, name, NULL);
     OPEN_FAILS(url, TRAFFIC_EINVAL, NULL);
     ck_assert_int_eq(file_mode(name), -ENOENT);
 
     name[200] = '\0'; /* 200 characters is the longest name */
-    url_of(url, sizeof url, name, "max_size=10");
+    tu_memory_url(url, sizeof url, name, "max_size=10");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     TU_OK(b, traffic_close(b));
@@ -483,7 +478,7 @@ START_TEST(m_named_shared)
 {
     char url[512];
     const char *name = name_of("shared");
-    url_of(url, sizeof url, name, NULL);
+    tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "from-parent", "P\0x", 3, 0));
     TU_OK(b, traffic_increment(b, "shared", 5, 0, NULL));
@@ -504,19 +499,19 @@ START_TEST(m_named_mode)
 {
     char url[512];
     const char *a = name_of("mode-default"), *c = name_of("mode-0640");
-    url_of(url, sizeof url, a, "max_size=10");
+    tu_memory_url(url, sizeof url, a, "max_size=10");
     traffic_backend *b = open_ok(url);
     ck_assert_int_eq(file_mode(a), 0600);
     TU_OK(b, traffic_close(b));
 
     mode_t old = umask(077); /* the requested mode wins over a strict umask */
-    url_of(url, sizeof url, c, "max_size=10&mode=0640");
+    tu_memory_url(url, sizeof url, c, "max_size=10&mode=0640");
     b = open_ok(url);
     umask(old);
     ck_assert_int_eq(file_mode(c), 0640);
     TU_OK(b, traffic_close(b));
     /* reopening an existing table does not change its mode */
-    url_of(url, sizeof url, c, "mode=0600");
+    tu_memory_url(url, sizeof url, c, "mode=0600");
     b = open_ok(url);
     ck_assert_int_eq(file_mode(c), 0640);
     TU_OK(b, traffic_close(b));
@@ -529,7 +524,7 @@ START_TEST(m_named_unlink)
 {
     char url[512];
     const char *name = name_of("unlink");
-    url_of(url, sizeof url, name, "max_size=10");
+    tu_memory_url(url, sizeof url, name, "max_size=10");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     unlink_ok(name);
@@ -559,7 +554,7 @@ START_TEST(m_named_close_keeps_data)
 {
     char url[512];
     const char *name = name_of("keep");
-    url_of(url, sizeof url, name, "max_size=100");
+    tu_memory_url(url, sizeof url, name, "max_size=100");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "v", "kept", 4, 0));
     TU_OK(b, traffic_increment(b, "c", 41, 0, NULL));
@@ -584,15 +579,15 @@ START_TEST(m_named_geometry_mismatch)
 {
     char url[512];
     const char *name = name_of("geometry");
-    url_of(url, sizeof url, name, "max_size=100&key_max=50&value_max=64");
+    tu_memory_url(url, sizeof url, name, "max_size=100&key_max=50&value_max=64");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
 
-    url_of(url, sizeof url, name, "max_size=200");
+    tu_memory_url(url, sizeof url, name, "max_size=200");
     OPEN_FAILS(url, TRAFFIC_EINVAL, "max_size");
-    url_of(url, sizeof url, name, "key_max=60");
+    tu_memory_url(url, sizeof url, name, "key_max=60");
     OPEN_FAILS(url, TRAFFIC_EINVAL, "key_max");
-    url_of(url, sizeof url, name, "value_max=256");
+    tu_memory_url(url, sizeof url, name, "value_max=256");
     OPEN_FAILS(url, TRAFFIC_EINVAL, "value_max");
     traffic_memory_options o = {.name = name, .max_size = 200};
     traffic_backend *x = NULL;
@@ -600,13 +595,13 @@ START_TEST(m_named_geometry_mismatch)
     ck_assert_ptr_null(x);
 
     /* no geometry: whatever the table has; the same geometry: fine */
-    url_of(url, sizeof url, name, NULL);
+    tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b2 = open_ok(url);
     struct traffic_stats s = stats_of(b2);
     ck_assert_uint_eq(s.max_size, 100);
     EXPECT_STR(b2, "k", "v");
     TU_OK(b2, traffic_close(b2));
-    url_of(url, sizeof url, name, "max_size=100&value_max=64");
+    tu_memory_url(url, sizeof url, name, "max_size=100&value_max=64");
     b2 = open_ok(url);
     TU_OK(b2, traffic_close(b2));
     EXPECT_STR(b, "k", "v"); /* the failed opens did not disturb the table */
@@ -620,7 +615,7 @@ END_TEST
 static void make_table(const char *name)
 {
     char url[512];
-    url_of(url, sizeof url, name, "max_size=10");
+    tu_memory_url(url, sizeof url, name, "max_size=10");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     TU_OK(b, traffic_close(b));
@@ -649,7 +644,7 @@ static void read_at(const char *name, off_t off, void *data, size_t n)
 static void expect_corrupt_at(const char *name, int line)
 {
     char url[512];
-    url_of(url, sizeof url, name, NULL);
+    tu_memory_url(url, sizeof url, name, NULL);
     open_fails_at(url, TRAFFIC_ECORRUPT, NULL, line);
     traffic_memory_options o = {.name = name};
     traffic_backend *b = NULL;
@@ -760,7 +755,7 @@ START_TEST(m_typed_open)
     ck_assert_int_eq(file_mode(name), 0640);
     TU_OK(b, traffic_set(b, "k", "typed", 5, 0));
     char url[512];
-    url_of(url, sizeof url, name, NULL);
+    tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b2 = open_ok(url);
     ck_assert_uint_eq(stats_of(b2).max_size, 300);
     EXPECT_STR(b2, "k", "typed");

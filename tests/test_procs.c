@@ -66,7 +66,7 @@ END_TEST
 static int child_main(const char *name)
 {
     char url[300];
-    snprintf(url, sizeof url, "memory://%s", name);
+    tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b;
     if (traffic_open(url, &b)) return 10;
     char buf[64];
@@ -84,7 +84,7 @@ START_TEST(named_table_unrelated_process)
 {
     const char *name = tu_name("named");
     char url[300];
-    snprintf(url, sizeof url, "memory://%s", name);
+    tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b;
     TU_OK(NULL, traffic_open(url, &b));
     TU_OK(b, traffic_set(b, "greeting", "from parent", 11, 0));
@@ -148,7 +148,7 @@ START_TEST(reaper_elected_and_taken_over)
 {
     const char *name = tu_name("reaper");
     char url[300];
-    snprintf(url, sizeof url, "memory://%s?cleanup_interval=0.05", name);
+    tu_memory_url(url, sizeof url, name, "cleanup_interval=0.05");
     traffic_backend *b;
     TU_OK(NULL, traffic_open(url, &b));
     pid_t pids[3];

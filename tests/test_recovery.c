@@ -41,7 +41,7 @@ START_TEST(reserve_leak_is_repaired)
 {
     const char *name = tu_name("leak");
     char url[256];
-    snprintf(url, sizeof url, "memory://%s?max_size=50", name);
+    tu_memory_url(url, sizeof url, name, "max_size=50");
     traffic_backend *b;
     TU_OK(NULL, traffic_open(url, &b));
     for (int i = 0; i < 60; i++) { /* more kills than max_size */
@@ -88,12 +88,12 @@ START_TEST(reserve_leak_is_repaired)
 }
 END_TEST
 
-/* A child of a new named table `name` (URL parameters `params`, may be "") dies holding the
+/* A child of a new named table `name` (URL parameters `params`, may be NULL) dies holding the
  * home latch of key; returns the table, opened here through shm/ (url gets its URL). */
 static shm_table *table_after_latch_crash(const char *name, const char *params, const char *key, char *url,
                                           size_t urlcap)
 {
-    snprintf(url, urlcap, "memory://%s%s%s", name, *params ? "?" : "", params);
+    tu_memory_url(url, urlcap, name, params);
     ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, key)), 128 + SIGKILL);
     shm_params p = {.name = name};
     shm_table *t;
@@ -108,7 +108,7 @@ START_TEST(own_stale_latch_token_is_taken_over)
     char url[256];
     /* A child dies holding the home latch of "victim". This process does no operation of its
      * own before the last step, so it holds no participant record. */
-    shm_table *t = table_after_latch_crash(name, "", "victim", url, sizeof url);
+    shm_table *t = table_after_latch_crash(name, NULL, "victim", url, sizeof url);
     uint32_t stale = 0;
     for (uint64_t i = 0; i < t->h->capacity && !stale; i++)
         stale = atomic_load(&shm_slot_at(t, i)->latch);

@@ -39,13 +39,9 @@ static void remove_leftovers(void)
     closedir(d);
 }
 
-const char *tu_memory_url(const char *tag, const char *extra)
+void tu_memory_url(char *buf, size_t n, const char *name, const char *extra)
 {
-    static char buf[8][512];
-    static int n;
-    char *b = buf[n++ % 8];
-    snprintf(b, 512, "memory://%s%s%s", tu_name(tag), extra ? "?" : "", extra ? extra : "");
-    return b;
+    snprintf(buf, n, "memory://%s%s%s", name, extra ? "?" : "", extra ? extra : "");
 }
 
 void *tu_shared(size_t bytes)

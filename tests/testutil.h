@@ -24,8 +24,8 @@
 
 /* "t<pid>-<counter>-<tag>": unique per test process and call. */
 const char *tu_name(const char *tag);
-/* memory://NAME?extra built from tu_name(tag); extra may be NULL. */
-const char *tu_memory_url(const char *tag, const char *extra);
+/* memory://NAME?extra into buf; extra may be NULL. */
+void tu_memory_url(char *buf, size_t n, const char *name, const char *extra);
 /* A zeroed MAP_SHARED|MAP_ANONYMOUS area that forked children write and the parent reads. */
 void *tu_shared(size_t bytes);
 /* Waits for pid; returns its exit status, or 128+signal. */
