@@ -153,7 +153,7 @@ int traffic_open(const char *url_text, traffic_backend **out)
         rc = sqlite_open_url(&u, out);
 #endif
 #ifdef TRAFFIC_HAVE_REDIS
-    } else if (strncmp(u.scheme, "redis", 5) == 0 || strcmp(u.scheme, "rediss") == 0) {
+    } else if (strncmp(u.scheme, "redis", 5) == 0) {
         rc = redis_open_url(&u, out);
 #endif
     } else if (strcmp(u.scheme, "sqlite") == 0 || strncmp(u.scheme, "redis", 5) == 0) {

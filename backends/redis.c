@@ -172,40 +172,43 @@ static int r_set(traffic_backend *b, const char *key, size_t klen, const void *v
     return TRAFFIC_OK;
 }
 
+/* Runs a key command whose reply is an integer (UNLINK, EXISTS, PTTL) into *v. */
+static int run_key_int(rx_handle *h, const char *name, const char *key, size_t klen, long long *v)
+{
+    redisReply *r;
+    int rc = run_key_cmd(h, name, key, klen, &r);
+    if (rc) return rc;
+    if (r->type != REDIS_REPLY_INTEGER) return unexpected(h, r, name, key);
+    *v = r->integer;
+    freeReplyObject(r);
+    return TRAFFIC_OK;
+}
+
 static int r_del(traffic_backend *b, const char *key, size_t klen)
 {
     rx_handle *h = H(b);
-    redisReply *r;
-    int rc = run_key_cmd(h, "UNLINK", key, klen, &r);
-    if (rc) return rc;
-    if (r->type != REDIS_REPLY_INTEGER) return unexpected(h, r, "UNLINK", key);
-    if (r->integer > 0) count(&h->deletes);
-    freeReplyObject(r);
-    return TRAFFIC_OK;
+    long long n = 0;
+    int rc = run_key_int(h, "UNLINK", key, klen, &n);
+    if (!rc && n > 0) count(&h->deletes);
+    return rc;
 }
 
 static int r_exists(traffic_backend *b, const char *key, size_t klen)
 {
     rx_handle *h = H(b);
-    redisReply *r;
-    int rc = run_key_cmd(h, "EXISTS", key, klen, &r);
+    long long n = 0;
+    int rc = run_key_int(h, "EXISTS", key, klen, &n);
     if (rc) return rc;
-    if (r->type != REDIS_REPLY_INTEGER) return unexpected(h, r, "EXISTS", key);
-    int found = r->integer > 0;
-    freeReplyObject(r);
-    count(found ? &h->hits : &h->misses);
-    return found;
+    count(n > 0 ? &h->hits : &h->misses);
+    return n > 0;
 }
 
 static int r_ttl(traffic_backend *b, const char *key, size_t klen, int64_t *ttl_ms)
 {
     rx_handle *h = H(b);
-    redisReply *r;
-    int rc = run_key_cmd(h, "PTTL", key, klen, &r);
+    long long t = 0;
+    int rc = run_key_int(h, "PTTL", key, klen, &t);
     if (rc) return rc;
-    if (r->type != REDIS_REPLY_INTEGER) return unexpected(h, r, "PTTL", key);
-    long long t = r->integer;
-    freeReplyObject(r);
     if (t == -2) return not_found(h, key);
     count(&h->hits);
     /* -1: no expiry. 0: under a millisecond left, but still there: report the smallest TTL. */

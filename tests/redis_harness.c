@@ -33,13 +33,6 @@ static struct {
 } procs[RH_MAX_PROCS];
 static int nprocs;
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -208,8 +201,8 @@ static int answered_by(redisContext *c, pid_t pid)
 
 static int wait_ready(rh_server *s)
 {
-    long long deadline = now_ms() + RH_READY_MS;
-    while (now_ms() < deadline) {
+    long long deadline = tu_now_ms() + RH_READY_MS;
+    while (tu_now_ms() < deadline) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             untrack(s->pid);
@@ -343,8 +336,8 @@ const char *rh_url(const char *fmt, ...)
 /* Waits until the INFO section of s contains want; 0 or -1. */
 static int wait_info(const rh_server *s, const char *section, const char *want, int ms)
 {
-    long long deadline = now_ms() + ms;
-    while (now_ms() < deadline) {
+    long long deadline = tu_now_ms() + ms;
+    while (tu_now_ms() < deadline) {
         redisReply *r = rh_cmd(s, "INFO %s", section);
         int ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, want);
         if (r) freeReplyObject(r);
@@ -390,11 +383,11 @@ int rh_sentinel_start(rh_sentinel_set *set, int nsentinels, const char *password
         if (rh_start(s, extra)) return -1;
     }
     /* Ready for a failover: every sentinel knows the replica and the other sentinels. */
-    long long deadline = now_ms() + 15000;
+    long long deadline = tu_now_ms() + 15000;
     for (int i = 0; i < nsentinels; i++) {
         while (array_len(&set->sentinels[i], "SENTINEL replicas mymaster") < 1 ||
                array_len(&set->sentinels[i], "SENTINEL sentinels mymaster") < nsentinels - 1) {
-            if (now_ms() > deadline) {
+            if (tu_now_ms() > deadline) {
                 fprintf(stderr, "redis harness: sentinels did not discover each other and the replica\n");
                 return -1;
             }
@@ -442,9 +435,9 @@ int rh_cluster_start(rh_cluster *c, int n)
     }
     for (int i = 1; i < n; i++)
         if (rh_str(&c->nodes[0], (char[64]){0}, 64, "CLUSTER MEET 127.0.0.1 %d", c->nodes[i].port)) return -1;
-    long long deadline = now_ms() + RH_CLUSTER_MS;
+    long long deadline = tu_now_ms() + RH_CLUSTER_MS;
     while (!cluster_ok(c)) {
-        if (now_ms() > deadline) {
+        if (tu_now_ms() > deadline) {
             fprintf(stderr, "redis harness: the cluster never reached cluster_state:ok\n");
             return -1;
         }

@@ -357,8 +357,8 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* Cluster: keys go to the master of their hash slot (CRC16, {hashtag}s honoured) from a    */
 /* slot map loaded with CLUSTER SLOTS and reloaded on MOVED; ASK is followed with ASKING;   */
 /* TRYAGAIN and CLUSTERDOWN are retried within `timeout`. A reload asks each known node    */
-/* once within the calling operation's `timeout`, and threads that waited for a reload      */
-/* that failed get its error at once instead of repeating it. Stats and clear visit every   */
+/* once, each with a share of what is left of the calling operation's `timeout` (waiting    */
+/* for another thread's reload counts against it too). Stats and clear visit every          */
 /* master. The map is shared by the threads of a process through liburcu (urcu-memb): a     */
 /* thread is registered with urcu_memb_register_thread on its first cluster call (unless    */
 /* the application registered it already, and then must keep it registered while it makes   */
