@@ -238,14 +238,19 @@ static int final_sweep(const char *url, int mode)
         alarm(20);
         traffic_backend *b;
         if (traffic_open(url, &b)) _exit(2);
-        char key[32];
+        char key[192];
         unsigned char buf[VALUE_MAX];
         size_t len;
-        int n = mode == MODE_MIXED ? NKEYS : 0;
-        for (int k = 0; k < n; k++) {
-            snprintf(key, sizeof key, "v:%d", k);
+        int mixed = mode == MODE_MIXED;
+        for (unsigned k = 0; mixed && k < NKEYS; k++) { /* the keys mixed_step uses */
+            snprintf(key, sizeof key, "c:%u", k);
+            int rc = traffic_get(b, key, buf, sizeof buf, &len);
+            if (rc && rc != TRAFFIC_ENOTFOUND) _exit(3);
+            snprintf(key, sizeof key, "v:%u", k);
             if (traffic_set(b, key, "x", 1, 0)) _exit(3);
-            snprintf(key, sizeof key, "t:%d", k);
+        }
+        for (unsigned k = 0; mixed && k < NCHURN; k++) {
+            snprintf(key, sizeof key, CHURN_KEY, k, k);
             if (traffic_set(b, key, "x", 1, 0) || traffic_get(b, key, buf, sizeof buf, &len)) _exit(4);
             if (traffic_delete(b, key)) _exit(5);
         }
