@@ -131,12 +131,6 @@ static int check_ttl(const traffic_backend *b, double ttl, int64_t *ms)
     return TRAFFIC_OK;
 }
 
-#define CHECK(expr)                                                                                                    \
-    do {                                                                                                               \
-        int rc_ = (expr);                                                                                              \
-        if (rc_ < 0) return rc_;                                                                                       \
-    } while (0)
-
 /* ---- opening --------------------------------------------------------------------------- */
 
 int traffic_open(const char *url_text, traffic_backend **out)

@@ -23,4 +23,11 @@ int redis_open_url(url *u, traffic_backend **out);
 #define TRAFFIC_TTL_MAX_S 1e12
 int64_t ttl_seconds_to_ms(double ttl);
 
+/* Returns from the calling function with expr's status when it is an error (< 0). */
+#define CHECK(expr)                                                                                                    \
+    do {                                                                                                               \
+        int rc_ = (expr);                                                                                              \
+        if (rc_ < 0) return rc_;                                                                                       \
+    } while (0)
+
 #endif

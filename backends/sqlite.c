@@ -237,12 +237,6 @@ static const traffic_backend *EB(const sqlite_backend *s)
 
 #define COUNT(s, f) atomic_fetch_add_explicit(&(s)->n.f, 1, memory_order_relaxed)
 
-#define CHECK(expr)                                                                                                    \
-    do {                                                                                                               \
-        int rc_ = (expr);                                                                                              \
-        if (rc_ < 0) return rc_;                                                                                       \
-    } while (0)
-
 /* ---- fork: quiescing before, abandoning after ------------------------------------------ *
  *
  * The pid check (pool_current) keeps a child off its parent's connections. It is not enough

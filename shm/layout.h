@@ -192,8 +192,8 @@ struct shm_slot {
     uint32_t pad0;
     /* The source of this slot's versions, across all its entries. Whoever publishes a LIVE
      * word (the owner of INSERTING or WRITING) takes the next number from it, so a LIVE word
-     * never repeats (modulo 2^36), even when the slot is reused for the same key at once
-     * (modulo 2^32). On line 0 because it is written only right before a store or CAS of
+     * never repeats (its version modulo 2^32), even when the slot is reused for the same key
+     * at once. On line 0 because it is written only right before a store or CAS of
      * ctl by the same thread: the line moves once for both. */
     _Atomic uint64_t vseq;
     uint64_t pad0b[2];

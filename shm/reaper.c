@@ -16,7 +16,6 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
-#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 #include <urcu/futex.h>

@@ -4,11 +4,8 @@
  * huge table costs memory for the keys used, not for its capacity.
  */
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
-#include "../shm/shm.h"
 #include "testutil.h"
 
 START_TEST(max_size_holds_recent_and_hot_survive)

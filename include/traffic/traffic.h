@@ -254,11 +254,11 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* all, up to `timeout` (default 5 s, counted from the start of the call, the wait for a    */
 /* pooled connection included) and only then fails with TRAFFIC_ETIMEDOUT; it never         */
 /* reports SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a   */
-/* only lets the WAL grow until it ends). A writer that claimed the turnstile and is then   */
-/* stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes. Writers of */
-/* all processes take turns fairly: one that has waited 2 ms claims an OFD lock on the      */
-/* file PATH-turn and the others let it go first (the file is created next to the database, */
-/* like PATH-wal and PATH-shm, and is only ever locked).                                    */
+/* backup only lets the WAL grow until it ends). A writer that claimed the turnstile and is */
+/* then stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes.    */
+/* Writers of all processes take turns fairly: one that has waited 2 ms claims an OFD lock  */
+/* on the file PATH-turn and the others let it go first (the file is created next to the   */
+/* database, like PATH-wal and PATH-shm, and is only ever locked).                          */
 /*                                                                                          */
 /* fork(): the child opens its own connections on first use and never uses the parent's.   */
 /* A pthread_atfork handler waits for the calls in flight in other threads and closes this  */
