@@ -95,10 +95,9 @@ static int unexpected(rx_handle *h, redisReply *r, const char *what, const char 
                                       key, r->str);
         else if (strncmp(r->str, "OOM", 3) == 0)
             rc = traffic_backend_fail(&h->base, TRAFFIC_EFULL, "%s \"%.64s\": %s", what, key, r->str);
-        else if (strncmp(r->str, "NOPERM", 6) == 0 || strncmp(r->str, "NOAUTH", 6) == 0)
-            rc = traffic_backend_fail(&h->base, TRAFFIC_EPERM, "%s \"%.64s\": %s", what, key, r->str);
         else
-            rc = traffic_backend_fail(&h->base, TRAFFIC_EIO, "%s \"%.64s\": redis replied: %s", what, key, r->str);
+            rc = traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EIO),
+                                      "%s \"%.64s\": redis replied: %s", what, key, r->str);
     } else {
         rc = traffic_backend_fail(&h->base, TRAFFIC_EIO, "%s \"%.64s\": unexpected reply of type %d", what, key,
                                   r->type);

@@ -174,6 +174,11 @@ static void addr_of(char *buf, const char *host, int port)
         snprintf(buf, RX_ADDR_LEN, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
 }
 
+int rx_refusal_status(const char *err, int otherwise)
+{
+    return strncmp(err, "NOAUTH", 6) == 0 || strncmp(err, "NOPERM", 6) == 0 ? TRAFFIC_EPERM : otherwise;
+}
+
 /* The replies to conn_setup's pipeline, in order. */
 static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
 {
@@ -192,18 +197,16 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
     }
     if (cf->db) {
         if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
-        rc = r->type == REDIS_REPLY_ERROR
-                 ? traffic_backend_fail(&h->base, strncmp(r->str, "NOAUTH", 6) == 0 ? TRAFFIC_EPERM : TRAFFIC_EINVAL,
-                                        "SELECT %u on %s: %s", cf->db, addr, r->str)
-                 : TRAFFIC_OK;
+        rc = r->type == REDIS_REPLY_ERROR ? traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EINVAL),
+                                                                 "SELECT %u on %s: %s", cf->db, addr, r->str)
+                                          : TRAFFIC_OK;
         freeReplyObject(r);
         if (rc) return rc;
     }
     if (cf->mode == RX_SENTINEL) {
         if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
         if (r->type == REDIS_REPLY_ERROR)
-            rc = traffic_backend_fail(&h->base, strncmp(r->str, "NOAUTH", 6) == 0 ? TRAFFIC_EPERM : TRAFFIC_EIO,
-                                      "ROLE on %s: %s", addr, r->str);
+            rc = traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EIO), "ROLE on %s: %s", addr, r->str);
         else if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
                  strcmp(r->element[0]->str, "master") != 0)
             rc = traffic_backend_fail(

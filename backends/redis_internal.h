@@ -149,6 +149,9 @@ int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out);
 /* Sends one command on c and reads its reply (no routing, no retries). */
 int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out);
 /* The same, reading for no longer than until deadline (ms of rx_now_ms). */
+/* The status of a refusal by the server: TRAFFIC_EPERM for NOAUTH and NOPERM (a missing or
+ * insufficient login, an ACL), else `otherwise`. */
+int rx_refusal_status(const char *err, int otherwise);
 int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
                           const size_t *argvlen, redisReply **out);
 

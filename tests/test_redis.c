@@ -647,7 +647,7 @@ START_TEST(t_auth_acl_user)
     rh_server s = {0};
     snprintf(s.password, sizeof s.password, "adminpw");
     ck_assert_int_eq(rh_start(&s, "user default on >adminpw ~* &* +@all\n"
-                                  "user app on >apppw ~app:* +@all -flushall -flushdb\n"),
+                                  "user app on >apppw ~app:* +@all -flushall -flushdb -select\n"),
                      0);
     traffic_backend *b = open_url(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=app:", s.port));
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
@@ -657,6 +657,8 @@ START_TEST(t_auth_acl_user)
     TU_OK(b, traffic_close(b));
     expect_open_fails(rh_url("redis://app:wrong@127.0.0.1:%d", s.port), TRAFFIC_EPERM, "app");
     expect_open_fails(rh_url("redis://nobody:apppw@127.0.0.1:%d", s.port), TRAFFIC_EPERM, "WRONGPASS");
+    /* a database the user may not SELECT: a refusal, not a bad URL */
+    expect_open_fails(rh_url("redis://app:apppw@127.0.0.1:%d/1", s.port), TRAFFIC_EPERM, "NOPERM");
     /* a prefix outside the user's key pattern: each call says NOPERM */
     b = open_url(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=other:", s.port));
     ck_assert_int_eq(traffic_set(b, "k", "v", 1, 0), TRAFFIC_EPERM);
