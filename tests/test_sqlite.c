@@ -1208,14 +1208,29 @@ START_TEST(long_reader_does_not_stall_writers)
         snprintf(k, sizeof k, "k%d", i);
         TU_OK(b, traffic_set(b, k, v, sizeof v, 0));
     }
+    /* Both processes now write enough to cross checkpoint points (every 1000 frames) while
+     * the other writes. The child waits for locks at most 0.1 s: a checkpoint of the parent
+     * that waited for the reader (0.3 s, holding the writer lock) would fail its writes. */
     pid_t p = fork();
     if (p == 0) {
+        traffic_sqlite_options oc = {.path = path, .timeout = 0.1};
+        traffic_backend *c;
+        if (traffic_sqlite_open(&oc, &c) != TRAFFIC_OK) _exit(100);
         int failed = 0;
-        for (int i = 0; i < 20; i++) failed += traffic_increment(b, "child", 1, 0, NULL) != TRAFFIC_OK;
-        _exit(failed);
+        for (int i = 0; i < 1500; i++) {
+            char k[32];
+            snprintf(k, sizeof k, "c%d", i);
+            failed += traffic_set(c, k, v, sizeof v, 0) != TRAFFIC_OK;
+        }
+        traffic_close(c);
+        _exit(failed > 99 ? 99 : failed);
     }
     int failed = 0;
-    for (int i = 0; i < 20; i++) failed += traffic_increment(b, "parent", 1, 0, NULL) != TRAFFIC_OK;
+    for (int i = 0; i < 1500; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "p%d", i);
+        failed += traffic_set(b, k, v, sizeof v, 0) != TRAFFIC_OK;
+    }
     ck_assert_int_eq(tu_wait(p), 0);
     ck_assert_int_eq(failed, 0);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
