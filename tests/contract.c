@@ -41,13 +41,6 @@ static traffic_backend *fresh(void)
 
 static void done(traffic_backend *b) { TU_OK(b, traffic_close(b)); }
 
-static void sleep_s(double s)
-{
-    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
-}
-
 /* A key of n bytes: "k" followed by a filler, so keys of different lengths differ. */
 static char *key_of(size_t n, char fill)
 {
@@ -100,13 +93,6 @@ static void expect_absent_at(traffic_backend *b, const char *key, int line)
                   traffic_strerror(rc));
 }
 #define EXPECT_ABSENT(b, key) expect_absent_at(b, key, __LINE__)
-
-static struct traffic_stats stats_of(traffic_backend *b)
-{
-    struct traffic_stats s;
-    TU_OK(b, traffic_stats(b, &s));
-    return s;
-}
 
 /* ---- values ---------------------------------------------------------------------------- */
 
@@ -217,7 +203,7 @@ START_TEST(c_many_keys)
         snprintf(key, sizeof key, "ctr-%d", i);
         EXPECT_COUNTER(b, key, i);
     }
-    ck_assert_uint_eq(stats_of(b).keys, 1000);
+    ck_assert_uint_eq(tu_stats(b).keys, 1000);
     done(b);
 }
 END_TEST
@@ -248,7 +234,7 @@ START_TEST(c_key_lengths)
     TU_EXPECT_RC(b, traffic_increment(b, c251, 1, 0, NULL), TRAFFIC_ETOOBIG);
     ck_assert_int_eq(traffic_exists(b, k250), 0);
     ck_assert_int_eq(traffic_exists(b, c250), 0);
-    ck_assert_uint_eq(stats_of(b).keys, 0);
+    ck_assert_uint_eq(tu_stats(b).keys, 0);
 
     /* Empty and NULL: EINVAL everywhere. */
     const char *bad[] = {"", NULL};
@@ -398,7 +384,7 @@ START_TEST(c_ttl_expires)
     TU_OK(b, traffic_set(b, "forever", "y", 1, 0));
     ck_assert_int_eq(traffic_exists(b, "v"), 1);
     ck_assert_int_eq(traffic_exists(b, "c"), 1);
-    sleep_s(0.35);
+    tu_sleep_ms(350);
     EXPECT_ABSENT(b, "v");
     EXPECT_ABSENT(b, "c");
     EXPECT_STR(b, "forever", "y");
@@ -408,7 +394,7 @@ START_TEST(c_ttl_expires)
     ck_assert_int_eq(out, 2);
     /* an expired bytes value is no obstacle to a counter of the same name */
     TU_OK(b, traffic_set(b, "x", "bytes", 5, 0.2));
-    sleep_s(0.35);
+    tu_sleep_ms(350);
     TU_OK(b, traffic_increment(b, "x", 3, 0, &out));
     ck_assert_int_eq(out, 3);
     EXPECT_COUNTER(b, "x", 3);
@@ -428,7 +414,7 @@ START_TEST(c_ttl_tiny_is_not_forever)
     rc = traffic_ttl(b, "c", &s);
     ck_assert_msg(rc == TRAFFIC_ENOTFOUND || (rc == TRAFFIC_OK && s > 0 && s <= 0.001),
                   "ttl right after increment(ttl=1e-9) -> %s, %g", traffic_strerror(rc), s);
-    sleep_s(0.05);
+    tu_sleep_ms(50);
     EXPECT_ABSENT(b, "v");
     EXPECT_ABSENT(b, "c");
     done(b);
@@ -443,7 +429,7 @@ START_TEST(c_set_resets_ttl)
     TU_OK(b, traffic_set(b, "v", "b", 1, 0)); /* set replaces the expiry too */
     TU_OK(b, traffic_ttl(b, "v", &s));
     ck_assert(s == -1.0);
-    sleep_s(0.35);
+    tu_sleep_ms(350);
     EXPECT_STR(b, "v", "b");
     TU_OK(b, traffic_set(b, "v", "c", 1, 100)); /* and gives an expiry to one that had none */
     TU_OK(b, traffic_ttl(b, "v", &s));
@@ -462,7 +448,7 @@ START_TEST(c_increment_keeps_ttl)
     ck_assert_int_eq(out, 4);
     TU_OK(b, traffic_ttl(b, "c", &s));
     ck_assert_msg(s > 0 && s <= 0.4, "increment(ttl=100) extended the ttl to %g", s);
-    sleep_s(0.6);
+    tu_sleep_ms(600);
     EXPECT_ABSENT(b, "c");
     TU_OK(b, traffic_increment(b, "c", 7, 100, &out)); /* restarts, with the new ttl */
     ck_assert_int_eq(out, 7);
@@ -670,9 +656,9 @@ START_TEST(c_clear)
         snprintf(key, sizeof key, "c%d", i);
         TU_OK(b, traffic_increment(b, key, 1, 0, NULL));
     }
-    ck_assert_uint_eq(stats_of(b).keys, 25);
+    ck_assert_uint_eq(tu_stats(b).keys, 25);
     TU_OK(b, traffic_clear(b));
-    ck_assert_uint_eq(stats_of(b).keys, 0);
+    ck_assert_uint_eq(tu_stats(b).keys, 0);
     for (int i = 0; i < 20; i++) {
         snprintf(key, sizeof key, "v%d", i);
         EXPECT_ABSENT(b, key);
@@ -687,7 +673,7 @@ START_TEST(c_clear)
     TU_OK(b, traffic_increment(b, "c0", 2, 0, &out));
     ck_assert_int_eq(out, 2);
     EXPECT_STR(b, "v0", "new");
-    ck_assert_uint_eq(stats_of(b).keys, 2);
+    ck_assert_uint_eq(tu_stats(b).keys, 2);
     done(b);
 }
 END_TEST
@@ -710,7 +696,7 @@ END_TEST
 START_TEST(c_stats_counts)
 {
     traffic_backend *b = fresh();
-    struct traffic_stats s0 = stats_of(b), s1;
+    struct traffic_stats s0 = tu_stats(b), s1;
     ck_assert_ptr_nonnull(s0.backend);
     ck_assert_str_eq(s0.backend, C.name);
     ck_assert_uint_eq(s0.keys, 0);
@@ -721,7 +707,7 @@ START_TEST(c_stats_counts)
     TU_OK(b, traffic_set(b, "a", "1", 1, 0));
     TU_OK(b, traffic_set(b, "b", "2", 1, 0));
     TU_OK(b, traffic_set(b, "c", "3", 1, 0));
-    s1 = stats_of(b);
+    s1 = tu_stats(b);
     STAT_DELTA(sets, 3);
     ck_assert_uint_eq(s1.keys, 3);
 
@@ -730,18 +716,18 @@ START_TEST(c_stats_counts)
     TU_EXPECT_RC(b, traffic_get(b, "zz", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
     ck_assert_int_eq(traffic_exists(b, "c"), 1);
     ck_assert_int_eq(traffic_exists(b, "yy"), 0);
-    s1 = stats_of(b);
+    s1 = tu_stats(b);
     STAT_DELTA(hits, 3);
     STAT_DELTA(misses, 2);
 
     for (int i = 0; i < 4; i++) TU_OK(b, traffic_increment(b, "n", 1, 0, NULL));
-    s1 = stats_of(b);
+    s1 = tu_stats(b);
     STAT_DELTA(increments, 4);
     ck_assert_uint_eq(s1.keys, 4);
 
     TU_OK(b, traffic_delete(b, "a"));
     TU_OK(b, traffic_delete(b, "absent")); /* removes nothing */
-    s1 = stats_of(b);
+    s1 = tu_stats(b);
     STAT_DELTA(deletes, 1);
     ck_assert_uint_eq(s1.keys, 3);
     STAT_DELTA(sets, 3); /* the rest did not count as sets */
@@ -795,7 +781,7 @@ START_TEST(c_stats_json)
     snprintf(backend, sizeof backend, "\"backend\":\"%s\"", C.name);
     ck_assert_msg(strstr(buf, backend) != NULL, "no %s: %s", backend, buf);
     ck_assert_uint_eq(json_u64(buf, "keys"), 2);
-    ck_assert_uint_eq(json_u64(buf, "keys"), stats_of(b).keys);
+    ck_assert_uint_eq(json_u64(buf, "keys"), tu_stats(b).keys);
 
     /* too small: ERANGE, whether one byte short (no room for the NUL) or tiny */
     char small[8];
@@ -941,7 +927,7 @@ static void *worker_main(void *arg)
 START_TEST(c_threads)
 {
     traffic_backend *b = fresh();
-    struct traffic_stats s0 = stats_of(b), s1;
+    struct traffic_stats s0 = tu_stats(b), s1;
     struct worker w[THREADS];
     memset(w, 0, sizeof w);
     for (int i = 0; i < THREADS; i++) {
@@ -958,7 +944,7 @@ START_TEST(c_threads)
         snprintf(key, sizeof key, "thr-%d", k);
         EXPECT_COUNTER(b, key, THREADS * THREAD_INCRS / THREAD_KEYS);
     }
-    s1 = stats_of(b);
+    s1 = tu_stats(b);
     STAT_DELTA(increments, (uint64_t)THREADS * THREAD_INCRS);
     ck_assert_uint_eq(s1.keys, THREAD_KEYS);
     done(b);
@@ -1074,7 +1060,7 @@ START_TEST(c_threads_values)
         ck_assert_msg(w[i].failures == 0, "%s %d: %d failures, first: %s", i < 2 ? "writer" : "reader", i,
                       w[i].failures, w[i].first);
     ck_assert_int_ge(w[2].reads + w[3].reads, 2000);
-    ck_assert_uint_eq(stats_of(b).keys, TV_KEYS);
+    ck_assert_uint_eq(tu_stats(b).keys, TV_KEYS);
     done(b);
 }
 END_TEST

@@ -9,11 +9,9 @@
  *     silent reset);
  *   - the typed opener and its options as traffic_stats reports them;
  *   - an anonymous table inherited across fork(): exact counts and statistics over processes;
- *   - threads give their participant record back when they exit (more than 4095 over time);
  *   - the reaper removes expired entries on its own, and a child does not inherit it.
  *
- * Every named table is called "...-m<pid of main>", and main() removes any such file a failed
- * test left in /dev/shm.
+ * Named tables come from tu_name (testutil.h), whose leftovers tu_run removes.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -34,17 +32,7 @@
 
 #include "testutil.h"
 
-static int main_pid; /* set by main(); names carry it so main() can clean up after failures */
-
 /* ---- helpers --------------------------------------------------------------------------- */
-
-/* A unique table name for this run. */
-static const char *name_of(const char *tag)
-{
-    char t[96];
-    snprintf(t, sizeof t, "%s-m%d", tag, main_pid);
-    return tu_name(t);
-}
 
 static void path_of(char *buf, size_t n, const char *name) { snprintf(buf, n, "/dev/shm/traffic.%s", name); }
 
@@ -91,24 +79,10 @@ static void expect_str_at(traffic_backend *b, const char *key, const char *want,
 }
 #define EXPECT_STR(b, key, want) expect_str_at(b, key, want, __LINE__)
 
-static struct traffic_stats stats_of(traffic_backend *b)
-{
-    struct traffic_stats s;
-    TU_OK(b, traffic_stats(b, &s));
-    return s;
-}
-
 static void unlink_ok(const char *name)
 {
     int rc = traffic_memory_unlink(name);
     ck_assert_msg(rc == TRAFFIC_OK, "unlink(%s) -> %s (%s)", name, traffic_strerror(rc), traffic_errmsg(NULL));
-}
-
-static void sleep_s(double s)
-{
-    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
 }
 
 /* Runs fn(arg) in a child process and returns its pid; the child's exit status is fn's result. */
@@ -131,16 +105,16 @@ static void wait_ok(pid_t pid, const char *what)
 START_TEST(m_url_params_accepted)
 {
     traffic_backend *b = open_ok("memory://?max_size=5&cleanup_interval=2.5&key_max=10&value_max=16");
-    struct traffic_stats s = stats_of(b);
+    struct traffic_stats s = tu_stats(b);
     ck_assert_uint_eq(s.max_size, 5);
     ck_assert_uint_ge(s.capacity, 5);
     TU_OK(b, traffic_close(b));
 
     char url[512];
-    const char *name = name_of("params");
+    const char *name = tu_name("params");
     tu_memory_url(url, sizeof url, name, "max_size=50&cleanup_interval=1&key_max=20&value_max=32&mode=0600");
     b = open_ok(url);
-    ck_assert_uint_eq(stats_of(b).max_size, 50);
+    ck_assert_uint_eq(tu_stats(b).max_size, 50);
     ck_assert_int_eq(file_mode(name), 0600);
     TU_OK(b, traffic_close(b));
     unlink_ok(name);
@@ -157,7 +131,7 @@ START_TEST(m_url_unknown_param)
     OPEN_FAILS("memory://?prefix=x", TRAFFIC_EINVAL, "prefix"); /* a redis parameter */
     OPEN_FAILS("memory://?pool_size=2", TRAFFIC_EINVAL, "pool_size");
     char url[512];
-    const char *name = name_of("unknown");
+    const char *name = tu_name("unknown");
     tu_memory_url(url, sizeof url, name, "max_sise=5");
     OPEN_FAILS(url, TRAFFIC_EINVAL, "max_sise");
     ck_assert_int_eq(file_mode(name), -ENOENT); /* rejected before anything was created */
@@ -200,7 +174,7 @@ START_TEST(m_url_bad_names)
     OPEN_FAILS("memory://caf\xc3\xa9", TRAFFIC_EINVAL, NULL);
 
     char name[256], url[512];
-    int n = snprintf(name, sizeof name, "long-m%d-", main_pid);
+    int n = snprintf(name, sizeof name, "%s-", tu_name("long"));
     memset(name + n, 'x', 201 - (size_t)n);
     name[201] = '\0';
     tu_memory_url(url, sizeof url, name, NULL);
@@ -281,7 +255,7 @@ START_TEST(m_key_max)
     TU_EXPECT_RC(b, traffic_increment(b, k11, 1, 0, NULL), TRAFFIC_ETOOBIG);
     TU_EXPECT_RC(b, traffic_ttl(b, k11, &s), TRAFFIC_ETOOBIG);
     TU_EXPECT_RC(b, traffic_delete(b, k11), TRAFFIC_ETOOBIG);
-    ck_assert_uint_eq(stats_of(b).keys, 2);
+    ck_assert_uint_eq(tu_stats(b).keys, 2);
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -428,7 +402,7 @@ START_TEST(m_counters_leave_bodies_untouched)
         snprintf(key, sizeof key, "rl:%d", i);
         TU_OK(b, traffic_increment(b, key, 1, 0, NULL));
     }
-    struct traffic_stats st = stats_of(b);
+    struct traffic_stats st = tu_stats(b);
     ck_assert_uint_eq(st.keys, 100000);
     ck_assert_uint_gt(st.bytes_used, 200ull << 20);                       /* heads and bodies mapped... */
     ck_assert_msg(st.bytes_resident < (st.capacity * 256 + (4ull << 20)), /* ...heads resident */
@@ -477,7 +451,7 @@ static int exec_visitor(void *arg)
 START_TEST(m_named_shared)
 {
     char url[512];
-    const char *name = name_of("shared");
+    const char *name = tu_name("shared");
     tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "from-parent", "P\0x", 3, 0));
@@ -498,7 +472,7 @@ END_TEST
 START_TEST(m_named_mode)
 {
     char url[512];
-    const char *a = name_of("mode-default"), *c = name_of("mode-0640");
+    const char *a = tu_name("mode-default"), *c = tu_name("mode-0640");
     tu_memory_url(url, sizeof url, a, "max_size=10");
     traffic_backend *b = open_ok(url);
     ck_assert_int_eq(file_mode(a), 0600);
@@ -523,7 +497,7 @@ END_TEST
 START_TEST(m_named_unlink)
 {
     char url[512];
-    const char *name = name_of("unlink");
+    const char *name = tu_name("unlink");
     tu_memory_url(url, sizeof url, name, "max_size=10");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
@@ -553,7 +527,7 @@ END_TEST
 START_TEST(m_named_close_keeps_data)
 {
     char url[512];
-    const char *name = name_of("keep");
+    const char *name = tu_name("keep");
     tu_memory_url(url, sizeof url, name, "max_size=100");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "v", "kept", 4, 0));
@@ -569,7 +543,7 @@ START_TEST(m_named_close_keeps_data)
     double s = 0;
     TU_OK(b, traffic_ttl(b, "t", &s));
     ck_assert_msg(s > 50 && s <= 100, "ttl after reopen %g", s);
-    ck_assert_uint_eq(stats_of(b).keys, 3);
+    ck_assert_uint_eq(tu_stats(b).keys, 3);
     TU_OK(b, traffic_close(b));
     unlink_ok(name);
 }
@@ -578,7 +552,7 @@ END_TEST
 START_TEST(m_named_geometry_mismatch)
 {
     char url[512];
-    const char *name = name_of("geometry");
+    const char *name = tu_name("geometry");
     tu_memory_url(url, sizeof url, name, "max_size=100&key_max=50&value_max=64");
     traffic_backend *b = open_ok(url);
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
@@ -597,7 +571,7 @@ START_TEST(m_named_geometry_mismatch)
     /* no geometry: whatever the table has; the same geometry: fine */
     tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b2 = open_ok(url);
-    struct traffic_stats s = stats_of(b2);
+    struct traffic_stats s = tu_stats(b2);
     ck_assert_uint_eq(s.max_size, 100);
     EXPECT_STR(b2, "k", "v");
     TU_OK(b2, traffic_close(b2));
@@ -655,7 +629,7 @@ static void expect_corrupt_at(const char *name, int line)
 
 START_TEST(m_corrupt_header)
 {
-    const char *name = name_of("scribbled");
+    const char *name = tu_name("scribbled");
     make_table(name);
     unsigned char junk[64], back[64];
     memset(junk, 0x5A, sizeof junk);
@@ -670,7 +644,7 @@ END_TEST
 START_TEST(m_corrupt_small_files)
 {
     char path[512];
-    const char *name = name_of("garbage");
+    const char *name = tu_name("garbage");
     path_of(path, sizeof path, name);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
     ck_assert_int_ge(fd, 0);
@@ -682,7 +656,7 @@ START_TEST(m_corrupt_small_files)
     ck_assert(memcmp(back, "0123456789", 10) == 0);
     unlink_ok(name);
 
-    const char *empty = name_of("empty");
+    const char *empty = tu_name("empty");
     path_of(path, sizeof path, empty);
     fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
     ck_assert_int_ge(fd, 0);
@@ -691,7 +665,7 @@ START_TEST(m_corrupt_small_files)
     unlink_ok(empty);
 
     /* a real table cut short */
-    const char *cut = name_of("truncated");
+    const char *cut = tu_name("truncated");
     make_table(cut);
     path_of(path, sizeof path, cut);
     struct stat st;
@@ -708,7 +682,7 @@ START_TEST(m_corrupt_format_and_layout)
     for (off_t off = 8; off < 16; off++) {
         char tag[32];
         snprintf(tag, sizeof tag, "flip%d", (int)off);
-        const char *name = name_of(tag);
+        const char *name = tu_name(tag);
         make_table(name);
         unsigned char byte;
         read_at(name, off, &byte, 1);
@@ -726,7 +700,7 @@ START_TEST(m_typed_open)
 {
     traffic_backend *b = NULL;
     TU_OK(NULL, traffic_memory_open(NULL, &b));
-    struct traffic_stats s = stats_of(b);
+    struct traffic_stats s = tu_stats(b);
     ck_assert_str_eq(s.backend, "memory");
     ck_assert_uint_eq(s.max_size, 10000);
     ck_assert_uint_ge(s.capacity, 10000);
@@ -737,7 +711,7 @@ START_TEST(m_typed_open)
 
     traffic_memory_options o = {.max_size = 500, .key_max = 20, .value_max = 1000, .cleanup_interval = 0.5};
     TU_OK(NULL, traffic_memory_open(&o, &b));
-    s = stats_of(b);
+    s = tu_stats(b);
     ck_assert_uint_eq(s.max_size, 500);
     ck_assert_uint_ge(s.capacity, 500);
     ck_assert_uint_eq(s.keys, 0);
@@ -749,7 +723,7 @@ START_TEST(m_typed_open)
     TU_OK(b, traffic_close(b));
 
     /* named, with a mode; the URL opener then sees the same table */
-    const char *name = name_of("typed");
+    const char *name = tu_name("typed");
     traffic_memory_options on = {.name = name, .max_size = 300, .mode = 0640};
     TU_OK(NULL, traffic_memory_open(&on, &b));
     ck_assert_int_eq(file_mode(name), 0640);
@@ -757,7 +731,7 @@ START_TEST(m_typed_open)
     char url[512];
     tu_memory_url(url, sizeof url, name, NULL);
     traffic_backend *b2 = open_ok(url);
-    ck_assert_uint_eq(stats_of(b2).max_size, 300);
+    ck_assert_uint_eq(tu_stats(b2).max_size, 300);
     EXPECT_STR(b2, "k", "typed");
     TU_OK(b2, traffic_close(b2));
     TU_OK(b, traffic_close(b));
@@ -841,7 +815,7 @@ START_TEST(m_stats_across_processes)
     pid_t kids[2];
     for (int i = 0; i < 2; i++) kids[i] = spawn(stats_child, &ids[i]);
     for (int i = 0; i < 2; i++) wait_ok(kids[i], "stats child");
-    struct traffic_stats s = stats_of(inherited);
+    struct traffic_stats s = tu_stats(inherited);
     ck_assert_uint_eq(s.hits, 2 * (10 + 1));
     ck_assert_uint_eq(s.misses, 2 * 5);
     ck_assert_uint_eq(s.increments, 2 * 7);
@@ -850,31 +824,6 @@ START_TEST(m_stats_across_processes)
     ck_assert_uint_eq(s.attached, 1); /* the children are gone; only this thread is attached */
     EXPECT_STR(inherited, "n", "14");
     TU_OK(inherited, traffic_close(inherited));
-}
-END_TEST
-
-/* Each thread holds a participant record (at most TRAFFIC_MEMORY_MAX_PARTICIPANTS at once)
- * and gives it back when it exits, so more threads than that over time are fine. */
-static void *one_increment(void *arg)
-{
-    intptr_t rc = traffic_increment(arg, "threads", 1, 0, NULL);
-    return (void *)rc;
-}
-
-START_TEST(m_thread_records_recycled)
-{
-    traffic_backend *b = open_ok("memory://?max_size=10");
-    const int n = TRAFFIC_MEMORY_MAX_PARTICIPANTS + 905;
-    for (int i = 0; i < n; i++) {
-        pthread_t tid;
-        void *ret = NULL;
-        ck_assert_int_eq(pthread_create(&tid, NULL, one_increment, b), 0);
-        ck_assert_int_eq(pthread_join(tid, &ret), 0);
-        ck_assert_msg((intptr_t)ret == TRAFFIC_OK, "thread %d: %s", i, traffic_strerror((int)(intptr_t)ret));
-    }
-    EXPECT_STR(b, "threads", "5000");
-    ck_assert_uint_eq(stats_of(b).attached, 1); /* only this thread now */
-    TU_OK(b, traffic_close(b));
 }
 END_TEST
 
@@ -892,12 +841,12 @@ START_TEST(m_reaper_reclaims)
         snprintf(key, sizeof key, "long-%d", i);
         TU_OK(b, traffic_increment(b, key, 1, 0, NULL));
     }
-    ck_assert_uint_eq(stats_of(b).keys, 35);
+    ck_assert_uint_eq(tu_stats(b).keys, 35);
     TU_OK(b, traffic_start_cleanup(b));
-    struct traffic_stats s = stats_of(b);
+    struct traffic_stats s = tu_stats(b);
     for (int i = 0; i < 100 && s.keys != 5; i++) { /* up to 5 s; normally a few passes */
-        sleep_s(0.05);
-        s = stats_of(b);
+        tu_sleep_ms(50);
+        s = tu_stats(b);
     }
     ck_assert_msg(s.keys == 5, "the reaper left %llu keys, want 5", (unsigned long long)s.keys);
     ck_assert_uint_eq(s.expirations, 30);
@@ -908,7 +857,7 @@ START_TEST(m_reaper_reclaims)
         EXPECT_STR(b, key, "1");
     }
     TU_OK(b, traffic_stop_cleanup(b));
-    ck_assert_int_eq(stats_of(b).reaper_pid, 0); /* it stepped down */
+    ck_assert_int_eq(tu_stats(b).reaper_pid, 0); /* it stepped down */
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -931,10 +880,10 @@ START_TEST(m_reaper_not_inherited)
     wait_ok(spawn(reaper_child, NULL), "reaper child");
     EXPECT_STR(inherited, "c", "1");
     TU_OK(inherited, traffic_set(inherited, "t", "x", 1, 0.05));
-    struct traffic_stats s = stats_of(inherited);
+    struct traffic_stats s = tu_stats(inherited);
     for (int i = 0; i < 100 && s.keys != 1; i++) { /* the parent's reaper still works */
-        sleep_s(0.05);
-        s = stats_of(inherited);
+        tu_sleep_ms(50);
+        s = tu_stats(inherited);
     }
     ck_assert_uint_eq(s.keys, 1);
     TU_OK(inherited, traffic_stop_cleanup(inherited));
@@ -944,30 +893,9 @@ END_TEST
 
 /* ---- main ------------------------------------------------------------------------------ */
 
-/* Removes /dev/shm/traffic.*-m<pid>* files left by failed tests; returns how many. */
-static int remove_leftovers(void)
-{
-    char mark[32], path[512];
-    snprintf(mark, sizeof mark, "-m%d", main_pid);
-    DIR *d = opendir("/dev/shm");
-    if (!d) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *p = strncmp(e->d_name, "traffic.", 8) == 0 ? strstr(e->d_name, mark) : NULL;
-        if (p && (p[strlen(mark)] == '\0' || p[strlen(mark)] == '-')) {
-            snprintf(path, sizeof path, "/dev/shm/%s", e->d_name);
-            n += unlink(path) == 0;
-        }
-    }
-    closedir(d);
-    return n;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--named-visitor") == 0) return named_visitor(argv[2], "from-exec");
-    main_pid = (int)getpid();
 
     Suite *s = suite_create("memory");
     TCase *u = tcase_create("url");
@@ -1003,13 +931,9 @@ int main(int argc, char **argv)
     TCase *p = tcase_create("processes");
     tcase_add_test(p, m_anonymous_inherited);
     tcase_add_test(p, m_stats_across_processes);
-    tcase_add_test(p, m_thread_records_recycled);
     tcase_add_test(p, m_reaper_reclaims);
     tcase_add_test(p, m_reaper_not_inherited);
     suite_add_tcase(s, p);
 
-    int rc = tu_run(s);
-    int left = remove_leftovers();
-    if (left) fprintf(stderr, "test_memory: removed %d table(s) that failed tests left in /dev/shm\n", left);
-    return rc;
+    return tu_run(s); /* which removes the tables failed tests left in /dev/shm */
 }

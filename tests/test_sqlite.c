@@ -928,13 +928,6 @@ END_TEST
 
 /* ---- cleanup ----------------------------------------------------------------------------- */
 
-static struct traffic_stats stats_of(traffic_backend *b)
-{
-    struct traffic_stats st;
-    TU_OK(b, traffic_stats(b, &st));
-    return st;
-}
-
 START_TEST(cleanup_sweeps_expired)
 {
     const char *dir = test_dir("cleanup");
@@ -950,13 +943,13 @@ START_TEST(cleanup_sweeps_expired)
         TU_OK(b, traffic_set(b, key, "x", 1, i ? 0 : 600));
     }
     tu_sleep_ms(100);
-    ck_assert_uint_eq(stats_of(b).expired_pending, 2000);
+    ck_assert_uint_eq(tu_stats(b).expired_pending, 2000);
     TU_OK(b, traffic_start_cleanup(b));
     TU_OK(b, traffic_start_cleanup(b)); /* twice: OK */
     int64_t t0 = tu_now_ms();
-    while (stats_of(b).keys > 10 && tu_now_ms() - t0 < 10000)
+    while (tu_stats(b).keys > 10 && tu_now_ms() - t0 < 10000)
         tu_sleep_ms(10);
-    struct traffic_stats st = stats_of(b);
+    struct traffic_stats st = tu_stats(b);
     ck_assert_uint_eq(st.keys, 10);
     ck_assert_uint_eq(st.expired_pending, 0);
     ck_assert_uint_eq(st.expirations, 2000);
@@ -964,7 +957,7 @@ START_TEST(cleanup_sweeps_expired)
     ck_assert_int_eq(st.reaper_pid, getpid());
     TU_OK(b, traffic_stop_cleanup(b));
     TU_OK(b, traffic_stop_cleanup(b));           /* not running: OK */
-    ck_assert_int_eq(stats_of(b).reaper_pid, 0); /* the lease was handed back */
+    ck_assert_int_eq(tu_stats(b).reaper_pid, 0); /* the lease was handed back */
     ck_assert_int_eq(raw_int(p, "SELECT count(*) FROM traffic_entries"), 10);
     TU_OK(b, traffic_close(b));
 }
@@ -996,18 +989,18 @@ START_TEST(cleanup_one_reaper_and_takeover)
     TU_OK(b, traffic_start_cleanup(b));
     for (int i = 0; i < 10; i++) { /* the child keeps renewing: the parent never gets it */
         tu_sleep_ms(50);
-        ck_assert_int_eq(stats_of(b).reaper_pid, child);
+        ck_assert_int_eq(tu_stats(b).reaper_pid, child);
     }
     TU_OK(b, traffic_increment(b, "gone", 1, 0.01, NULL));
     kill(child, SIGKILL);
     ck_assert_int_eq(tu_wait(child), 128 + SIGKILL);
     int64_t t0 = tu_now_ms();
-    while (stats_of(b).reaper_pid != getpid() && tu_now_ms() - t0 < 5000)
+    while (tu_stats(b).reaper_pid != getpid() && tu_now_ms() - t0 < 5000)
         tu_sleep_ms(20);
-    ck_assert_int_eq(stats_of(b).reaper_pid, getpid());
-    while (stats_of(b).keys > 0 && tu_now_ms() - t0 < 8000)
+    ck_assert_int_eq(tu_stats(b).reaper_pid, getpid());
+    while (tu_stats(b).keys > 0 && tu_now_ms() - t0 < 8000)
         tu_sleep_ms(20);
-    ck_assert_uint_eq(stats_of(b).keys, 0);
+    ck_assert_uint_eq(tu_stats(b).keys, 0);
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -1038,7 +1031,7 @@ START_TEST(busy_timeout_reported)
     int64_t waited = tu_now_ms() - t0;
     ck_assert_msg(waited >= 290 && waited < 2000, "waited %lld ms", (long long)waited);
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(b), "locked"));
-    ck_assert_uint_gt(stats_of(b).busy_retries, 0);
+    ck_assert_uint_gt(tu_stats(b).busy_retries, 0);
     ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));

@@ -43,12 +43,9 @@ START_TEST(threads_exact_totals)
         ck_assert_ptr_null(r);
     }
     for (int k = 0; k < KEYS; k++) {
-        char key[16], buf[32];
-        size_t len;
+        char key[16];
         snprintf(key, sizeof key, "k%d", k);
-        TU_OK(hb, traffic_get(hb, key, buf, sizeof buf - 1, &len));
-        buf[len] = '\0';
-        ck_assert_int_eq(atoll(buf), (long long)THREADS * PER_THREAD / KEYS);
+        ck_assert_int_eq(tu_counter(hb, key), (long long)THREADS * PER_THREAD / KEYS);
     }
     TU_OK(hb, traffic_close(hb));
 }
@@ -192,11 +189,7 @@ START_TEST(short_lived_threads_recycle_records)
         pthread_join(th, &r);
         ck_assert_int_eq((intptr_t)r, TRAFFIC_OK);
     }
-    char buf[32];
-    size_t len;
-    TU_OK(hb, traffic_get(hb, "count", buf, sizeof buf - 1, &len));
-    buf[len] = '\0';
-    ck_assert_int_eq(atoi(buf), n);
+    ck_assert_int_eq(tu_counter(hb, "count"), n);
     struct traffic_stats st;
     TU_OK(hb, traffic_stats(hb, &st));
     ck_assert_uint_le(st.attached, 2);

@@ -85,6 +85,13 @@ void *tu_timed_call(void *arg)
     return NULL;
 }
 
+struct traffic_stats tu_stats(traffic_backend *b)
+{
+    struct traffic_stats st;
+    TU_OK(b, traffic_stats(b, &st));
+    return st;
+}
+
 void tu_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};

@@ -58,6 +58,8 @@ typedef struct tu_timed {
     int64_t took;
 } tu_timed;
 void *tu_timed_call(void *arg);
+/* The handle's statistics, asserting that the call works. */
+struct traffic_stats tu_stats(traffic_backend *b);
 /* Sleeps ms milliseconds, through signals. */
 void tu_sleep_ms(long ms);
 /* Monotonic milliseconds. */
