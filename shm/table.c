@@ -817,8 +817,11 @@ static void reap_slot(struct shm_table *t, struct shm_self *me, struct shm_slot 
 
 /* A reaper pass. It also repairs `live`, which a process killed between reserving room and
  * claiming a slot (or between retiring and decrementing) leaves one too high: when neither
- * `live` nor the insert count moved during the pass, nothing was inserted or retired with its
- * count meanwhile, so the slots counted are the truth. */
+ * `live` nor the insert count differ at the end of the pass from the start, the slots counted
+ * are taken as the truth. Only net values are compared: a retire (live - 1) and a reservation
+ * not yet published (live + 1, inserts unchanged) that cancel out during the pass make the
+ * count one too low, until a later pass (a table may then hold max_size + 1 entries). Closing
+ * that needs a modification sequence in the same word as `live`. */
 int shm_reap_pass(shm_table *t, uint64_t *reclaimed)
 {
     struct reap r = {0};
