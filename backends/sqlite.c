@@ -1471,11 +1471,6 @@ static int check_options(const traffic_sqlite_options *o)
     return TRAFFIC_OK;
 }
 
-static int64_t ms_ceil(double seconds)
-{
-    return (int64_t)ceil(seconds * 1000.0);
-}
-
 int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
 {
     if (!out) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "out is NULL");
@@ -1489,8 +1484,8 @@ int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
     s->mode = 0644; /* until validation reads the file's own */
     s->uid = geteuid();
     s->gid = getegid();
-    s->cleanup_ms = ms_ceil(o->cleanup_interval > 0 ? o->cleanup_interval : SQ_DEFAULT_CLEANUP_S);
-    s->timeout_ns = ms_ceil(o->timeout > 0 ? o->timeout : SQ_DEFAULT_TIMEOUT_S) * 1000000;
+    s->cleanup_ms = ttl_seconds_to_ms(o->cleanup_interval > 0 ? o->cleanup_interval : SQ_DEFAULT_CLEANUP_S);
+    s->timeout_ns = ttl_seconds_to_ms(o->timeout > 0 ? o->timeout : SQ_DEFAULT_TIMEOUT_S) * 1000000;
     int rc = resolve_path(s, o->path);
     if (rc == TRAFFIC_OK) rc = sq_validate(s);
     sq_pool *p = rc == TRAFFIC_OK ? pool_new(s) : NULL;
