@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "limit/limit.h"
 #include "traffic/backend.h"
 
 /* ---- status names ---------------------------------------------------------------------- */
@@ -228,6 +229,38 @@ int traffic_ttl(traffic_backend *b, const char *key, double *seconds)
     return TRAFFIC_OK;
 }
 
+static int limit_call(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost, int64_t now_us,
+                      traffic_decision *out)
+{
+    size_t klen = 0;
+    traffic_decision scratch;
+    char msg[200];
+    CHECK(check_handle(b));
+    CHECK(check_key(b, key, &klen));
+    if (traffic_limit_check(rule, msg, sizeof msg) != TRAFFIC_OK) return traffic_backend_fail(b, TRAFFIC_EINVAL, "%s", msg);
+    if (cost < 0) return traffic_backend_fail(b, TRAFFIC_EINVAL, "cost %lld is negative", (long long)cost);
+    if (!b->ops->limit)
+        return traffic_backend_fail(b, TRAFFIC_ENOTSUP, "the %s backend has no rate-limit decisions", b->ops->name);
+    return b->ops->limit(b, key, klen, rule, cost, now_us, out ? out : &scratch);
+}
+
+int traffic_limit(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost, traffic_decision *out)
+{
+    return limit_call(b, key, rule, cost, -1, out);
+}
+
+/* 2^53 µs (285 years): every time a backend computes stays exact in Lua's doubles. */
+#define LIMIT_NOW_MAX (INT64_C(1) << 53)
+
+int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost, int64_t now_us,
+                     traffic_decision *out)
+{
+    CHECK(check_handle(b));
+    if (now_us < 0 || now_us >= LIMIT_NOW_MAX)
+        return traffic_backend_fail(b, TRAFFIC_EINVAL, "now_us %lld is not in [0, 2^53)", (long long)now_us);
+    return limit_call(b, key, rule, cost, now_us, out);
+}
+
 int traffic_clear(traffic_backend *b)
 {
     CHECK(check_handle(b));
@@ -254,11 +287,12 @@ int traffic_stats_json(traffic_backend *b, char *buf, size_t cap)
                      "\"bytes_resident\":%llu,\"hits\":%llu,\"misses\":%llu,\"sets\":%llu,\"increments\":%llu,"
                      "\"deletes\":%llu,\"evictions\":%llu,\"expirations\":%llu,\"attached\":%llu,"
                      "\"recovered\":%llu,\"epoch\":%llu,\"reaper_pid\":%lld,\"reaper_runs\":%llu,"
-                     "\"expired_pending\":%llu,\"wal_bytes\":%llu,\"busy_retries\":%llu}",
+                     "\"expired_pending\":%llu,\"wal_bytes\":%llu,\"busy_retries\":%llu,\"decisions\":%llu,"
+                     "\"denied\":%llu}",
                      s.backend ? s.backend : "", U(keys), U(capacity), U(max_size), U(bytes_used), U(bytes_resident),
                      U(hits), U(misses), U(sets), U(increments), U(deletes), U(evictions), U(expirations), U(attached),
                      U(recovered), U(epoch), (long long)s.reaper_pid, U(reaper_runs), U(expired_pending), U(wal_bytes),
-                     U(busy_retries));
+                     U(busy_retries), U(decisions), U(denied));
 #undef U
     if (n < 0) return traffic_backend_fail(b, TRAFFIC_EIO, "formatting stats failed");
     if ((size_t)n >= cap && buf)

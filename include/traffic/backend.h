@@ -40,17 +40,52 @@ typedef struct traffic_backend_ops {
     int (*stats)(traffic_backend *b, struct traffic_stats *out); /* out is zeroed by the caller */
     int (*start_cleanup)(traffic_backend *b);                    /* may be NULL: TRAFFIC_ENOTSUP */
     int (*stop_cleanup)(traffic_backend *b);                     /* may be NULL: TRAFFIC_OK */
-    /* Reserved for the rate-limit algorithms of SPEC.md ("Next"): compare-and-swap of the
-     * entry's 64-bit word, creating it with ttl_ms when absent and expected == 0.
-     * May be NULL until a backend supports it. */
-    int (*cas)(traffic_backend *b, const char *key, size_t klen, uint64_t expected, uint64_t desired, int64_t ttl_ms,
-               uint64_t *actual);
+    /* One rate-limit decision (traffic_limit). May be NULL: TRAFFIC_ENOTSUP. The dispatch has
+     * validated rule (see traffic_limit_check) and cost (>= 0). now_us is the instant to
+     * decide at in the store's clock, or -1 for "read the clock". A backend must:
+     *   - make each decision on a key linearizable with every other decision, delete, set and
+     *     clear of that key, across all processes and hosts that share the store, and never
+     *     apply a decision twice or half (a crash applies all of it or nothing);
+     *   - compute it with traffic_limit_apply on the key's state (or the same arithmetic),
+     *     storing the new state only when that returns 1, with a TTL of at least
+     *     reset_after from the moment of the store;
+     *   - answer TRAFFIC_ETYPE for a key holding bytes, a counter or another algorithm's state. */
+    int (*limit)(traffic_backend *b, const char *key, size_t klen, const traffic_rule *rule, int64_t cost,
+                 int64_t now_us, traffic_decision *out);
 } traffic_backend_ops;
 
 struct traffic_backend {
     const traffic_backend_ops *ops;
     uint64_t id; /* unique per handle in this process; keys the per-thread error messages */
 };
+
+/* ---- the algorithms' pure function --------------------------------------------------------
+ * The state of one key under one algorithm (the formulas are in traffic.h, "Rate limits"):
+ *   fixed window            a = S (window start, µs), b = N (count)
+ *   sliding window counter  a = i (window index),     b = P, c = C (counts)
+ *   token / leaky bucket    a = T (µs)
+ *   sliding window          log[0..nlog): admitted (t_us, cost), oldest first; log_cap is the
+ *                           room of the array (traffic_limit_apply never writes beyond it and
+ *                           needs log_cap >= limit)
+ * All zero (and nlog 0) is the unused state. */
+typedef struct traffic_limit_entry {
+    int64_t t_us, n;
+} traffic_limit_entry;
+typedef struct traffic_limit_state {
+    int64_t a, b, c;
+    traffic_limit_entry *log;
+    size_t nlog, log_cap;
+} traffic_limit_state;
+
+/* Checks a rule against the bounds of traffic.h. TRAFFIC_OK, or TRAFFIC_EINVAL with the reason
+ * in msg (msg may be NULL). */
+TRAFFIC_API int traffic_limit_check(const traffic_rule *rule, char *msg, size_t msglen);
+
+/* Decides a request of `cost` at now_us on state *st under a checked rule: fills *out and
+ * updates *st. Returns 1 if *st changed and must be stored, 0 if not (a denial, a peek or a
+ * state that only aged), or TRAFFIC_EINVAL (a log state with log_cap < limit, negative now). */
+TRAFFIC_API int traffic_limit_apply(const traffic_rule *rule, traffic_limit_state *st, int64_t now_us, int64_t cost,
+                                    traffic_decision *out);
 
 /* Fills in the common part of a new handle. */
 TRAFFIC_API void traffic_backend_init(traffic_backend *b, const traffic_backend_ops *ops);

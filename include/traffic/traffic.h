@@ -180,6 +180,120 @@ TRAFFIC_API int traffic_ttl(traffic_backend *b, const char *key, double *seconds
 TRAFFIC_API int traffic_clear(traffic_backend *b);
 
 /* ---------------------------------------------------------------------------------------- */
+/* Rate limits                                                                               */
+/*                                                                                           */
+/* traffic_limit answers "may this request pass?" as one atomic step inside the store:      */
+/* decisions on one key are linearizable across processes, threads and hosts (what passes is */
+/* what some one-at-a-time order of the same calls lets pass) and a denied request consumes  */
+/* nothing. Each algorithm is one pure function (state, now, rule, cost -> new state,        */
+/* decision), traffic_limit_apply in backend.h, run by the memory and SQLite backends and    */
+/* mirrored by the Redis backend's Lua scripts.                                              */
+/*                                                                                           */
+/* Time is integer microseconds of the store's clock: memory CLOCK_MONOTONIC, SQLite the     */
+/* wall clock (CLOCK_REALTIME), Redis the server's TIME (so that hosts with skewed clocks    */
+/* agree). Below, W = window in µs (rounded to the nearest µs), L = limit, now = the clock,  */
+/* and for the buckets I = ceil(W / L), the interval between two admissions at the steady   */
+/* rate (rounded up: a rule is never exceeded, at most 1 µs per interval slower).           */
+/*                                                                                           */
+/* TRAFFIC_FIXED_WINDOW  state (S, N). A window opens at the first request that consumes:    */
+/*   S = now rounded down to the millisecond, N = 0; it lasts while now < S + W.             */
+/*   allowed = N + cost <= L (then N += cost).   remaining = L - N.                          */
+/*   reset_after = S + W - now while N > 0, else 0.   retry_after = S + W - now.             */
+/* TRAFFIC_SLIDING_WINDOW_COUNTER  state (i, P, C): windows aligned on multiples of W,       */
+/*   i = floor(now / W), P the count of window i - 1, C of window i (a state of an older     */
+/*   window rolls forward: C -> P when one window old, both 0 when older).                   */
+/*   e = now - i W,  weight = (W - e) / W,  est = P * weight + C  (IEEE doubles, this order). */
+/*   allowed = est + cost <= L (then C += cost).  remaining = floor(L - est'), est' after.   */
+/*   reset_after = (i + 2) W - now if C > 0, (i + 1) W - now if only P > 0, else 0.          */
+/*   retry_after = the first instant at which est + cost <= L with no further traffic: in    */
+/*   window i at e = W - (L - cost - C) W / P when L - cost - C >= 0, else in window i + 1   */
+/*   at e = W - (L - cost) W / C (rounded up to the µs; 0 into the window if that is < 0).  */
+/* TRAFFIC_SLIDING_WINDOW  (exact) state: the log of admitted requests (t, cost), those with */
+/*   t + W <= now dropped. used = sum of costs. allowed = used + cost <= L (then (now, cost)  */
+/*   is appended).  remaining = L - used'.  reset_after = t_last + W - now (0: empty log).   */
+/*   retry_after = t_k + W - now for the oldest entry k whose expiry brings used + cost <= L. */
+/*   L <= TRAFFIC_SLIDING_WINDOW_LIMIT_MAX (the memory backend: also 8 + 8 L <= value_max).  */
+/* TRAFFIC_TOKEN_BUCKET  state: T, the theoretical arrival time (GCRA). Capacity B = burst   */
+/*   (0: L), one token back every I. t0 = max(T, now), T' = t0 + cost I.                    */
+/*   allowed = T' - now <= B I (then T = T').   remaining = floor((now + B I - T) / I).      */
+/*   reset_after = max(T - now, 0) (until full).  retry_after = T' - B I - now.              */
+/* TRAFFIC_LEAKY_BUCKET  nginx limit_req: requests leave at one per I; Q = burst (0: L) may  */
+/*   wait. State T, when the queue is empty. t0 = max(T, now), T' = t0 + cost I.             */
+/*   allowed = T' - I - now <= Q I (then T = T'); delay = T' - I - now, the time the caller  */
+/*   should hold the request (0 for the first of an idle key, I for the next, ...).          */
+/*   remaining = floor((now + (Q + 1) I - max(T, now)) / I).   reset_after = max(T - now, 0). */
+/*   retry_after = T + (cost - 1 - Q) I - now.                                               */
+/*                                                                                           */
+/* Every algorithm: cost 0 is a peek that changes nothing (the seed's get_state): allowed,    */
+/* retry_after and delay are those a request of cost 1 would get now, remaining the number  */
+/* of cost-1 requests that would pass now. A cost above what the rule can ever admit         */
+/* (L for the windows, B or Q + 1 for the buckets) is denied with retry_after = -1 (never).  */
+/* decision.limit is that same most-at-once figure. Seconds are the µs figures / 1e6.        */
+/*                                                                                           */
+/* Storage: a key holds one algorithm's state; its TTL follows reset_after, so an unused key */
+/* disappears by itself. traffic_limit on a key holding bytes, a counter or another          */
+/* algorithm's state is TRAFFIC_ETYPE; traffic_delete resets a key; traffic_get returns the */
+/* state as JSON text, e.g. {"algorithm":"token_bucket","tat_us":1234}; traffic_set        */
+/* replaces it. Changing a key's rule (limit, window, burst) reinterprets its state.         */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef enum traffic_algorithm {
+    TRAFFIC_SLIDING_WINDOW_COUNTER = 0, /* the default: previous window weighted + current */
+    TRAFFIC_FIXED_WINDOW,               /* a window that starts at the key's first hit */
+    TRAFFIC_SLIDING_WINDOW,             /* exact: a log of the admitted requests' times */
+    TRAFFIC_TOKEN_BUCKET,               /* capacity `burst`, refilled at limit/window */
+    TRAFFIC_LEAKY_BUCKET,               /* nginx limit_req: rate limit/window, `burst` queued with a delay */
+} traffic_algorithm;
+
+typedef struct traffic_rule {
+    traffic_algorithm algorithm;
+    int64_t limit; /* requests per window, >= 1 */
+    double window; /* seconds, > 0 */
+    int64_t burst; /* buckets: capacity (token) or queue depth (leaky); 0 = limit, as the seed */
+} traffic_rule;
+
+typedef struct traffic_decision {
+    int allowed;        /* 1: pass; 0: reply 429 */
+    int64_t limit;      /* the quota to advertise (X-RateLimit-Limit) */
+    int64_t remaining;  /* requests of cost 1 that would pass right after this one */
+    double reset_after; /* seconds until the key is back to its unused state */
+    double retry_after; /* denied: seconds until this request would pass (-1: never); allowed: 0 */
+    double delay;       /* leaky bucket: seconds to hold an allowed request to smooth it; else 0 */
+} traffic_decision;
+
+/* Rule bounds, the same on every backend. */
+#define TRAFFIC_WINDOW_MIN_S 0.001              /* windows: 1 ms .. */
+#define TRAFFIC_WINDOW_MAX_S 1e8                /* .. about 3 years */
+#define TRAFFIC_WINDOW_LIMIT_MAX 16777215       /* fixed window, sliding window counter: 2^24 - 1 */
+#define TRAFFIC_SLIDING_WINDOW_LIMIT_MAX 10000  /* the exact log */
+#define TRAFFIC_BUCKET_MAX_US 4503599627370496LL /* buckets: B I (or (Q + 1) I) < 2^52 µs */
+
+/* Decides whether a request of `cost` (>= 0) on key passes under rule, atomically, and fills
+ * *out (out may be NULL).
+ * @retval TRAFFIC_OK      *out holds the decision, allowed or not
+ * @retval TRAFFIC_EINVAL  NULL rule or key, unknown algorithm, limit < 1, a window that is
+ *                         NaN, infinite or outside [TRAFFIC_WINDOW_MIN_S, TRAFFIC_WINDOW_MAX_S],
+ *                         burst < 0 (or > 0 for a window algorithm), cost < 0, or a rule over
+ *                         the bounds above (a bucket faster than 1 per µs) - the message names it
+ * @retval TRAFFIC_ETYPE   the key holds bytes, a counter or another algorithm's state
+ * @retval TRAFFIC_ENOTSUP a custom backend without decisions
+ * and the store's own failures (TRAFFIC_EFULL, TRAFFIC_EUNAVAILABLE, ...). */
+TRAFFIC_API int traffic_limit(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost,
+                              traffic_decision *out);
+
+/* traffic_limit at an explicit instant now_us (>= 0) of the store's clock instead of reading
+ * it: for simulations and tests, which drive time themselves. A key's decisions should not
+ * mix the two (a state written at a simulated time is read at the clock's time). The key's
+ * storage TTL still runs on the real clock, for reset_after from the simulated instant. The
+ * memory backend takes now_us < 2^40 ms. */
+TRAFFIC_API int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost,
+                                 int64_t now_us, traffic_decision *out);
+
+/* The algorithm's name as written in rules and JSON ("sliding_window_counter", "fixed_window",
+ * "sliding_window", "token_bucket", "leaky_bucket"), or NULL for an unknown value. */
+TRAFFIC_API const char *traffic_algorithm_name(traffic_algorithm a);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Statistics and cleanup                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -211,7 +325,9 @@ struct traffic_stats {
     uint64_t expired_pending; /* sqlite: expired rows not yet swept */
     uint64_t wal_bytes;    /* sqlite: size of the WAL file */
     uint64_t busy_retries; /* sqlite: waits for another writer */
-    uint64_t reserved[8];
+    uint64_t decisions;    /* traffic_limit calls answered (peeks included) */
+    uint64_t denied;       /* of those, the ones that denied */
+    uint64_t reserved[6];
 };
 typedef struct traffic_stats traffic_stats_t;
 

@@ -1,0 +1,38 @@
+/*
+ * limit.h — the rate-limit algorithms' pure arithmetic, below every backend.
+ *
+ * traffic_limit_check and traffic_limit_apply (declared in backend.h, where a custom backend
+ * finds them) are the one definition of each algorithm: the memory and SQLite backends call
+ * them, the Redis backend's Lua scripts mirror them operation for operation (the differential
+ * test compares the two). No I/O, no clock, no allocation here.
+ */
+#ifndef TRAFFIC_LIMIT_H
+#define TRAFFIC_LIMIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "traffic/backend.h"
+
+/* A checked rule in integers: W and I of traffic.h, and the most requests of cost 1 that pass
+ * at once from the unused state (L, B or Q + 1: decision.limit). */
+typedef struct limit_rule {
+    traffic_algorithm algo;
+    int64_t limit, window_us, interval_us, capacity, most;
+} limit_rule;
+
+/* Fills *lr from a rule that traffic_limit_check accepted. */
+void limit_rule_derive(const traffic_rule *r, limit_rule *lr);
+
+/* The window in µs as every backend rounds it (to the nearest µs). */
+int64_t limit_window_us(double window);
+
+/* The algorithm's name ("token_bucket"), NULL for an unknown value; and back (-1: unknown). */
+const char *limit_algo_name(int algo);
+int limit_algo_parse(const char *name, size_t len);
+
+/* The state as JSON text, {"algorithm":"token_bucket","tat_us":1234} (what traffic_get shows
+ * for a rate-limit key). Returns the length it needs (excluding the NUL), like snprintf. */
+size_t limit_state_json(int algo, const traffic_limit_state *st, char *buf, size_t cap);
+
+#endif
