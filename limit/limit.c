@@ -11,9 +11,11 @@
  */
 #include "limit.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const algo_names[] = {"sliding_window_counter", "fixed_window", "sliding_window", "token_bucket",
@@ -368,4 +370,60 @@ size_t limit_state_json(int algo, const traffic_limit_state *st, char *buf, size
     default: n = snprintf(buf, cap, "{\"algorithm\":null}"); break;
     }
     return n < 0 ? 0 : (size_t)n;
+}
+
+int traffic_rule_parse(const char *text, traffic_rule *out, char *msg, size_t msglen)
+{
+    if (!text || !out) return bad(msg, msglen, "rule text or out is NULL");
+    traffic_rule r = {.algorithm = TRAFFIC_SLIDING_WINDOW_COUNTER};
+    const char *p = text, *colon = strchr(text, ':');
+    if (colon) {
+        int a = limit_algo_parse(text, (size_t)(colon - text));
+        if (a < 0)
+            return bad(msg, msglen,
+                       "rule \"%.80s\": unknown algorithm \"%.*s\" (want sliding_window_counter, fixed_window, "
+                       "sliding_window, token_bucket or leaky_bucket)",
+                       text, (int)(colon - text < 40 ? colon - text : 40), text);
+        r.algorithm = (traffic_algorithm)a;
+        p = colon + 1;
+    }
+    char *end;
+    errno = 0;
+    long long limit = strtoll(p, &end, 10);
+    if (end == p || errno || *end != '/' || !(*p >= '0' && *p <= '9'))
+        return bad(msg, msglen, "rule \"%.80s\": want ALGO:LIMIT/WINDOW[,burst=N], e.g. token_bucket:100/60s,burst=20",
+                   text);
+    r.limit = limit;
+    p = end + 1;
+    double w = strtod(p, &end);
+    if (end == p || (!(*p >= '0' && *p <= '9') && *p != '.'))
+        return bad(msg, msglen, "rule \"%.80s\": the window is not a number of seconds", text);
+    double unit = 1;
+    const char *u = end;
+    size_t ulen = strcspn(u, ",");
+    if (ulen == 0 || (ulen == 1 && *u == 's')) unit = 1;
+    else if (ulen == 2 && memcmp(u, "ms", 2) == 0) unit = 0.001;
+    else if (ulen == 1 && *u == 'm') unit = 60;
+    else if (ulen == 1 && *u == 'h') unit = 3600;
+    else if (ulen == 1 && *u == 'd') unit = 86400;
+    else return bad(msg, msglen, "rule \"%.80s\": unknown window unit \"%.*s\" (want ms, s, m, h or d)", text,
+                    (int)(ulen < 20 ? ulen : 20), u);
+    r.window = w * unit;
+    p = u + ulen;
+    if (*p == ',') {
+        p++;
+        if (strncmp(p, "burst=", 6) != 0)
+            return bad(msg, msglen, "rule \"%.80s\": unknown option \"%.20s\" (want burst=N)", text, p);
+        p += 6;
+        errno = 0;
+        long long bu = strtoll(p, &end, 10);
+        if (end == p || errno || *end != '\0' || !(*p >= '0' && *p <= '9'))
+            return bad(msg, msglen, "rule \"%.80s\": burst is not a whole number", text);
+        r.burst = bu;
+    } else if (*p != '\0') {
+        return bad(msg, msglen, "rule \"%.80s\": unexpected \"%.20s\"", text, p);
+    }
+    int rc = traffic_limit_check(&r, msg, msglen);
+    if (rc == TRAFFIC_OK) *out = r;
+    return rc;
 }

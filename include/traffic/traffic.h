@@ -289,6 +289,13 @@ TRAFFIC_API int traffic_limit(traffic_backend *b, const char *key, const traffic
 TRAFFIC_API int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost,
                                  int64_t now_us, traffic_decision *out);
 
+/* Parses a rule written ALGO:LIMIT/WINDOW[,burst=N], e.g. "token_bucket:100/60s,burst=20" or
+ * "fixed_window:5/1m": ALGO one of the names below (omitted with its colon: the sliding window
+ * counter), WINDOW a positive number with an optional unit ms, s (default), m, h or d. The
+ * result is checked as traffic_limit would check it.
+ * @retval TRAFFIC_EINVAL with the reason in msg (msg may be NULL) */
+TRAFFIC_API int traffic_rule_parse(const char *text, traffic_rule *out, char *msg, size_t msglen);
+
 /* The algorithm's name as written in rules and JSON ("sliding_window_counter", "fixed_window",
  * "sliding_window", "token_bucket", "leaky_bucket"), or NULL for an unknown value. */
 TRAFFIC_API const char *traffic_algorithm_name(traffic_algorithm a);
