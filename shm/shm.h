@@ -134,6 +134,7 @@ enum {
     SHM_BROKEN_NO_GRACE = 1,   /* reuse a retired slot at once, without waiting out the epochs */
     SHM_BROKEN_NO_RECHECK = 2, /* readers skip the version re-check after copying a value */
     SHM_BROKEN_NO_LATCH = 4,   /* inserts skip the home latch that makes a key unique */
+    SHM_BROKEN_LIMIT_STORE = 8, /* a word state is written by a plain store, not a compare-and-swap */
 };
 void shm_debug_set_broken(unsigned flags);
 

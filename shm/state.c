@@ -91,7 +91,9 @@ static int update_word(struct shm_table *t, struct shm_self *me, struct shm_slot
         if (u.store) {
             if (!raise_expiry(s, u.expires_ms)) return AGAIN;
             int64_t expect = (int64_t)old;
-            if (!atomic_compare_exchange_strong_explicit(&s->counter, &expect, (int64_t)u.word, memory_order_acq_rel,
+            if (shm_broken & SHM_BROKEN_LIMIT_STORE)
+                atomic_store_explicit(&s->counter, (int64_t)u.word, memory_order_release);
+            else if (!atomic_compare_exchange_strong_explicit(&s->counter, &expect, (int64_t)u.word, memory_order_acq_rel,
                                                          memory_order_acquire))
                 continue; /* another decision came first: decide again on its state */
             raise_expiry(s, u.expires_ms); /* S4 */
