@@ -281,8 +281,7 @@ static int decide_fn(void *ctx, int present, uint64_t old_word, const void *old_
 static int m_limit(traffic_backend *b, const char *key, size_t klen, const traffic_rule *rule, int64_t cost,
                    int64_t now_us, traffic_decision *out)
 {
-    struct decide x = {.cost = cost, .d = out};
-    limit_rule_derive(rule, &x.r);
+    struct decide x = {.r = *limit_rule_cached(rule), .cost = cost, .d = out};
     traffic_limit_entry stack[LOG_STACK], *heap = NULL;
     if (x.r.algo == TRAFFIC_SLIDING_WINDOW) {
         uint32_t vmax = shm_value_max(T(b));
@@ -304,7 +303,7 @@ static int m_limit(traffic_backend *b, const char *key, size_t klen, const traff
     }
     x.real_us = monotonic_us();
     x.now_us = now_us >= 0 ? now_us : x.real_us;
-    int rc = shm_state_update(T(b), key, klen, state_type(x.r.algo), decide_fn, &x);
+    int rc = shm_state_update(T(b), key, klen, state_type(x.r.algo), x.real_us / 1000, decide_fn, &x);
     free(heap);
     if (rc == SHM_EINVAL)
         return traffic_backend_fail(b, rc, "sliding_window: \"%.64s\" would log requests 2^40 us apart", key);

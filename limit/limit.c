@@ -41,7 +41,9 @@ int limit_algo_parse(const char *name, size_t len)
 
 int64_t limit_window_us(double window)
 {
-    return (int64_t)llround(window * 1e6);
+    /* Half up: windows are positive and below 2^52 µs, where adding 0.5 is exact enough
+     * (llround's half away from zero, without its library call). */
+    return (int64_t)(window * 1e6 + 0.5);
 }
 
 static int is_bucket(traffic_algorithm a)
@@ -116,6 +118,20 @@ void limit_rule_derive(const traffic_rule *r, limit_rule *lr)
         lr->capacity = r->burst ? r->burst : r->limit; /* B, or Q */
         lr->most = r->algorithm == TRAFFIC_LEAKY_BUCKET ? lr->capacity + 1 : lr->capacity;
     }
+}
+
+const limit_rule *limit_rule_cached(const traffic_rule *r)
+{
+    static _Thread_local traffic_rule seen;
+    static _Thread_local limit_rule derived;
+    static _Thread_local int valid;
+    if (!valid || seen.algorithm != r->algorithm || seen.limit != r->limit || seen.window != r->window ||
+        seen.burst != r->burst) {
+        limit_rule_derive(r, &derived);
+        seen = *r;
+        valid = 1;
+    }
+    return &derived;
 }
 
 static double secs(int64_t us)

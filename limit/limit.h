@@ -23,6 +23,8 @@ typedef struct limit_rule {
 
 /* Fills *lr from a rule that traffic_limit_check accepted. */
 void limit_rule_derive(const traffic_rule *r, limit_rule *lr);
+/* The same, from a one-rule cache of the calling thread (the rule of the last call). */
+const limit_rule *limit_rule_cached(const traffic_rule *r);
 
 /* traffic_limit_apply on a derived rule (no checks: rule checked, cost >= 0, now >= 0), also
  * giving reset_after in µs (reset_us may be NULL), which a backend needs for the TTL. */

@@ -85,7 +85,8 @@ int shm_stats_get(shm_table *t, shm_stats *out);
  * key is absent or expired); fn decides and says through *u whether to store a new state and
  * until when it must live. fn may run several times (each lost race runs it again on the newer
  * state) and must depend only on its arguments. A key holding anything of another type is
- * SHM_ETYPE; shm_get on a state is SHM_ESTATE (read it with shm_state_get); shm_set replaces a
+ * SHM_ETYPE. now_ms is the caller's reading of CLOCK_MONOTONIC (ms), which the update's expiry
+ * checks use. shm_get on a state is SHM_ESTATE (read it with shm_state_get); shm_set replaces a
  * state, shm_incr on one is SHM_ETYPE, shm_del removes it. */
 #define SHM_STATE_KINDS  16
 #define SHM_TYPE_WORD(k) (16u + (unsigned)(k))
@@ -103,7 +104,8 @@ typedef struct shm_update {
  * valid during the call only; buf (cap = value_max bytes) receives a new blob. */
 typedef int (*shm_update_fn)(void *ctx, int present, uint64_t old_word, const void *old_blob, size_t old_len,
                              shm_update *u, void *buf, size_t cap);
-int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, shm_update_fn fn, void *ctx);
+int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, int64_t now_ms, shm_update_fn fn,
+                     void *ctx);
 /* Reads a state entry: its type, and its word or blob (into buf, cap bytes; *len its length,
  * SHM_ERANGE if cap is short). SHM_ENOTFOUND if absent or expired, SHM_ETYPE if not a state. */
 int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, uint64_t *word, void *buf, size_t cap,

@@ -58,12 +58,20 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
     return tbl_retire(t, me, s, c, stat);
 }
 
+/* Expiry checks of a decision use the clock reading the decision was made with (one read
+ * per call, which the caller takes anyway): an entry live then is used, one expired then is
+ * treated as absent. S1-S3 hold whatever the reading: they order the CASes on `expires`. */
+static inline int expired_at(int64_t e, int64_t now_ms)
+{
+    return e != 0 && now_ms >= e;
+}
+
 /* The decider side (S2): 1 when `expires` covers want, 0 when the entry expired first. */
-static int raise_expiry(struct shm_slot *s, int64_t want)
+static int raise_expiry(struct shm_slot *s, int64_t want, int64_t now_ms)
 {
     int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
     for (;;) {
-        if (e == EXPIRES_DEAD || shm_expired(e)) return 0;
+        if (e == EXPIRES_DEAD || expired_at(e, now_ms)) return 0;
         if (e >= want) return 1;
         if (atomic_compare_exchange_weak_explicit(&s->expires, &e, want, memory_order_relaxed, memory_order_relaxed))
             return 1;
@@ -80,7 +88,7 @@ enum { AGAIN = 1 }; /* look the key up again */
 
 /* A decision on a live word state at s (control word c when looked up). */
 static int update_word(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, shm_update_fn fn,
-                       void *ctx)
+                       void *ctx, int64_t now_ms)
 {
     for (;;) {
         uint64_t old = (uint64_t)atomic_load_explicit(&s->counter, memory_order_acquire);
@@ -89,14 +97,14 @@ static int update_word(struct shm_table *t, struct shm_self *me, struct shm_slot
         int rc = fn(ctx, 1, old, NULL, 0, &u, NULL, 0);
         if (rc < 0) return rc;
         if (u.store) {
-            if (!raise_expiry(s, u.expires_ms)) return AGAIN;
+            if (!raise_expiry(s, u.expires_ms, now_ms)) return AGAIN;
             int64_t expect = (int64_t)old;
             if (shm_broken & SHM_BROKEN_LIMIT_STORE)
                 atomic_store_explicit(&s->counter, (int64_t)u.word, memory_order_release);
             else if (!atomic_compare_exchange_strong_explicit(&s->counter, &expect, (int64_t)u.word, memory_order_acq_rel,
                                                          memory_order_acquire))
                 continue; /* another decision came first: decide again on its state */
-            raise_expiry(s, u.expires_ms); /* S4 */
+            raise_expiry(s, u.expires_ms, now_ms); /* S4 */
         }
         touch(t, s);
         count(me, &u);
@@ -106,7 +114,7 @@ static int update_word(struct shm_table *t, struct shm_self *me, struct shm_slot
 
 /* A decision on a live blob state at s (control word c). old/nbuf: value_max bytes each. */
 static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, shm_update_fn fn,
-                       void *ctx, unsigned char *old, unsigned char *nbuf)
+                       void *ctx, unsigned char *old, unsigned char *nbuf, int64_t now_ms)
 {
     size_t cap = t->h->value_max;
     for (;;) {
@@ -119,7 +127,7 @@ static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot
         size_t len;
         int64_t e;
         if (bytes_snapshot(t, s, c, old, cap, &len, &e) < 0) return AGAIN;
-        if (shm_expired(e)) return AGAIN; /* the lookup's insert path retires it */
+        if (expired_at(e, now_ms)) return AGAIN; /* the lookup's insert path retires it */
         shm_update u = {0};
         int rc = fn(ctx, 1, 0, old, len, &u, nbuf, cap);
         if (rc < 0) return rc;
@@ -147,7 +155,7 @@ static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot
 #define BLOB_STACK 4096 /* blob buffers up to this size live on the stack */
 
 static int state_update(struct shm_table *t, const char *key, size_t klen, unsigned type, shm_update_fn fn,
-                        void *ctx, unsigned char *old, unsigned char *nbuf)
+                        void *ctx, int64_t now_ms, unsigned char *old, unsigned char *nbuf)
 {
     int blob = !type_is_word_state(type);
     size_t cap = t->h->value_max;
@@ -158,7 +166,7 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
     for (;;) {
         uint64_t c;
         struct shm_slot *s = lookup(t, &k, &c);
-        if (s && !shm_expired(entry_expiry(t, s, c))) {
+        if (s && !expired_at(entry_expiry(t, s, c), now_ms)) {
             if (meta_type(s) != type) {
                 rc = SHM_ETYPE;
                 break;
@@ -188,24 +196,25 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
                 break;
             }
         }
-        rc = blob ? update_blob(t, me, s, c, fn, ctx, old, nbuf) : update_word(t, me, s, c, fn, ctx);
+        rc = blob ? update_blob(t, me, s, c, fn, ctx, old, nbuf, now_ms) : update_word(t, me, s, c, fn, ctx, now_ms);
         if (rc != AGAIN) break;
     }
     shm_unpin(me);
     return rc;
 }
 
-int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, shm_update_fn fn, void *ctx)
+int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, int64_t now_ms, shm_update_fn fn,
+                     void *ctx)
 {
-    if (type_is_word_state(type)) return state_update(t, key, klen, type, fn, ctx, NULL, NULL);
+    if (type_is_word_state(type)) return state_update(t, key, klen, type, fn, ctx, now_ms, NULL, NULL);
     size_t cap = t->h->value_max;
     if (cap <= BLOB_STACK) {
         unsigned char old[BLOB_STACK], nbuf[BLOB_STACK];
-        return state_update(t, key, klen, type, fn, ctx, old, nbuf);
+        return state_update(t, key, klen, type, fn, ctx, now_ms, old, nbuf);
     }
     unsigned char *heap = malloc(2 * cap);
     if (!heap) return SHM_ENOMEM;
-    int rc = state_update(t, key, klen, type, fn, ctx, heap, heap + cap);
+    int rc = state_update(t, key, klen, type, fn, ctx, now_ms, heap, heap + cap);
     free(heap);
     return rc;
 }
