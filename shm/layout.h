@@ -238,6 +238,11 @@ struct shm_table {
     unsigned char *heads, *bodies;
     _Atomic uint64_t *touched; /* one bit per page of heads that ever held an entry */
     uint64_t mask;
+    /* The geometry this process validated at attach, kept here and never re-read from the
+     * header: another process (or a stray write) changing the header must not move our
+     * bounds (a raised value_max would have set write past the mapping). */
+    uint64_t capacity, max_size, cleanup_ms, hash_seed;
+    uint32_t key_max, value_max;
     uint32_t head_shift;                   /* heads are 1 << head_shift bytes apart */
     uint32_t body_size, buf_off, buf_size; /* buf_off: the value buffers' offset in a body */
     uint64_t uid;                          /* unique per handle in this process */
@@ -314,6 +319,13 @@ void shm_touched_mark(struct shm_table *t, struct shm_slot *s);
 void shm_table_unref(struct shm_table *t);
 void shm_tables_register(struct shm_table *t);
 void shm_tables_unregister(struct shm_table *t);
+
+/* The participant records in use, [0, hwm): a bound read from the mapping, so clamped. */
+static inline uint32_t shm_part_hwm(struct shm_table *t, memory_order mo)
+{
+    uint32_t n = atomic_load_explicit(&t->h->part_hwm, mo);
+    return n < SHM_MAX_PARTS ? n : SHM_MAX_PARTS;
+}
 
 static inline void shm_stat_add(struct shm_self *me, int which, uint64_t n)
 {

@@ -217,29 +217,46 @@ static int init_mapping(unsigned char *base, const struct geometry *g, uint64_t 
     return SHM_OK;
 }
 
-static int validate(const unsigned char *base, size_t file_size, char *err, size_t errlen, const char *what)
-{
-    const struct shm_header *h = (const struct shm_header *)base;
-    if (h->magic != SHM_MAGIC)
-        return fail(err, errlen, SHM_ECORRUPT, "%s: bad magic %#llx (not a traffic table, or overwritten)", what,
-                    (unsigned long long)h->magic);
-    if (h->format != SHM_FORMAT_VERSION)
-        return fail(err, errlen, SHM_ECORRUPT, "%s: format version %u, this library reads %u", what, h->format,
-                    SHM_FORMAT_VERSION);
-    if (h->key_max < 1 || h->key_max > SHM_KEY_LIMIT || h->value_max < 1 || h->value_max > SHM_VALUE_LIMIT ||
-        h->max_size < 1 || h->max_size > SHM_MAX_SIZE_LIMIT)
-        return fail(err, errlen, SHM_ECORRUPT, "%s: geometry out of range", what);
+/* The immutable part of a header, read once: every check and the handle use this copy, so a
+ * header changed after the checks cannot get past them. */
+struct header_snap {
     struct geometry g;
-    geometry_compute(&g, h->max_size, h->key_max, h->value_max);
-    if (h->layout != layout_word(&g) || h->capacity != g.capacity || h->body_size != g.body_size ||
-        h->head_stride != g.head_stride || h->heads_off != g.heads_off || h->bodies_off != g.bodies_off ||
-        h->parts_off != g.parts_off || h->touched_off != g.touched_off || h->map_size != g.map_size ||
-        h->max_parts != SHM_MAX_PARTS)
-        return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h->layout,
+    uint64_t cleanup_ms, hash_seed;
+};
+
+#define CLEANUP_MS_MAX (UINT64_C(1) << 40)
+
+static int validate(const unsigned char *base, size_t file_size, struct header_snap *out, char *err, size_t errlen,
+                    const char *what)
+{
+    struct shm_header h;
+    memcpy(&h, base, __builtin_offsetof(struct shm_header, epoch)); /* the fields below epoch only */
+    if (h.magic != SHM_MAGIC)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: bad magic %#llx (not a traffic table, or overwritten)", what,
+                    (unsigned long long)h.magic);
+    if (h.format != SHM_FORMAT_VERSION)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: format version %u, this library reads %u", what, h.format,
+                    SHM_FORMAT_VERSION);
+    if (h.key_max < 1 || h.key_max > SHM_KEY_LIMIT || h.value_max < 1 || h.value_max > SHM_VALUE_LIMIT ||
+        h.max_size < 1 || h.max_size > SHM_MAX_SIZE_LIMIT)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: geometry out of range", what);
+    if (h.cleanup_ms < 1 || h.cleanup_ms > CLEANUP_MS_MAX)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: cleanup interval %llu ms out of range", what,
+                    (unsigned long long)h.cleanup_ms);
+    struct geometry g;
+    geometry_compute(&g, h.max_size, h.key_max, h.value_max);
+    if (h.layout != layout_word(&g) || h.capacity != g.capacity || h.body_size != g.body_size ||
+        h.head_stride != g.head_stride || h.heads_off != g.heads_off || h.bodies_off != g.bodies_off ||
+        h.parts_off != g.parts_off || h.touched_off != g.touched_off || h.map_size != g.map_size ||
+        h.max_parts != SHM_MAX_PARTS)
+        return fail(err, errlen, SHM_ECORRUPT, "%s: layout word %#x does not match this build's %#x", what, h.layout,
                     layout_word(&g));
-    if (file_size && file_size != h->map_size)
+    if (file_size && file_size != h.map_size)
         return fail(err, errlen, SHM_ECORRUPT, "%s: file is %zu bytes, header says %llu", what, file_size,
-                    (unsigned long long)h->map_size);
+                    (unsigned long long)h.map_size);
+    out->g = g;
+    out->cleanup_ms = h.cleanup_ms;
+    out->hash_seed = h.hash_seed;
     return SHM_OK;
 }
 
@@ -312,25 +329,29 @@ static void process_init(void)
 
 /* ---- open / close ------------------------------------------------------------------------ */
 
-static int make_handle(unsigned char *base, size_t size, struct shm_table **out)
+static int make_handle(unsigned char *base, size_t size, const struct header_snap *hs, struct shm_table **out)
 {
     struct shm_table *t = calloc(1, sizeof *t);
     if (!t) return SHM_ENOMEM;
-    struct shm_header *h = (struct shm_header *)base;
+    const struct geometry *g = &hs->g;
     t->base = base;
     t->map_size = size;
-    t->h = h;
-    t->parts = (struct shm_part *)(base + h->parts_off);
-    t->heads = base + h->heads_off;
-    t->bodies = base + h->bodies_off;
-    t->touched = (_Atomic uint64_t *)(base + h->touched_off);
-    t->mask = h->capacity - 1;
-    struct geometry g;
-    geometry_compute(&g, h->max_size, h->key_max, h->value_max);
-    t->body_size = g.body_size;
-    t->head_shift = (uint32_t)__builtin_ctz(g.head_stride);
-    t->buf_off = g.buf_off;
-    t->buf_size = g.buf_size;
+    t->h = (struct shm_header *)base;
+    t->parts = (struct shm_part *)(base + g->parts_off);
+    t->heads = base + g->heads_off;
+    t->bodies = base + g->bodies_off;
+    t->touched = (_Atomic uint64_t *)(base + g->touched_off);
+    t->capacity = g->capacity;
+    t->mask = g->capacity - 1;
+    t->max_size = g->max_size;
+    t->key_max = g->key_max;
+    t->value_max = g->value_max;
+    t->cleanup_ms = hs->cleanup_ms;
+    t->hash_seed = hs->hash_seed;
+    t->body_size = g->body_size;
+    t->head_shift = (uint32_t)__builtin_ctz(g->head_stride);
+    t->buf_off = g->buf_off;
+    t->buf_size = g->buf_size;
     t->uid = atomic_fetch_add(&table_uids, 1);
     atomic_init(&t->refs, 1);
     pthread_mutex_init(&t->reaper_mu, NULL);
@@ -369,8 +390,10 @@ static int open_anonymous(const shm_params *p, struct shm_table **out, char *err
     if (base == MAP_FAILED)
         return fail(err, errlen, errno_status(errno), "mmap of %llu bytes: %s", (unsigned long long)g.map_size,
                     strerror(errno));
+    struct header_snap hs;
     int rc = init_mapping(base, &g, p->cleanup_ms ? p->cleanup_ms : SHM_DEFAULT_CLEANUP_MS, err, errlen);
-    if (rc == SHM_OK) rc = make_handle(base, g.map_size, out);
+    if (rc == SHM_OK) rc = validate(base, 0, &hs, err, errlen, "the new table");
+    if (rc == SHM_OK) rc = make_handle(base, g.map_size, &hs, out);
     if (rc) munmap(base, g.map_size);
     return rc;
 }
@@ -386,14 +409,14 @@ static int attach_fd(int fd, const shm_params *p, const char *path, struct shm_t
                     (long long)st.st_size);
     unsigned char *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (base == MAP_FAILED) return fail(err, errlen, errno_status(errno), "mmap %s: %s", path, strerror(errno));
-    int rc = validate(base, (size_t)st.st_size, err, errlen, path);
-    const struct shm_header *h = (const struct shm_header *)base;
-    if (rc == SHM_OK && ((p->max_size && p->max_size != h->max_size) || (p->key_max && p->key_max != h->key_max) ||
-                         (p->value_max && p->value_max != h->value_max)))
+    struct header_snap hs;
+    int rc = validate(base, (size_t)st.st_size, &hs, err, errlen, path);
+    if (rc == SHM_OK && ((p->max_size && p->max_size != hs.g.max_size) || (p->key_max && p->key_max != hs.g.key_max) ||
+                         (p->value_max && p->value_max != hs.g.value_max)))
         rc = fail(err, errlen, SHM_EINVAL,
                   "%s exists with max_size=%llu key_max=%u value_max=%u, which differs from the requested geometry",
-                  path, (unsigned long long)h->max_size, h->key_max, h->value_max);
-    if (rc == SHM_OK) rc = make_handle(base, (size_t)st.st_size, out);
+                  path, (unsigned long long)hs.g.max_size, hs.g.key_max, hs.g.value_max);
+    if (rc == SHM_OK) rc = make_handle(base, (size_t)st.st_size, &hs, out);
     if (rc) munmap(base, (size_t)st.st_size);
     return rc;
 }
@@ -425,7 +448,9 @@ static int create_named(const shm_params *p, const char *path, struct shm_table 
     }
     unlink(tmp);
     close(fd);
-    if (rc == SHM_OK) rc = make_handle(base, g.map_size, out);
+    struct header_snap hs;
+    if (rc == SHM_OK) rc = validate(base, 0, &hs, err, errlen, "the new table");
+    if (rc == SHM_OK) rc = make_handle(base, g.map_size, &hs, out);
     if (rc != SHM_OK && base != MAP_FAILED) munmap(base, g.map_size);
     return rc;
 }
@@ -476,9 +501,9 @@ void shm_table_unref(struct shm_table *t)
 
 uint32_t shm_key_max(const shm_table *t)
 {
-    return t->h->key_max;
+    return t->key_max;
 }
 uint32_t shm_value_max(const shm_table *t)
 {
-    return t->h->value_max;
+    return t->value_max;
 }

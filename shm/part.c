@@ -218,7 +218,7 @@ int shm_epoch_try_advance(struct shm_table *t)
     if (membarrier_global ? sys_membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0
                           : atomic_load_explicit(&t->h->asym_pins, memory_order_seq_cst) != 0)
         return 0;
-    uint32_t n = atomic_load_explicit(&t->h->part_hwm, memory_order_acquire);
+    uint32_t n = shm_part_hwm(t, memory_order_acquire);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t w = atomic_load_explicit(&t->parts[i].epoch, memory_order_seq_cst);
         if (!(w & 1) || (w >> 1) == e) continue;

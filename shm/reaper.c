@@ -46,7 +46,7 @@ static void *reaper_main(void *arg)
                 atomic_fetch_add(&h->reaper_runs, 1);
             }
         }
-        reaper_sleep(t, h->cleanup_ms);
+        reaper_sleep(t, t->cleanup_ms);
     }
     /* Step down so another process's reaper takes over without a liveness check. */
     struct shm_self *me = shm_self_get(t);

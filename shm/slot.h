@@ -97,7 +97,7 @@ static inline int bytes_snapshot(struct shm_table *t, struct shm_slot *s, uint64
         struct shm_vbuf *v = shm_slot_buf(t, s, CTL_BUF(c));
         size_t n = atomic_load_explicit(&v->len, memory_order_relaxed);
         int64_t e = atomic_load_explicit(&v->expires, memory_order_relaxed);
-        if (n > t->h->value_max) n = t->h->value_max; /* torn; the re-check below will see it */
+        if (n > t->value_max) n = t->value_max; /* torn; the re-check below will see it */
         if (buf && n <= cap) vbuf_read(v, buf, n);
         atomic_thread_fence(memory_order_acquire);
         uint64_t c2 = atomic_load_explicit(&s->ctl, memory_order_relaxed);
@@ -168,7 +168,7 @@ static inline void key_prepare(struct shm_table *t, const char *key, size_t klen
     for (size_t i = 0; i < full; i++)
         k->w[i] = load64(key + 8 * i);
     if (r) k->w[full] = key_tail(key, klen, r);
-    k->h = shm_hash_words(t->h->hash_seed, k->w, k->nw, klen);
+    k->h = shm_hash_words(t->hash_seed, k->w, k->nw, klen);
 }
 
 static inline int key_matches(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
@@ -217,7 +217,9 @@ static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key 
      * line: the home may hold another process's key; see key_matches.) */
     __builtin_prefetch(&home->key[0]);
     uint32_t bound = atomic_load_explicit(&home->probe_max, memory_order_acquire);
-    return lookup_bounded(t, k, bound, ctl);
+    /* Inserts never place a key beyond MAX_PROBE: a larger bound is damage, not a reason to
+     * scan the whole table. */
+    return lookup_bounded(t, k, bound < MAX_PROBE ? bound : MAX_PROBE, ctl);
 }
 
 /* ---- insert, retire (table.c) ------------------------------------------------------------- */
@@ -247,7 +249,7 @@ int tbl_insert_retrying(struct shm_table *t, struct shm_self *me, const struct s
                         struct shm_slot **found, uint64_t *fctl);
 
 #define ENTER_KEY(t, me)                                                                                               \
-    if (__builtin_expect(klen > t->h->key_max, 0)) return SHM_ETOOBIG;                                                 \
+    if (__builtin_expect(klen > t->key_max, 0)) return SHM_ETOOBIG;                                                 \
     ENTER(t, me)
 
 #define ENTER(t, me)                                                                                                   \

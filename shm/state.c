@@ -116,7 +116,7 @@ static int update_word(struct shm_table *t, struct shm_self *me, struct shm_slot
 static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, shm_update_fn fn,
                        void *ctx, unsigned char *old, unsigned char *nbuf, int64_t now_ms)
 {
-    size_t cap = t->h->value_max;
+    size_t cap = t->value_max;
     for (;;) {
         unsigned st = CTL_STATE(c);
         if (st == ST_WRITING) { /* another decision is being written: wait for it (or undo it) */
@@ -158,7 +158,7 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
                         void *ctx, int64_t now_ms, unsigned char *old, unsigned char *nbuf)
 {
     int blob = !type_is_word_state(type);
-    size_t cap = t->h->value_max;
+    size_t cap = t->value_max;
     ENTER_KEY(t, me);
     struct shm_key k;
     key_prepare(t, key, klen, &k);
@@ -207,7 +207,7 @@ int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, 
                      void *ctx)
 {
     if (type_is_word_state(type)) return state_update(t, key, klen, type, fn, ctx, now_ms, NULL, NULL);
-    size_t cap = t->h->value_max;
+    size_t cap = t->value_max;
     if (cap <= BLOB_STACK) {
         unsigned char old[BLOB_STACK], nbuf[BLOB_STACK];
         return state_update(t, key, klen, type, fn, ctx, now_ms, old, nbuf);

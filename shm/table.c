@@ -259,6 +259,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     int stolen = latch_acquire(t, me, home);
     shm_debug_crash(SHM_CRASH_HOLDING_LATCH);
     uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
+    if (bound > MAX_PROBE) bound = MAX_PROBE; /* damage (see lookup) */
     uint64_t c;
     struct shm_slot *s;
     while ((s = lookup_bounded(t, k, bound, &c))) {
@@ -282,7 +283,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
      * claiming, see shm_reap_pass): go on and let the probe window decide. */
     int64_t n = atomic_fetch_add_explicit(&t->h->live, 1, memory_order_relaxed) + 1;
     shm_debug_crash(SHM_CRASH_AFTER_RESERVE);
-    if ((uint64_t)n > t->h->max_size) evict_one(t, me);
+    if ((uint64_t)n > t->max_size) evict_one(t, me);
     uint32_t d = 0;
     int young = 0, revived = 0;
     s = claim(t, me, k, in->type, &d, &young, &revived);
@@ -429,18 +430,32 @@ int shm_del(shm_table *t, const char *key, size_t klen)
 }
 
 /* Adds amount to a live counter (I5). SHM_EOVERFLOW leaves it unchanged.
- * Fast path: one fetch_add, when no interleaving of the at most SHM_MAX_PARTS increments in
- * flight can leave int64_t: |counter| < 2^62 and |amount| < 2^48 (4095 x 2^48 < 2^62).
- * Near the edges a CAS loop checks before it adds, so a refused increment is never seen. */
+ * Fast path: one fetch_add of a small amount (|amount| < 2^48) to a counter that looked far
+ * from the edges (|counter| < 2^62). The look is only a hint: a large add on the CAS path,
+ * or a counter re-created at a large value, may move the counter near an edge while the
+ * fetch_add is on its way. So the fetch_add's own result decides: if the counter it added to
+ * was outside +-2^62, the add is undone (C11 atomics on signed types wrap, so fetch_sub
+ * restores it exactly) and redone on the CAS path, which checks before it adds. Inside
+ * +-2^62, at most SHM_MAX_PARTS small adds in flight (4095 x 2^48 < 2^62) cannot wrap.
+ * What this leaves (traffic.h says it): near the edges, between such an add and its undo,
+ * others may read the counter with that add in it. */
 #define COUNTER_SAFE (INT64_C(1) << 62)
 #define AMOUNT_SAFE  (INT64_C(1) << 48)
 static int counter_add(struct shm_table *t, struct shm_self *me, struct shm_slot *s, int64_t amount, int64_t *out)
 {
     int64_t old = atomic_load_explicit(&s->counter, memory_order_relaxed), sum;
-    if (__builtin_expect(old > -COUNTER_SAFE && old < COUNTER_SAFE && amount > -AMOUNT_SAFE && amount < AMOUNT_SAFE,
-                         1)) {
-        sum = atomic_fetch_add_explicit(&s->counter, amount, memory_order_relaxed) + amount;
-    } else {
+    int fast = old > -COUNTER_SAFE && old < COUNTER_SAFE && amount > -AMOUNT_SAFE && amount < AMOUNT_SAFE;
+    if (__builtin_expect(fast, 1)) {
+        int64_t prev = atomic_fetch_add_explicit(&s->counter, amount, memory_order_relaxed);
+        if (__builtin_expect(prev > -COUNTER_SAFE && prev < COUNTER_SAFE, 1)) {
+            sum = prev + amount;
+        } else {
+            atomic_fetch_sub_explicit(&s->counter, amount, memory_order_relaxed);
+            fast = 0;
+            old = atomic_load_explicit(&s->counter, memory_order_relaxed);
+        }
+    }
+    if (!fast) {
         do {
             if (__builtin_add_overflow(old, amount, &sum)) return SHM_EOVERFLOW;
         } while (
@@ -507,7 +522,7 @@ static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_s
 
 int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms)
 {
-    if (len > t->h->value_max) return SHM_ETOOBIG;
+    if (len > t->value_max) return SHM_ETOOBIG;
     ENTER_KEY(t, me);
     struct shm_key k;
     key_prepare(t, key, klen, &k);
@@ -548,7 +563,7 @@ typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slo
 static int for_each_touched_slot(struct shm_table *t, struct shm_self *me, slot_fn fn, void *arg)
 {
     const uint64_t per_chunk = (1ull << SHM_CHUNK_SHIFT) >> t->head_shift;
-    uint64_t cap = t->h->capacity, visited = 0;
+    uint64_t cap = t->capacity, visited = 0;
     for (uint64_t c = 0; c * per_chunk < cap; c++) {
         if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & (1ull << (c % 64)))) continue;
         for (uint64_t i = c * per_chunk; i < (c + 1) * per_chunk && i < cap; i++) {
@@ -646,15 +661,15 @@ int shm_stats_get(shm_table *t, shm_stats *o)
     struct shm_header *h = t->h;
     int64_t live = atomic_load(&h->live);
     o->keys = live > 0 ? (uint64_t)live : 0;
-    o->capacity = h->capacity;
-    o->max_size = h->max_size;
+    o->capacity = t->capacity;
+    o->max_size = t->max_size;
     o->map_bytes = t->map_size;
     o->resident_bytes = resident_bytes(t);
     o->epoch = atomic_load(&h->epoch);
     o->reaper_runs = atomic_load(&h->reaper_runs);
     uint32_t rt = atomic_load(&h->reaper_token);
     o->reaper_pid = rt && shm_token_alive(t, rt) ? atomic_load(&h->reaper_pid) : 0;
-    uint32_t n = atomic_load(&h->part_hwm);
+    uint32_t n = shm_part_hwm(t, memory_order_seq_cst);
     for (uint32_t i = 0; i < n; i++) { /* liveness first: it recovers dead records' counts */
         struct shm_part *p = &t->parts[i];
         if (atomic_load_explicit(&p->pid, memory_order_relaxed) != 0)
@@ -689,7 +704,7 @@ int shm_check(shm_table *t, shm_check_report *r)
 {
     memset(r, 0, sizeof *r);
     r->live_counter = atomic_load(&t->h->live);
-    uint64_t cap = t->h->capacity, nl = 0;
+    uint64_t cap = t->capacity, nl = 0;
     uint64_t *idx = malloc(cap * sizeof *idx);
     if (!idx) return SHM_ENOMEM;
     for (uint64_t i = 0; i < cap; i++) {

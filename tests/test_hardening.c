@@ -1,0 +1,258 @@
+/*
+ * test_hardening.c — a memory table does not trust what it reads from the mapping (issue 11):
+ * each test damages a table the way another process or a stray write could, and the library
+ * must answer with a status, never a crash, a hang or a wrong success.
+ *   - an increment that would overflow, raced by a large add on the CAS path, is refused;
+ *   - a header whose participant high-water mark is out of range: stats and operations work;
+ *   - geometry changed in the header after attach (value_max, key_max raised) moves nothing;
+ *   - probe bounds of 0xffffffff in every slot: lookups end;
+ *   - a cleanup interval of 0 is refused at attach.
+ * White-box: the offsets come from shm/layout.h.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../shm/layout.h"
+#include "testutil.h"
+
+static void path_of(char *buf, size_t n, const char *name)
+{
+    snprintf(buf, n, "/dev/shm/traffic.%s", name);
+}
+
+static void poke(const char *name, off_t off, const void *data, size_t n)
+{
+    char path[512];
+    path_of(path, sizeof path, name);
+    int fd = open(path, O_RDWR);
+    ck_assert_msg(fd >= 0, "open %s", path);
+    ck_assert_int_eq(pwrite(fd, data, n, off), (ssize_t)n);
+    close(fd);
+}
+
+static void peek(const char *name, off_t off, void *data, size_t n)
+{
+    char path[512];
+    path_of(path, sizeof path, name);
+    int fd = open(path, O_RDONLY);
+    ck_assert_msg(fd >= 0, "open %s", path);
+    ck_assert_int_eq(pread(fd, data, n, off), (ssize_t)n);
+    close(fd);
+}
+
+static traffic_backend *open_named(const char *name, const char *extra)
+{
+    char url[512];
+    tu_memory_url(url, sizeof url, name, extra);
+    traffic_backend *b = NULL;
+    TU_OK(NULL, traffic_open(url, &b));
+    return b;
+}
+
+/* Runs fn(arg) in a child under a watchdog: 0 if it exited 0 within the time. */
+static int in_child(void (*fn)(const char *), const char *arg, unsigned seconds)
+{
+    pid_t p = fork();
+    ck_assert_int_ge(p, 0);
+    if (p == 0) {
+        alarm(seconds);
+        fn(arg);
+        _exit(0);
+    }
+    return tu_wait(p);
+}
+
+/* ---- 1. overflow on the fast path -------------------------------------------------------- */
+
+#define BIG   (INT64_MAX - (INT64_C(1) << 46))
+#define SMALL (INT64_C(1) << 47)
+
+struct race {
+    traffic_backend *b;
+    atomic_int stop;
+    atomic_long wrong; /* an increment that succeeded with a negative result */
+    atomic_long ok, refused;
+};
+
+static void *small_adder(void *arg)
+{
+    struct race *r = arg;
+    while (!atomic_load(&r->stop)) {
+        int64_t v;
+        int rc = traffic_increment(r->b, "edge", SMALL, 0, &v);
+        if (rc == TRAFFIC_OK && v < 0) atomic_fetch_add(&r->wrong, 1);
+        if (rc == TRAFFIC_OK) atomic_fetch_add(&r->ok, 1);
+        if (rc == TRAFFIC_EOVERFLOW) atomic_fetch_add(&r->refused, 1);
+    }
+    return NULL;
+}
+
+/* Every add is positive and the counter starts at 0, so no result may be negative. */
+START_TEST(h_overflow_race_refused)
+{
+    struct race r = {.b = NULL};
+    TU_OK(NULL, traffic_open("memory://", &r.b));
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, small_adder, &r), 0);
+    int64_t end = tu_now_ms() + 1500;
+    while (tu_now_ms() < end) {
+        int64_t v;
+        TU_OK(r.b, traffic_delete(r.b, "edge"));
+        int rc = traffic_increment(r.b, "edge", BIG, 0, &v);
+        if (rc == TRAFFIC_OK && v < 0) atomic_fetch_add(&r.wrong, 1);
+        for (int i = 0; i < 50; i++) {
+            char buf[32];
+            size_t len;
+            if (traffic_get(r.b, "edge", buf, sizeof buf - 1, &len) == TRAFFIC_OK) {
+                buf[len] = 0;
+                if (buf[0] == '-') atomic_fetch_add(&r.wrong, 1);
+            }
+        }
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(th, NULL);
+    int64_t v = tu_counter(r.b, "edge");
+    ck_assert_int_ge(v, 0);
+    ck_assert_msg(atomic_load(&r.wrong) == 0, "%ld negative results", atomic_load(&r.wrong));
+    ck_assert_int_gt(atomic_load(&r.refused), 0); /* the race was really run */
+    traffic_close(r.b);
+}
+END_TEST
+
+/* ---- 2. the participant high-water mark ---------------------------------------------------- */
+
+static void stats_and_ops(const char *name)
+{
+    traffic_backend *b = open_named(name, NULL);
+    struct traffic_stats s;
+    if (traffic_stats(b, &s) != TRAFFIC_OK) _exit(3);
+    if (traffic_set(b, "a", "1", 1, 0) != TRAFFIC_OK) _exit(4);
+    if (traffic_increment(b, "c", 1, 0, NULL) != TRAFFIC_OK) _exit(5);
+    traffic_close(b);
+}
+
+START_TEST(h_part_hwm_out_of_range)
+{
+    uint32_t bad[] = {0xffffffffu, SHM_MAX_PARTS + 1, SHM_MAX_PARTS + 100};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *name = tu_name("hwm");
+        traffic_backend *b = open_named(name, "max_size=100");
+        TU_OK(b, traffic_set(b, "k", "v", 1, 0));
+        poke(name, offsetof(struct shm_header, part_hwm), &bad[i], sizeof bad[i]);
+        ck_assert_msg(in_child(stats_and_ops, name, 20) == 0, "part_hwm %#x: stats or an operation failed",
+                      bad[i]);
+        stats_and_ops(name); /* and in this process, attached before the damage */
+        traffic_close(b);
+        traffic_memory_unlink(name);
+    }
+}
+END_TEST
+
+/* ---- 3. geometry changed after attach ------------------------------------------------------ */
+
+START_TEST(h_geometry_raised_after_attach)
+{
+    const char *name = tu_name("geom");
+    traffic_backend *b = open_named(name, "max_size=100&key_max=16&value_max=64");
+    uint32_t big_v = SHM_VALUE_LIMIT, big_k = SHM_KEY_LIMIT;
+    poke(name, offsetof(struct shm_header, value_max), &big_v, sizeof big_v);
+    poke(name, offsetof(struct shm_header, key_max), &big_k, sizeof big_k);
+    /* This handle keeps the geometry it validated: a value or key past it is refused. */
+    static unsigned char val[60000];
+    memset(val, 'x', sizeof val);
+    ck_assert_int_eq(traffic_set(b, "v", val, sizeof val, 0), TRAFFIC_ETOOBIG);
+    char key[201];
+    memset(key, 'k', 200);
+    key[200] = 0;
+    ck_assert_int_eq(traffic_set(b, key, "v", 1, 0), TRAFFIC_ETOOBIG);
+    ck_assert_int_eq(traffic_increment(b, key, 1, 0, NULL), TRAFFIC_ETOOBIG);
+    TU_OK(b, traffic_set(b, "fits", val, 64, 0));
+    traffic_close(b);
+    /* A new attach sees a header that no longer matches its layout. */
+    char url[512];
+    tu_memory_url(url, sizeof url, name, NULL);
+    traffic_backend *b2 = NULL;
+    ck_assert_int_eq(traffic_open(url, &b2), TRAFFIC_ECORRUPT);
+    traffic_memory_unlink(name);
+}
+END_TEST
+
+/* ---- 4. probe bounds ------------------------------------------------------------------------ */
+
+static void get_missing(const char *name)
+{
+    traffic_backend *b = open_named(name, NULL);
+    char buf[16];
+    size_t len;
+    for (int i = 0; i < 100; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "absent%d", i);
+        if (traffic_get(b, key, buf, sizeof buf, &len) != TRAFFIC_ENOTFOUND) _exit(3);
+        if (traffic_exists(b, key) != 0) _exit(4);
+    }
+    traffic_close(b);
+}
+
+START_TEST(h_probe_max_damaged)
+{
+    const char *name = tu_name("probe");
+    traffic_backend *b = open_named(name, "max_size=10");
+    TU_OK(b, traffic_close(b));
+    struct shm_header h;
+    peek(name, 0, &h, offsetof(struct shm_header, epoch));
+    /* Every slot a tombstone whose home says keys lie 0xffffffff slots away. */
+    for (uint64_t i = 0; i < h.capacity; i++) {
+        off_t at = (off_t)(h.heads_off + i * h.head_stride);
+        uint64_t ctl = CTL_MAKE(ST_FREE, 0, 0, 0);
+        uint32_t pm = 0xffffffffu;
+        poke(name, at + (off_t)offsetof(struct shm_slot, ctl), &ctl, sizeof ctl);
+        poke(name, at + (off_t)offsetof(struct shm_slot, probe_max), &pm, sizeof pm);
+    }
+    ck_assert_msg(in_child(get_missing, name, 20) == 0, "lookups did not end (or failed) on damaged probe bounds");
+    traffic_memory_unlink(name);
+}
+END_TEST
+
+/* ---- 5. the cleanup interval --------------------------------------------------------------- */
+
+START_TEST(h_cleanup_interval_zero_refused)
+{
+    const char *name = tu_name("cleanup");
+    traffic_backend *b = open_named(name, "max_size=10");
+    TU_OK(b, traffic_close(b));
+    uint64_t zero = 0;
+    poke(name, offsetof(struct shm_header, cleanup_ms), &zero, sizeof zero);
+    char url[512];
+    tu_memory_url(url, sizeof url, name, NULL);
+    traffic_backend *b2 = NULL;
+    ck_assert_int_eq(traffic_open(url, &b2), TRAFFIC_ECORRUPT);
+    ck_assert_ptr_null(b2);
+    ck_assert(strstr(traffic_errmsg(NULL), "cleanup") != NULL);
+    traffic_memory_unlink(name);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("hardening");
+    TCase *tc = tcase_create("hardening");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, h_overflow_race_refused);
+    tcase_add_test(tc, h_part_hwm_out_of_range);
+    tcase_add_test(tc, h_geometry_raised_after_attach);
+    tcase_add_test(tc, h_probe_max_damaged);
+    tcase_add_test(tc, h_cleanup_interval_zero_refused);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
