@@ -318,6 +318,13 @@ int traffic_limit_apply(const traffic_rule *rule, traffic_limit_state *st, int64
     if (traffic_limit_check(rule, NULL, 0) != TRAFFIC_OK || !st || !out || cost < 0 || now < 0) return TRAFFIC_EINVAL;
     limit_rule r;
     limit_rule_derive(rule, &r);
+    return limit_apply(&r, st, now, cost, out, NULL);
+}
+
+int limit_apply(const limit_rule *rp, traffic_limit_state *st, int64_t now, int64_t cost, traffic_decision *out,
+                int64_t *reset_us)
+{
+    const limit_rule r = *rp;
     struct outcome o = {0};
     int peek = cost == 0;
     switch (r.algo) {
@@ -335,6 +342,7 @@ int traffic_limit_apply(const traffic_rule *rule, traffic_limit_state *st, int64
     out->reset_after = secs(o.reset_us);
     out->retry_after = o.allowed ? 0 : o.retry_us < 0 ? -1.0 : secs(o.retry_us);
     out->delay = o.allowed ? secs(o.delay_us) : 0;
+    if (reset_us) *reset_us = o.reset_us;
     return o.changed;
 }
 
@@ -348,8 +356,9 @@ size_t limit_state_json(int algo, const traffic_limit_state *st, char *buf, size
                      (long long)st->a, (long long)st->b);
         break;
     case TRAFFIC_SLIDING_WINDOW_COUNTER:
+        /* The window's number modulo 2^24: all the memory backend keeps of it. */
         n = snprintf(buf, cap, "{\"algorithm\":\"%s\",\"window\":%lld,\"previous\":%lld,\"current\":%lld}", name,
-                     (long long)st->a, (long long)st->b, (long long)st->c);
+                     (long long)(st->a & 0xffffff), (long long)st->b, (long long)st->c);
         break;
     case TRAFFIC_TOKEN_BUCKET:
     case TRAFFIC_LEAKY_BUCKET:

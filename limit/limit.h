@@ -24,6 +24,11 @@ typedef struct limit_rule {
 /* Fills *lr from a rule that traffic_limit_check accepted. */
 void limit_rule_derive(const traffic_rule *r, limit_rule *lr);
 
+/* traffic_limit_apply on a derived rule (no checks: rule checked, cost >= 0, now >= 0), also
+ * giving reset_after in µs (reset_us may be NULL), which a backend needs for the TTL. */
+int limit_apply(const limit_rule *r, traffic_limit_state *st, int64_t now, int64_t cost, traffic_decision *out,
+                int64_t *reset_us);
+
 /* The window in µs as every backend rounds it (to the nearest µs). */
 int64_t limit_window_us(double window);
 

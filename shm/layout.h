@@ -30,7 +30,7 @@
 #include "shm.h"
 
 #define SHM_MAGIC          0x31424154464652ull /* "RFFTAB1" */
-#define SHM_FORMAT_VERSION 3u
+#define SHM_FORMAT_VERSION 4u
 #define SHM_LINE           64
 
 /* ---- owner tokens ------------------------------------------------------------------------
@@ -77,6 +77,17 @@ enum { ST_EMPTY = 0, ST_INSERTING = 1, ST_LIVE = 2, ST_WRITING = 3, ST_FREE = 4 
     ((uint64_t)(st) | ((uint64_t)(buf) << 3) | ((uint64_t)(owner) << 4) | ((uint64_t)(uint32_t)(ver) << 32))
 
 enum { TYPE_BYTES = 1, TYPE_COUNTER = 2 };
+/* Rate-limit states (state.c) are the types SHM_TYPE_WORD(k), kept like a counter in the head
+ * (the word in `counter`, the expiry in `expires`), and SHM_TYPE_BLOB(k), kept like bytes in
+ * the value buffers. */
+static inline int type_in_head(unsigned ty)
+{
+    return ty == TYPE_COUNTER || (ty >= SHM_TYPE_WORD(0) && ty < SHM_TYPE_WORD(SHM_STATE_KINDS));
+}
+static inline int type_is_word_state(unsigned ty)
+{
+    return ty >= SHM_TYPE_WORD(0) && ty < SHM_TYPE_WORD(SHM_STATE_KINDS);
+}
 
 /* ---- header -------------------------------------------------------------------------------- */
 struct shm_header {
@@ -126,6 +137,8 @@ enum {
     STAT_EVICTIONS,
     STAT_EXPIRATIONS,
     STAT_RECOVERED,
+    STAT_DECISIONS,
+    STAT_DENIED,
     STAT_N
 };
 struct shm_part {

@@ -53,7 +53,7 @@ typedef struct shm_params {
 typedef struct shm_stats {
     uint64_t keys, capacity, max_size, map_bytes, resident_bytes;
     uint64_t hits, misses, sets, increments, deletes, evictions, expirations, recovered;
-    uint64_t attached, epoch, reaper_runs;
+    uint64_t attached, epoch, reaper_runs, decisions, denied;
     int64_t reaper_pid;
 } shm_stats;
 
@@ -73,6 +73,41 @@ int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t
 int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms);
 int shm_clear(shm_table *t);
 int shm_stats_get(shm_table *t, shm_stats *out);
+
+/* ---- rate-limit states -------------------------------------------------------------------
+ * This layer knows no algorithm. A state entry has a type of its own, one per kind of state
+ * (the memory backend uses one kind per algorithm), of one of two shapes:
+ *   SHM_TYPE_WORD(kind)  one 64-bit word, changed by one compare-and-swap: lock-free, and a
+ *                        process killed mid-update changed it entirely or not at all;
+ *   SHM_TYPE_BLOB(kind)  up to value_max bytes, changed by the slot's versioned write (the
+ *                        writer holds the slot WRITING; a dead writer's change is rolled back).
+ * shm_state_update looks the key up and calls fn with its current state (present = 0 when the
+ * key is absent or expired); fn decides and says through *u whether to store a new state and
+ * until when it must live. fn may run several times (each lost race runs it again on the newer
+ * state) and must depend only on its arguments. A key holding anything of another type is
+ * SHM_ETYPE; shm_get on a state is SHM_ESTATE (read it with shm_state_get); shm_set replaces a
+ * state, shm_incr on one is SHM_ETYPE, shm_del removes it. */
+#define SHM_STATE_KINDS  16
+#define SHM_TYPE_WORD(k) (16u + (unsigned)(k))
+#define SHM_TYPE_BLOB(k) (32u + (unsigned)(k))
+enum { SHM_ESTATE = -100 };
+
+typedef struct shm_update {
+    int store;          /* 1: store `word` (word types) or buf[0..len) (blob types) */
+    int denied;         /* counted in the stats */
+    uint64_t word;
+    size_t len;
+    int64_t expires_ms; /* when stored: absolute CLOCK_MONOTONIC ms the state must live to, > 0 */
+} shm_update;
+/* Returns SHM_OK or a negative SHM status, which ends shm_state_update with it. old_blob is
+ * valid during the call only; buf (cap = value_max bytes) receives a new blob. */
+typedef int (*shm_update_fn)(void *ctx, int present, uint64_t old_word, const void *old_blob, size_t old_len,
+                             shm_update *u, void *buf, size_t cap);
+int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, shm_update_fn fn, void *ctx);
+/* Reads a state entry: its type, and its word or blob (into buf, cap bytes; *len its length,
+ * SHM_ERANGE if cap is short). SHM_ENOTFOUND if absent or expired, SHM_ETYPE if not a state. */
+int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, uint64_t *word, void *buf, size_t cap,
+                  size_t *len);
 
 /* Reaper: a thread of this process that, while elected, reclaims expired slots. */
 int shm_reaper_start(shm_table *t);
@@ -99,6 +134,7 @@ enum {
     SHM_BROKEN_NO_GRACE = 1,   /* reuse a retired slot at once, without waiting out the epochs */
     SHM_BROKEN_NO_RECHECK = 2, /* readers skip the version re-check after copying a value */
     SHM_BROKEN_NO_LATCH = 4,   /* inserts skip the home latch that makes a key unique */
+    SHM_BROKEN_LIMIT_STORE = 8, /* a word state is written by a plain store, not a compare-and-swap */
 };
 void shm_debug_set_broken(unsigned flags);
 

@@ -46,212 +46,9 @@
 #include "clock.h"
 #include "hash.h"
 #include "layout.h"
+#include "slot.h"
 
-/* Tuning. */
-#define MAX_PROBE         128  /* farthest an insert looks from the home slot */
-#define LRU_SHIFT         3    /* the LRU clock ticks every 8 inserts */
-#define EVICT_SAMPLES     8    /* live slots compared per eviction (as in Redis) */
-#define EVICT_WINDOW      64   /* slots scanned to find them */
-#define EVICT_ROUNDS      3    /* samples looked at for an expired entry before LRU decides */
-#define SPIN_BEFORE_CHECK 128  /* busy-waits before a liveness check of the slot's owner */
-#define INSERT_WAIT_MS    200  /* how long an insert waits for a stalled epoch before EFULL */
-#define REAP_BATCH        1024 /* slots per pinned stretch of a reaper pass */
 
-static inline void cpu_relax(void)
-{
-    __builtin_ia32_pause();
-}
-
-static inline uint64_t ctl_load(struct shm_slot *s)
-{
-    return atomic_load_explicit(&s->ctl, memory_order_acquire);
-}
-static inline int ctl_cas(struct shm_slot *s, uint64_t *expect, uint64_t desired)
-{
-    return atomic_compare_exchange_strong_explicit(&s->ctl, expect, desired, memory_order_acq_rel,
-                                                   memory_order_acquire);
-}
-static inline unsigned meta_type(struct shm_slot *s)
-{
-    return atomic_load_explicit(&s->meta, memory_order_relaxed) >> 16;
-}
-static inline uint32_t lru_now(struct shm_table *t)
-{
-    return (uint32_t)(atomic_load_explicit(&t->h->inserts, memory_order_relaxed) >> LRU_SHIFT);
-}
-static inline void touch(struct shm_table *t, struct shm_slot *s)
-{
-    uint32_t now = lru_now(t);
-    if (atomic_load_explicit(&s->tick, memory_order_relaxed) != now)
-        atomic_store_explicit(&s->tick, now, memory_order_relaxed);
-}
-/* Has a FREE slot's grace period passed (epoch >= stamp + 2)? Stamps are the low 32 bits of
- * an epoch, so the distance is taken modulo 2^32; a tombstone left alone for 2^31 epochs
- * looks young again for a while, which only delays its reuse. */
-static inline int reusable(struct shm_table *t, uint64_t c)
-{
-    if (shm_broken & SHM_BROKEN_NO_GRACE) return 1;
-    uint32_t d = (uint32_t)atomic_load_explicit(&t->h->epoch, memory_order_acquire) - CTL_VER(c);
-    return d >= 2 && d < (1u << 31);
-}
-
-/* ---- value buffers: word-wise relaxed atomic copies (race-free by the C11 model, and
- * ThreadSanitizer sees them as atomics). Buffers are 8-aligned and padded to 8. ---------- */
-
-static void vbuf_write(struct shm_vbuf *v, const void *src, size_t len, int64_t expires)
-{
-    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_vbuf_data(v);
-    const unsigned char *p = src;
-    for (size_t i = 0; i < len; i += 8) {
-        uint64_t x = 0;
-        memcpy(&x, p + i, len - i < 8 ? len - i : 8);
-        atomic_store_explicit(&w[i / 8], x, memory_order_relaxed);
-    }
-    atomic_store_explicit(&v->len, (uint32_t)len, memory_order_relaxed);
-    atomic_store_explicit(&v->expires, expires, memory_order_relaxed);
-}
-
-static void vbuf_read(struct shm_vbuf *v, void *dst, size_t len)
-{
-    _Atomic uint64_t *w = (_Atomic uint64_t *)shm_vbuf_data(v);
-    unsigned char *p = dst;
-    for (size_t i = 0; i < len; i += 8) {
-        uint64_t x = atomic_load_explicit(&w[i / 8], memory_order_relaxed);
-        memcpy(p + i, &x, len - i < 8 ? len - i : 8);
-    }
-}
-
-/* A consistent snapshot of a bytes entry: copies up to cap bytes into buf (buf may be NULL),
- * reports its length and expiry. Returns 0, or -1 if the entry was retired meanwhile. */
-static int bytes_snapshot(struct shm_table *t, struct shm_slot *s, uint64_t c, void *buf, size_t cap, size_t *len,
-                          int64_t *expires)
-{
-    for (;;) {
-        struct shm_vbuf *v = shm_slot_buf(t, s, CTL_BUF(c));
-        size_t n = atomic_load_explicit(&v->len, memory_order_relaxed);
-        int64_t e = atomic_load_explicit(&v->expires, memory_order_relaxed);
-        if (n > t->h->value_max) n = t->h->value_max; /* torn; the re-check below will see it */
-        if (buf && n <= cap) vbuf_read(v, buf, n);
-        atomic_thread_fence(memory_order_acquire);
-        uint64_t c2 = atomic_load_explicit(&s->ctl, memory_order_relaxed);
-        if ((shm_broken & SHM_BROKEN_NO_RECHECK) || (CTL_VER(c2) == CTL_VER(c) && CTL_BUF(c2) == CTL_BUF(c) &&
-                                                     (CTL_STATE(c2) == ST_LIVE || CTL_STATE(c2) == ST_WRITING))) {
-            *len = n;
-            *expires = e;
-            return 0;
-        }
-        if (CTL_STATE(c2) != ST_LIVE && CTL_STATE(c2) != ST_WRITING) return -1;
-        c = c2;
-    }
-}
-
-static int64_t entry_expiry(struct shm_table *t, struct shm_slot *s, uint64_t c)
-{
-    if (meta_type(s) == TYPE_COUNTER) {
-        int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);
-        /* a changed word: the entry we looked up was retired (perhaps revived): long expired */
-        return ctl_load(s) == c ? e : 1;
-    }
-    size_t len;
-    int64_t e;
-    if (bytes_snapshot(t, s, c, NULL, 0, &len, &e) < 0) return 1; /* retired: long expired */
-    return e;
-}
-
-/* ---- lookup ------------------------------------------------------------------------------- */
-
-/* A key as the table compares it: zero-padded 64-bit words, built once per operation, and
- * its hash. Key bytes in slots are stored and compared as relaxed atomic words (the key area
- * is 8-aligned and padded): a reader may compare a key that a claimer of a reusable slot is
- * overwriting; its CAS or version check then fails, and no access is a data race. */
-struct shm_key {
-    uint64_t h;
-    size_t len, nw;
-    uint64_t w[(SHM_KEY_LIMIT + 7) / 8];
-};
-
-static inline uint64_t load64(const char *p)
-{
-    uint64_t x;
-    memcpy(&x, p, 8);
-    return x;
-}
-
-/* The last, partial word of a key (r = klen % 8 bytes of it, zero-padded), read with whole
- * loads inside the key: copying the key into the word array with narrow stores and reading
- * it back as words stalls store forwarding (measured: a third of an increment). */
-static inline uint64_t key_tail(const char *key, size_t klen, size_t r)
-{
-    if (klen >= 8) return load64(key + klen - 8) >> (8 * (8 - r));
-    const unsigned char *p = (const unsigned char *)key;
-    if (r >= 4) {
-        uint32_t lo, hi;
-        memcpy(&lo, p, 4);
-        memcpy(&hi, p + r - 4, 4);
-        return lo | ((uint64_t)hi >> (8 * (8 - r))) << 32; /* 64-bit shift: r == 4 gives 0 */
-    }
-    return p[0] | (uint64_t)p[r / 2] << (8 * (r / 2)) | (uint64_t)p[r - 1] << (8 * (r - 1));
-}
-
-static inline void key_prepare(struct shm_table *t, const char *key, size_t klen, struct shm_key *k)
-{
-    size_t full = klen / 8, r = klen % 8;
-    k->len = klen;
-    k->nw = full + (r != 0);
-    for (size_t i = 0; i < full; i++)
-        k->w[i] = load64(key + 8 * i);
-    if (r) k->w[full] = key_tail(key, klen, r);
-    k->h = shm_hash_words(t->h->hash_seed, k->w, k->nw, klen);
-}
-
-static inline int key_matches(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
-{
-    if (atomic_load_explicit(&s->hash, memory_order_relaxed) != k->h) return 0;
-    /* A full hash match: almost surely our key, whose counter line (layout.h) the caller
-     * reads or writes next. Fetch it while the key is compared. */
-    __builtin_prefetch(&s->counter);
-    if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != k->len) return 0;
-    size_t head = k->nw < SHM_KEY_INLINE_WORDS ? k->nw : SHM_KEY_INLINE_WORDS;
-    for (size_t i = 0; i < head; i++)
-        if (atomic_load_explicit(&s->key[i], memory_order_relaxed) != k->w[i]) return 0;
-    for (size_t i = head; i < k->nw; i++) /* a long key goes on in the body (layout.h) */
-        if (atomic_load_explicit(shm_slot_key_word(t, s, i), memory_order_relaxed) != k->w[i]) return 0;
-    return 1;
-}
-
-static void key_store(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
-{
-    for (size_t i = 0; i < k->nw; i++)
-        atomic_store_explicit(shm_slot_key_word(t, s, i), k->w[i], memory_order_relaxed);
-}
-
-/* The slot holding key live (LIVE or WRITING), or NULL; *ctl gets the word observed.
- * bound: how far to scan (probe_max of the home, or MAX_PROBE when it cannot be trusted). */
-static struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key *k, uint32_t bound, uint64_t *ctl)
-{
-    for (uint32_t d = 0; d <= bound; d++) {
-        struct shm_slot *s = shm_slot_at(t, k->h + d);
-        uint64_t c = ctl_load(s);
-        unsigned st = CTL_STATE(c);
-        if (st == ST_EMPTY) break;
-        if ((st == ST_LIVE || st == ST_WRITING) && key_matches(t, s, k)) {
-            *ctl = c;
-            return s;
-        }
-    }
-    return NULL;
-}
-
-static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key *k, uint64_t *ctl)
-{
-    struct shm_slot *home = shm_slot_at(t, k->h);
-    /* Most keys sit in their home slot, and their lookup reads its key line right after line
-     * 0: ask for both now, so that in a large table the two misses overlap. (Not the counter
-     * line: the home may hold another process's key; see key_matches.) */
-    __builtin_prefetch(&home->key[0]);
-    uint32_t bound = atomic_load_explicit(&home->probe_max, memory_order_acquire);
-    return lookup_bounded(t, k, bound, ctl);
-}
 
 /* ---- retire, recovery ------------------------------------------------------------------------ */
 
@@ -259,7 +56,7 @@ static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key 
  * caller's pin + 1, an upper bound of the epoch at the moment of the CAS (part.c). An entry
  * retired while WRITING keeps the buffer bit set in its FREE word: a live writer may still be
  * copying into the slot, so only the full grace period (not revival) may hand it out again. */
-static int retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat)
+int tbl_retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat)
 {
     unsigned busy = CTL_STATE(c) == ST_WRITING;
     if (!ctl_cas(s, &c, CTL_MAKE(ST_FREE, busy, 0, me->pin + 1))) return 0;
@@ -285,7 +82,7 @@ static int recover_slot(struct shm_table *t, struct shm_self *me, struct shm_slo
 }
 
 /* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl. */
-static uint64_t wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c)
+uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c)
 {
     for (unsigned spins = 1;; spins++) {
         uint64_t now = ctl_load(s);
@@ -365,7 +162,7 @@ static int evict_one(struct shm_table *t, struct shm_self *me)
                 uint64_t c = ctl_load(s);
                 if (CTL_STATE(c) != ST_LIVE) continue;
                 seen++;
-                if (shm_expired(entry_expiry(t, s, c)) && retire(t, me, s, c, STAT_EXPIRATIONS)) return 1;
+                if (shm_expired(entry_expiry(t, s, c)) && tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS)) return 1;
                 uint32_t age = now - atomic_load_explicit(&s->tick, memory_order_relaxed);
                 if (!best || age > best_age) {
                     best = s;
@@ -374,22 +171,13 @@ static int evict_one(struct shm_table *t, struct shm_self *me)
                 }
             }
         }
-        if (best && retire(t, me, best, best_c, STAT_EVICTIONS)) return 1;
+        if (best && tbl_retire(t, me, best, best_c, STAT_EVICTIONS)) return 1;
     }
     return 0;
 }
 
 /* ---- insert ---------------------------------------------------------------------------------- */
 
-struct init {
-    unsigned type;
-    int64_t amount;  /* counters */
-    const void *val; /* bytes */
-    size_t len;
-    int64_t expires;
-};
-
-enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
 
 /* Claims a free slot in the probe window of home for the caller (who holds home's latch and
  * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
@@ -425,7 +213,7 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const st
             else if (st == ST_INSERTING)
                 recover_slot(t, me, s, c);
             else if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c)))
-                retire(t, me, s, c, STAT_EXPIRATIONS);
+                tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
             break;
         }
     }
@@ -442,7 +230,7 @@ static void fill(struct shm_table *t, struct shm_slot *s, const struct shm_key *
     }
     atomic_store_explicit(&s->meta, (uint32_t)k->len | in->type << 16, memory_order_relaxed);
     atomic_store_explicit(&s->tick, lru_now(t), memory_order_relaxed);
-    if (in->type == TYPE_COUNTER) {
+    if (type_in_head(in->type)) {
         atomic_store_explicit(&s->counter, in->amount, memory_order_relaxed);
         atomic_store_explicit(&s->expires, in->expires, memory_order_relaxed);
     } else {
@@ -452,8 +240,9 @@ static void fill(struct shm_table *t, struct shm_slot *s, const struct shm_key *
 }
 
 /* Inserts key, unless a live unexpired entry of it exists that the caller wants to use:
- * then INS_FOUND with that slot in *found / *fctl (a counter for TYPE_COUNTER callers; any
- * bytes entry for TYPE_BYTES callers). An expired entry, or a counter that a set replaces,
+ * then INS_FOUND with that slot in *found / *fctl (an entry of any type for counter and state
+ * callers, who check its type; a bytes entry for TYPE_BYTES callers). An expired entry, or a
+ * counter or state that a set replaces,
  * is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
  * epoch move, and tries again. Caller is pinned. */
 static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
@@ -474,15 +263,18 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     struct shm_slot *s;
     while ((s = lookup_bounded(t, k, bound, &c))) {
         int expired = shm_expired(entry_expiry(t, s, c));
-        if (!expired && (in->type == TYPE_COUNTER || meta_type(s) == TYPE_BYTES)) {
+        if (!expired && (in->type != TYPE_BYTES || meta_type(s) == TYPE_BYTES)) {
             latch_release(home);
             *found = s;
             *fctl = c;
             return INS_FOUND;
         }
-        /* Expired, or a counter that a set replaces: retire it (a lost CAS means the entry
+        /* Expired, or a counter or state that a set replaces: retire it (a lost CAS means the entry
          * changed under us: look again). */
-        retire(t, me, s, c, expired ? STAT_EXPIRATIONS : -1);
+        if (expired)
+            tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
+        else
+            tbl_retire(t, me, s, c, -1);
     }
 
     /* Reserve room; over max_size, evict one entry first. If no live entry can be found to
@@ -514,7 +306,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
  * tombstones in the probe window. A participant that is pinned but descheduled holds the
  * epoch back for a time slice; one that is stopped (SIGSTOP, a debugger) holds it for good,
  * so the wait is bounded and ends in SHM_EFULL. Returns as insert, never INS_RETRY. */
-static int insert_retrying(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
+int tbl_insert_retrying(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
                            struct shm_slot **found, uint64_t *fctl)
 {
     int64_t deadline = 0;
@@ -534,15 +326,6 @@ static int insert_retrying(struct shm_table *t, struct shm_self *me, const struc
 }
 
 /* ---- operations ------------------------------------------------------------------------------ */
-
-#define ENTER_KEY(t, me)                                                                                               \
-    if (__builtin_expect(klen > t->h->key_max, 0)) return SHM_ETOOBIG;                                                 \
-    ENTER(t, me)
-
-#define ENTER(t, me)                                                                                                   \
-    struct shm_self *me = shm_self_get(t);                                                                             \
-    if (__builtin_expect(!me, 0)) return SHM_EFULL;                                                                    \
-    shm_pin(t, me)
 
 /* Decimal text of a counter (snprintf cost 645 of the 1087 instructions of such a get). */
 static int format_counter(int64_t v, void *buf, size_t cap, size_t *len)
@@ -573,6 +356,8 @@ int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, s
         /* Still the entry we looked up? If it was retired (and maybe revived) since, these
          * fields may belong to another life of the slot: it is gone for this get. */
         if (ctl_load(s) == c && !shm_expired(e)) rc = format_counter(v, buf, cap, len);
+    } else if (s && meta_type(s) != TYPE_BYTES) { /* a rate-limit state: shm_state_get reads it */
+        if (!shm_expired(entry_expiry(t, s, c))) rc = SHM_ESTATE;
     } else if (s) {
         size_t n;
         int64_t e;
@@ -637,7 +422,7 @@ int shm_del(shm_table *t, const char *key, size_t klen)
      * entry changed version: look again. Deleting an expired entry reclaims it quietly. */
     while ((s = lookup(t, &k, &c))) {
         int expired = shm_expired(entry_expiry(t, s, c));
-        if (retire(t, me, s, c, expired ? STAT_EXPIRATIONS : STAT_DELETES)) break;
+        if (tbl_retire(t, me, s, c, expired ? STAT_EXPIRATIONS : STAT_DELETES)) break;
     }
     shm_unpin(me);
     return SHM_OK;
@@ -677,11 +462,11 @@ int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t
     int rc;
     if (s && meta_type(s) == TYPE_COUNTER && !shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed))) {
         rc = counter_add(t, me, s, amount, out); /* the fast path: one fetch_add */
-    } else if (s && meta_type(s) == TYPE_BYTES && !shm_expired(entry_expiry(t, s, c))) {
+    } else if (s && meta_type(s) != TYPE_COUNTER && !shm_expired(entry_expiry(t, s, c))) {
         rc = SHM_ETYPE;
     } else {
         struct init in = {.type = TYPE_COUNTER, .amount = amount, .expires = ttl_ms ? shm_now_ms() + ttl_ms : 0};
-        rc = insert_retrying(t, me, &k, &in, &s, &c);
+        rc = tbl_insert_retrying(t, me, &k, &in, &s, &c);
         if (rc == INS_DONE) {
             *out = amount;
             shm_stat_add(me, STAT_INCRS, 1);
@@ -700,7 +485,7 @@ static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_s
     for (;;) {
         unsigned st = CTL_STATE(c);
         if (st == ST_WRITING) {
-            c = wait_writer(t, me, s, c);
+            c = tbl_wait_writer(t, me, s, c);
             continue;
         }
         if (st != ST_LIVE) return -1;
@@ -733,7 +518,7 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
     for (;;) {
         struct shm_slot *s = lookup(t, &k, &c);
         if (!(s && meta_type(s) == TYPE_BYTES && !shm_expired(entry_expiry(t, s, c)))) {
-            rc = insert_retrying(t, me, &k, &in, &s, &c);
+            rc = tbl_insert_retrying(t, me, &k, &in, &s, &c);
             if (rc != INS_FOUND) break;
         }
         if (write_in_place(t, me, s, c, val, len, expires) == 0) {
@@ -781,7 +566,7 @@ static void clear_slot(struct shm_table *t, struct shm_self *me, struct shm_slot
 {
     (void)arg;
     uint64_t c = ctl_load(s);
-    while ((CTL_STATE(c) == ST_LIVE || CTL_STATE(c) == ST_WRITING) && !retire(t, me, s, c, -1))
+    while ((CTL_STATE(c) == ST_LIVE || CTL_STATE(c) == ST_WRITING) && !tbl_retire(t, me, s, c, -1))
         c = ctl_load(s);
 }
 
@@ -805,7 +590,7 @@ static void reap_slot(struct shm_table *t, struct shm_self *me, struct shm_slot 
     unsigned st = CTL_STATE(c);
     r->occupied += st == ST_LIVE || st == ST_WRITING || st == ST_INSERTING;
     if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c))) {
-        *reclaimed += (uint64_t)retire(t, me, s, c, STAT_EXPIRATIONS);
+        *reclaimed += (uint64_t)tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
     } else if (st == ST_INSERTING || st == ST_WRITING) {
         *reclaimed += (uint64_t)recover_slot(t, me, s, c);
     }
@@ -888,6 +673,8 @@ int shm_stats_get(shm_table *t, shm_stats *o)
         o->evictions += st[STAT_EVICTIONS];
         o->expirations += st[STAT_EXPIRATIONS];
         o->recovered += st[STAT_RECOVERED];
+        o->decisions += st[STAT_DECISIONS];
+        o->denied += st[STAT_DENIED];
     }
     return SHM_OK;
 }

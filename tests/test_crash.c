@@ -11,6 +11,10 @@
  *   - a white-box scan finds no key twice and, after one reaper pass, no slot or latch left
  *     owned by a dead process;
  *   - a fresh process completes an operation on every key under a watchdog (nothing wedged).
+ * The rate-limit mode does the same with traffic_limit: workers decide on keys of all five
+ * algorithms (a new set of keys every few ms, so that admissions, and kills in the middle of
+ * them, go on all the time) and count the admissions acknowledged to them; no key may have
+ * acknowledged more than its rule allows, and each key's state must agree.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -36,7 +40,12 @@
 
 /* MIXED: counters, values, churn; FRESH: lockstep first inserts; REUSE: unique keys set,
  * read by others and deleted in a small table, so slots pass from key to key all the time. */
-enum { MODE_MIXED, MODE_FRESH, MODE_REUSE };
+enum { MODE_MIXED, MODE_FRESH, MODE_REUSE, MODE_LIMIT };
+
+/* MODE_LIMIT: every LIMIT_ROUND_MS the parent moves on to new keys "L:<algorithm>:<round>". */
+#define LIMIT_ROUNDS   4000
+#define LIMIT_ROUND_MS 5
+#define LIMIT_QUOTA    200 /* per key, per hour: no refill or window edge within a test */
 
 struct scratch {
     _Atomic int stop;
@@ -44,6 +53,8 @@ struct scratch {
     _Atomic int64_t acked[WORKERS][NKEYS];
     _Atomic uint64_t torn, wrongkey, errors;
     char errmsg[256];
+    _Atomic int round;                                /* MODE_LIMIT */
+    _Atomic int64_t admitted[5][LIMIT_ROUNDS];        /* costs acknowledged as allowed */
 };
 
 struct result {
@@ -147,6 +158,41 @@ static void mixed_step(traffic_backend *b, struct scratch *sc, int w, uint64_t *
     }
 }
 
+static traffic_rule limit_rule_of(int algo)
+{
+    return (traffic_rule){.algorithm = (traffic_algorithm)algo, .limit = LIMIT_QUOTA, .window = 3600};
+}
+
+/* The most a key may admit: the rule's quota (a leaky bucket also lets one through beyond
+ * its queue, as nginx does), and a sliding window counter whose windows (aligned on the
+ * hour of CLOCK_MONOTONIC) turned during the test twice that. */
+static int64_t limit_most(int algo, int crossed_hour)
+{
+    if (algo == TRAFFIC_LEAKY_BUCKET) return LIMIT_QUOTA + 1;
+    if (algo == TRAFFIC_SLIDING_WINDOW_COUNTER && crossed_hour) return 2 * LIMIT_QUOTA;
+    return LIMIT_QUOTA;
+}
+
+static void limit_step(traffic_backend *b, struct scratch *sc, uint64_t *x)
+{
+    int round = atomic_load_explicit(&sc->round, memory_order_relaxed);
+    int algo = (int)(rng(x) % 5);
+    int64_t cost = 1 + (int64_t)(rng(x) % 3);
+    char key[48];
+    snprintf(key, sizeof key, "L:%d:%d", algo, round);
+    traffic_rule r = limit_rule_of(algo);
+    traffic_decision d;
+    int rc = traffic_limit(b, key, &r, cost, &d);
+    if (rc)
+        note_error(sc, b, "limit", rc);
+    else if (d.allowed)
+        atomic_fetch_add_explicit(&sc->admitted[algo][round], cost, memory_order_relaxed);
+    if (rng(x) % 64 == 0) { /* a little churn next to the decisions */
+        snprintf(key, sizeof key, "L:churn:%u", (unsigned)(rng(x) % 16));
+        if ((rc = traffic_set(b, key, "x", 1, 0)) || (rc = traffic_delete(b, key))) note_error(sc, b, "churn", rc);
+    }
+}
+
 static uint32_t name_tag(const char *s)
 {
     uint32_t h = 2166136261u;
@@ -190,6 +236,8 @@ static int worker(const char *url, struct scratch *sc, int w, int mode)
     for (uint32_t i = 0; !atomic_load_explicit(&sc->stop, memory_order_relaxed); i++) {
         if (mode == MODE_MIXED) {
             mixed_step(b, sc, w, &x, buf);
+        } else if (mode == MODE_LIMIT) {
+            limit_step(b, sc, &x);
         } else if (mode == MODE_REUSE) {
             reuse_step(b, sc, w, atomic_load_explicit(&sc->ops[w], memory_order_relaxed), &x, buf);
         } else {
@@ -249,6 +297,14 @@ static int final_sweep(const char *url, int mode)
             snprintf(key, sizeof key, "v:%u", k);
             if (traffic_set(b, key, "x", 1, 0)) _exit(3);
         }
+        for (int algo = 0; mode == MODE_LIMIT && algo < 5; algo++) { /* every key decides promptly */
+            traffic_rule r = limit_rule_of(algo);
+            traffic_decision d;
+            for (int round = 0; round < LIMIT_ROUNDS; round++) {
+                snprintf(key, sizeof key, "L:%d:%d", algo, round);
+                if (traffic_limit(b, key, &r, 0, &d)) _exit(6);
+            }
+        }
         for (unsigned k = 0; mixed && k < NCHURN; k++) {
             snprintf(key, sizeof key, CHURN_KEY, k, k);
             if (traffic_set(b, key, "x", 1, 0) || traffic_get(b, key, buf, sizeof buf, &len)) _exit(4);
@@ -279,8 +335,18 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
 
     uint64_t x = (uint64_t)getpid() | 1;
     int64_t end = tu_now_ms() + (int64_t)(seconds * 1000);
+    int64_t hour0 = tu_now_ms() / 3600000;
     while (tu_now_ms() < end) {
-        tu_sleep_ms(10 + (long)(rng(&x) % 50));
+        if (mode == MODE_LIMIT) { /* new keys every few ms, a kill every 10-60 ms */
+            int64_t next = tu_now_ms() + 10 + (int64_t)(rng(&x) % 50);
+            while (tu_now_ms() < next && atomic_load(&sc->round) < LIMIT_ROUNDS - 1) {
+                tu_sleep_ms(LIMIT_ROUND_MS);
+                atomic_fetch_add(&sc->round, 1);
+            }
+            if (atomic_load(&sc->round) >= LIMIT_ROUNDS - 1) break;
+        } else {
+            tu_sleep_ms(10 + (long)(rng(&x) % 50));
+        }
         if (stop_on_violation && (atomic_load(&sc->torn) || atomic_load(&sc->wrongkey))) break;
         if (mode == MODE_FRESH) {
             int running = 0;
@@ -323,6 +389,27 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
             else
                 res.excess += v - acked;
         }
+    } else if (mode == MODE_LIMIT) {
+        res.ops = 0; /* here: the keys that admitted something */
+        int crossed = tu_now_ms() / 3600000 != hour0;
+        for (int algo = 0; algo < 5; algo++) {
+            traffic_rule r = limit_rule_of(algo);
+            for (int round = 0; round <= atomic_load(&sc->round); round++) {
+                int64_t got = atomic_load(&sc->admitted[algo][round]);
+                res.ops += got > 0; /* keys that admitted something */
+                if (got > limit_most(algo, crossed)) {
+                    res.excess += got - limit_most(algo, crossed);
+                    if (res.lost_keys++ == 0)
+                        fprintf(stderr, "L:%d:%d admitted %lld, the rule allows %lld\n", algo, round, (long long)got,
+                                (long long)limit_most(algo, crossed));
+                }
+                /* The state agrees: what remains is at most what was not acknowledged. */
+                snprintf(key, sizeof key, "L:%d:%d", algo, round);
+                traffic_decision d;
+                TU_OK(b, traffic_limit(b, key, &r, 0, &d));
+                if (algo != TRAFFIC_SLIDING_WINDOW_COUNTER && d.remaining > d.limit - got) res.lost_keys++;
+            }
+        }
     } else if (mode == MODE_FRESH) {
         for (int i = 0; i < NFRESH; i++) {
             snprintf(key, sizeof key, "n:%d", i);
@@ -346,6 +433,7 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
             "excess=%lld dups=%llu dead_owned=%llu inserting=%llu writing=%llu live=%llu final=%d\n",
             mode == MODE_MIXED   ? "mixed"
             : mode == MODE_FRESH ? "fresh"
+            : mode == MODE_LIMIT ? "limit"
                                  : "reuse",
             broken, seconds, (unsigned long long)res.ops, res.kills, res.wedged, (unsigned long long)res.torn,
             (unsigned long long)res.wrongkey, (unsigned long long)res.errors, (long long)res.lost_keys,
@@ -402,6 +490,20 @@ START_TEST(concurrent_first_inserts_unique)
 }
 END_TEST
 
+/* Decisions under SIGKILL: no key admits more than its rule (res.lost_keys counts the keys
+ * that did, and those whose state has more left than their acknowledged admissions allow:
+ * a state that forgot one), nothing is left owned by the dead,
+ * every key still decides promptly (final_sweep). In flight when killed, a decision may or
+ * may not have been made: acknowledged ones always were. */
+START_TEST(limit_sigkill_workers)
+{
+    struct result r = run(MODE_LIMIT, 8.0, 1, 0, 0);
+    ck_assert_int_ge(r.kills, 40);
+    ck_assert_int_gt(r.ops, 500); /* keys that admitted */
+    assert_clean(&r, 0);
+}
+END_TEST
+
 /* The broken variants: each must be caught by the same checks. */
 START_TEST(broken_no_recheck_is_caught)
 {
@@ -414,6 +516,13 @@ START_TEST(broken_no_grace_is_caught)
 {
     struct result r = run(MODE_REUSE, 30.0, 0, SHM_BROKEN_NO_GRACE, 1);
     ck_assert_msg(r.wrongkey > 0, "reusing slots without the epoch grace period went unnoticed");
+}
+END_TEST
+
+START_TEST(broken_limit_store_is_caught)
+{
+    struct result r = run(MODE_LIMIT, 20.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
+    ck_assert_msg(r.excess > 0, "deciding with a plain store instead of a compare-and-swap went unnoticed");
 }
 END_TEST
 
@@ -436,6 +545,8 @@ int main(void)
     tcase_add_test(tc, broken_no_recheck_is_caught);
     tcase_add_test(tc, broken_no_grace_is_caught);
     tcase_add_test(tc, broken_no_latch_is_caught);
+    tcase_add_test(tc, limit_sigkill_workers);
+    tcase_add_test(tc, broken_limit_store_is_caught);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

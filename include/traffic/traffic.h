@@ -233,7 +233,8 @@ TRAFFIC_API int traffic_clear(traffic_backend *b);
 /* Storage: a key holds one algorithm's state; its TTL follows reset_after, so an unused key */
 /* disappears by itself. traffic_limit on a key holding bytes, a counter or another          */
 /* algorithm's state is TRAFFIC_ETYPE; traffic_delete resets a key; traffic_get returns the */
-/* state as JSON text, e.g. {"algorithm":"token_bucket","tat_us":1234}; traffic_set        */
+/* state as JSON text, e.g. {"algorithm":"token_bucket","tat_us":1234} (a sliding window   */
+/* counter's "window" is its number modulo 2^24); traffic_set                               */
 /* replaces it. Changing a key's rule (limit, window, burst) reinterprets its state.         */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -264,7 +265,7 @@ typedef struct traffic_decision {
 /* Rule bounds, the same on every backend. */
 #define TRAFFIC_WINDOW_MIN_S 0.001              /* windows: 1 ms .. */
 #define TRAFFIC_WINDOW_MAX_S 1e8                /* .. about 3 years */
-#define TRAFFIC_WINDOW_LIMIT_MAX 16777215       /* fixed window, sliding window counter: 2^24 - 1 */
+#define TRAFFIC_WINDOW_LIMIT_MAX 1048575        /* fixed window, sliding window counter: 2^20 - 1 */
 #define TRAFFIC_SLIDING_WINDOW_LIMIT_MAX 10000  /* the exact log */
 #define TRAFFIC_BUCKET_MAX_US 4503599627370496LL /* buckets: B I (or (Q + 1) I) < 2^52 µs */
 
@@ -285,7 +286,9 @@ TRAFFIC_API int traffic_limit(traffic_backend *b, const char *key, const traffic
  * it: for simulations and tests, which drive time themselves. A key's decisions should not
  * mix the two (a state written at a simulated time is read at the clock's time). The key's
  * storage TTL still runs on the real clock, for reset_after from the simulated instant. The
- * memory backend takes now_us < 2^40 ms. */
+ * memory backend keeps a sliding window counter's window number modulo 2^24: a simulated
+ * jump of a multiple of 2^24 windows (plus 0 or 1) on one key is misread there (real time
+ * cannot do it: the key expires two windows after its last use). */
 TRAFFIC_API int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost,
                                  int64_t now_us, traffic_decision *out);
 
