@@ -20,21 +20,22 @@
  * The sliding window counter promises only that its estimate stays within L; the picture shows
  * how far the true count strays from it.
  *
- *   traffic-algorithms [OUT.svg]      (default algorithms.svg; the README's picture is
- *                                       docs/algorithms.svg)
+ *   traffic-algorithms [OUT.svg [URL]]   (default algorithms.svg on memory://; the README's
+ *                                          picture is docs/algorithms.svg)
+ * Another store's URL draws the same picture: every backend decides with the same arithmetic.
  */
-#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <traffic/traffic.h>
 
-#define LIMIT      10
-#define WINDOW_US  10000000LL /* the rule's 10 s */
-#define SPAN_US    60000000LL /* the time axis */
-#define BASE_US    1000000000LL /* the store's clock at the axis's 0 s: a multiple of the window, so
-                                 * the sliding window counter's windows fall on 0, 10, 20 s ... */
+#define LIMIT     10
+#define WINDOW_US 10000000LL /* the rule's 10 s */
+#define SPAN_US   60000000LL /* the time axis */
+/* The store's clock at the axis's 0 s: a multiple of the window, so that the sliding window
+ * counter's windows fall on 0, 10, 20 s ... */
+#define BASE_US      1000000000LL
 #define MAX_ARRIVALS 256
 #define NALGOS       5
 
@@ -90,9 +91,21 @@ struct row {
     int64_t through[MAX_ARRIVALS]; /* when request i goes through (arrival + delay), -1: denied */
     int64_t opened[MAX_ARRIVALS];  /* fixed window: the windows' starts, as its decisions tell them */
     int nopened;
-    int admitted, most;            /* most: the largest count in any trailing 10 s */
-    int bound;                     /* the promised bound on `most`, 0: none */
+    int admitted, most; /* most: the largest count in any trailing 10 s */
+    int bound;          /* the promised bound on `most`, 0: none */
 };
+
+/* The most an algorithm may let through in any 10 s (the file's opening comment), 0: no bound. */
+static int bound_of(traffic_algorithm a)
+{
+    switch (a) {
+    case TRAFFIC_SLIDING_WINDOW:
+    case TRAFFIC_LEAKY_BUCKET: return LIMIT;
+    case TRAFFIC_FIXED_WINDOW:
+    case TRAFFIC_TOKEN_BUCKET: return 2 * LIMIT;
+    default: return 0;
+    }
+}
 
 static int decide(traffic_backend *b, struct row *r)
 {
@@ -101,6 +114,10 @@ static int decide(traffic_backend *b, struct row *r)
     snprintf(r->rule, sizeof r->rule, "%s:%d/10s", traffic_algorithm_name(r->algo), LIMIT);
     if (traffic_rule_parse(r->rule, &rule, msg, sizeof msg) != TRAFFIC_OK) {
         fprintf(stderr, "traffic-algorithms: %s\n", msg);
+        return -1;
+    }
+    if (traffic_delete(b, r->rule) != TRAFFIC_OK) { /* a store may keep an earlier run's state */
+        fprintf(stderr, "traffic-algorithms: delete %s: %s\n", r->rule, traffic_errmsg(b));
         return -1;
     }
     for (int i = 0; i < narrivals; i++) {
@@ -158,19 +175,19 @@ static int most_in_window(const int64_t *t, int n)
 
 /* ---- the picture ----------------------------------------------------------------------------
  * Hand-written SVG. Geometry in px; x is time. */
-#define SVG_W      1220
-#define PLOT_X     240 /* where 0 s is */
-#define PX_PER_S   16.0
-#define TOP        96 /* the arrivals row's baseline */
-#define ROW_H      128
-#define TICK       20 /* a request's tick */
-#define BAND_TOP   30 /* the trailing-count band, below the baseline */
-#define BAND_H     36
-#define BAND_MAX   20 /* the band's scale: 2 L */
-#define C_ADMIT    "#2ca02c"
-#define C_DENY     "#d62728"
-#define C_RELEASE  "#1f77b4"
-#define C_SHADE    "#f0f0f0"
+#define SVG_W     1220
+#define PLOT_X    240 /* where 0 s is */
+#define PX_PER_S  16.0
+#define TOP       96 /* the arrivals row's baseline */
+#define ROW_H     128
+#define TICK      20 /* a request's tick */
+#define BAND_TOP  30 /* the trailing-count band, below the baseline */
+#define BAND_H    36
+#define BAND_MAX  20 /* the band's scale: 2 L */
+#define C_ADMIT   "#2ca02c"
+#define C_DENY    "#d62728"
+#define C_RELEASE "#1f77b4"
+#define C_SHADE   "#f0f0f0"
 
 static double X(int64_t us)
 {
@@ -282,8 +299,9 @@ static void draw(FILE *f, const struct row *rows)
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
             "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             SVG_W, h, SVG_W, h);
-    fprintf(f, "<text x=\"12\" y=\"24\" font-size=\"16\" font-weight=\"bold\">The same %d requests through each "
-               "algorithm, %d per 10 s (buckets: burst %d)</text>\n",
+    fprintf(f,
+            "<text x=\"12\" y=\"24\" font-size=\"16\" font-weight=\"bold\">The same %d requests through each "
+            "algorithm, %d per 10 s (buckets: burst %d)</text>\n",
             narrivals, LIMIT, LIMIT);
     /* the legend */
     fprintf(f,
@@ -319,16 +337,15 @@ static void draw(FILE *f, const struct row *rows)
 
 int main(int argc, char **argv)
 {
-    const char *path = argc > 1 ? argv[1] : "algorithms.svg";
+    const char *path = argc > 1 ? argv[1] : "algorithms.svg", *url = argc > 2 ? argv[2] : "memory://";
     static const traffic_algorithm order[NALGOS] = {TRAFFIC_FIXED_WINDOW, TRAFFIC_SLIDING_WINDOW_COUNTER,
-                                                    TRAFFIC_SLIDING_WINDOW, TRAFFIC_TOKEN_BUCKET,
-                                                    TRAFFIC_LEAKY_BUCKET};
+                                                    TRAFFIC_SLIDING_WINDOW, TRAFFIC_TOKEN_BUCKET, TRAFFIC_LEAKY_BUCKET};
     static struct row rows[NALGOS];
     make_schedule();
     traffic_backend *b;
-    int rc = traffic_open("memory://", &b);
+    int rc = traffic_open(url, &b);
     if (rc != TRAFFIC_OK) {
-        fprintf(stderr, "traffic-algorithms: memory://: %s (%s)\n", traffic_strerror(rc), traffic_errmsg(NULL));
+        fprintf(stderr, "traffic-algorithms: %s: %s (%s)\n", url, traffic_strerror(rc), traffic_errmsg(NULL));
         return 1;
     }
     int failed = 0;
@@ -339,9 +356,7 @@ int main(int argc, char **argv)
         r->algo = order[a];
         if (decide(b, r) < 0) return 1;
         r->most = most_in_window(r->through, narrivals);
-        r->bound = r->algo == TRAFFIC_SLIDING_WINDOW || r->algo == TRAFFIC_LEAKY_BUCKET ? LIMIT
-                   : r->algo == TRAFFIC_SLIDING_WINDOW_COUNTER                         ? 0
-                                                                                       : 2 * LIMIT;
+        r->bound = bound_of(r->algo);
         int ok = !r->bound || r->most <= r->bound;
         failed |= !ok;
         printf("%-24s %9d %7d %13d  %s%d%s\n", traffic_algorithm_name(r->algo), r->admitted, narrivals - r->admitted,

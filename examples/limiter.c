@@ -43,8 +43,7 @@ struct tally {
 static void print_headers(int worker, const struct endpoint *e, const traffic_decision *d)
 {
     printf("  worker %d: %-11s -> %d  X-RateLimit-Limit: %lld  X-RateLimit-Remaining: %lld  X-RateLimit-Reset: %.0f",
-           worker, e->name, d->allowed ? 200 : 429, (long long)d->limit, (long long)d->remaining,
-           ceil(d->reset_after));
+           worker, e->name, d->allowed ? 200 : 429, (long long)d->limit, (long long)d->remaining, ceil(d->reset_after));
     if (!d->allowed) printf("  Retry-After: %.0f", ceil(d->retry_after));
     printf("\n");
 }
