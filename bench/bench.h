@@ -5,7 +5,8 @@
  * The one idea: every store — the library behind any URL, and the baselines that exist only
  * here (bench:raw-atomic, bench:mutex-table, bench:raw-sqlite, bench:raw-hiredis, bench:null)
  * — is driven by the same worker loop through the same three calls (incr, get, set on key
- * number i), so the figures differ only by what the store does.
+ * number i), so the figures differ only by what the store does. Rate-limit decisions (limit)
+ * exist only in the library, and bench:null, which measures the harness.
  */
 #ifndef TRAFFIC_BENCH_H
 #define TRAFFIC_BENCH_H
@@ -14,13 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <traffic/traffic.h>
+
 /* ---- configuration ------------------------------------------------------------------------- */
 
 #define BENCH_MAX_URLS    16
 #define BENCH_MAX_PROCS   16 /* entries of a --procs list */
 #define BENCH_PROCS_LIMIT 256
 
-enum bench_op { OP_INCR = 0, OP_GET = 1, OP_SET = 2, OP_MIXED = 3 };
+enum bench_op { OP_INCR = 0, OP_GET = 1, OP_SET = 2, OP_MIXED = 3, OP_LIMIT = 4 };
 enum bench_dist { DIST_UNIFORM, DIST_ZIPF };
 
 struct bench_cfg {
@@ -37,6 +40,8 @@ struct bench_cfg {
     int rounds;
     double warmup; /* seconds of unmeasured operations before each measured round */
     double ttl;
+    const char *rule_text; /* --op limit: the rule, as given and as parsed */
+    traffic_rule rule;
     int sample;   /* time one operation in `sample` (1: every one, 0: none) */
     int disjoint; /* worker w uses only its own block of keys */
     const char *json;
@@ -118,6 +123,9 @@ struct store_ops {
     int (*incr)(void *h, uint32_t i, int64_t *out);
     int (*get)(void *h, uint32_t i, size_t *len);
     int (*set)(void *h, uint32_t i, const void *val, size_t len);
+    /* one decision of cost 1 under cfg->rule; *allowed = 1 or 0. NULL: no decisions (--op limit
+     * refuses the store) */
+    int (*limit)(void *h, uint32_t i, int64_t *allowed);
     /* optional fast paths for the parent (the generic versions loop over incr / set / get) */
     int (*prefill)(struct store *s, char *err, size_t errlen);
     int (*sum)(struct store *s, int64_t *sum, char *err, size_t errlen);
@@ -136,7 +144,8 @@ struct store {
 extern const struct store_ops store_traffic, store_null, store_raw_atomic, store_mutex_table, store_raw_sqlite,
     store_raw_hiredis;
 
-/* Loads every key through the store's own incr (counters) and set (bytes values). */
+/* Loads every key through the store's own incr (counters) and set (bytes values), or under
+ * --op limit makes one decision on each. */
 int bench_prefill_generic(struct store *s, char *err, size_t errlen);
 
 /* The value of query parameter name in url ("?a=1&b=2"), copied into out; 1 if present. */
@@ -148,6 +157,7 @@ enum { PHASE_WAIT = 0, PHASE_WARMUP = 1, PHASE_MEASURE = 2, PHASE_STOP = 3 };
 struct worker_result {
     uint64_t ops;        /* measured operations */
     uint64_t incrs;      /* increments done, warm-up included (for the check) */
+    uint64_t allowed;    /* --op limit: measured decisions that allowed */
     uint64_t errors;     /* failed operations, and gets of a bytes key with a wrong length */
     uint64_t elapsed_ns; /* measured time */
     uint64_t hwm_kb, rss_kb;
@@ -162,10 +172,11 @@ struct control {
     char pad[60];
 };
 
-/* Key-sequence entries: op << 30 | key number. */
+/* Key-sequence entries: op << SEQ_OP_SHIFT | key number. */
 #define SEQ_BITS     20
 #define SEQ_LEN      (1u << SEQ_BITS)
-#define SEQ_IDX_MASK ((1u << 30) - 1)
+#define SEQ_OP_SHIFT 29
+#define SEQ_IDX_MASK ((1u << SEQ_OP_SHIFT) - 1)
 
 /* Fills seq (SEQ_LEN entries) for worker w of nprocs. */
 void bench_make_seq(const struct bench_cfg *cfg, int w, int nprocs, uint32_t *seq);
@@ -183,6 +194,7 @@ struct result {
     double ops_per_sec, ns_per_op, p50, p99, p999, max_ns;
     uint64_t rss_kb;
     uint64_t ops, errors;
+    uint64_t allowed; /* --op limit: of ops, the decisions that allowed */
     int check;
     char check_msg[256];
     double ratio;               /* ops/s against the first URL's at the same process count */

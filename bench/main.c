@@ -44,7 +44,9 @@ static void usage(FILE *f)
                "  --keys K         keys, all prefilled (default 1000)\n"
                "  --dist D         uniform | zipf (default uniform)\n"
                "  --zipf-s S       zipf exponent (default 0.99)\n"
-               "  --op OP          incr | get | set | mixed (60%% get, 30%% incr, 10%% set) (default incr)\n"
+               "  --op OP          incr | get | set | mixed (60%% get, 30%% incr, 10%% set) | limit (default incr)\n"
+               "  --rule RULE      --op limit: the rule of every decision, ALGO:LIMIT/WINDOW[,burst=N],\n"
+               "                   e.g. token_bucket:100/1s or fixed_window:1000/1m (library URLs only)\n"
                "  --seconds S      measured seconds per URL and process count (default 3)\n"
                "  --rounds R       alternating rounds those seconds are cut into; medians reported (default 3)\n"
                "  --warmup S       unmeasured seconds before each round (default 0.2)\n"
@@ -129,6 +131,26 @@ static void parse_procs(struct bench_cfg *c, const char *s)
     if (!c->nprocs) die("--procs %s is empty", s);
 }
 
+static const struct store_ops *store_for(const char *url);
+
+/* --op limit needs a rule, and only the library makes decisions: the baselines have none to
+ * compare (bench:null, the harness alone, excepted). */
+static void check_limit_args(struct bench_cfg *c)
+{
+    if (c->op != OP_LIMIT) {
+        if (c->rule_text) die("--rule %s applies to --op limit only", c->rule_text);
+        return;
+    }
+    if (!c->rule_text) die("--op limit needs --rule ALGO:LIMIT/WINDOW[,burst=N], e.g. token_bucket:100/1s%s", "");
+    char msg[256];
+    if (traffic_rule_parse(c->rule_text, &c->rule, msg, sizeof msg) != TRAFFIC_OK) die("--rule: %s", msg);
+    for (int i = 0; i < c->nurls; i++)
+        if (store_for(c->urls[i]) && !store_for(c->urls[i])->limit)
+            die("--op limit: %s is a baseline without rate-limit decisions; give library URLs (memory://, "
+                "sqlite://, redis://...)",
+                c->urls[i]);
+}
+
 static void parse_args(int argc, char **argv, struct bench_cfg *c, int *force_clock)
 {
     static const struct option lo[] = {
@@ -136,7 +158,7 @@ static void parse_args(int argc, char **argv, struct bench_cfg *c, int *force_cl
         {"zipf-s", 1, 0, 'z'}, {"op", 1, 0, 'o'},    {"seconds", 1, 0, 's'},  {"rounds", 1, 0, 'r'},
         {"warmup", 1, 0, 'w'}, {"ttl", 1, 0, 't'},   {"disjoint", 0, 0, 'D'}, {"sample", 1, 0, 'S'},
         {"timer", 1, 0, 'T'},  {"json", 1, 0, 'j'},  {"plot", 1, 0, 'P'},     {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"rule", 1, 0, 'R'},   {0, 0, 0, 0}};
     *c = (struct bench_cfg){.keys = 1000,
                             .dist = DIST_UNIFORM,
                             .zipf_s = 0.99,
@@ -176,9 +198,12 @@ static void parse_args(int argc, char **argv, struct bench_cfg *c, int *force_cl
                 c->op = OP_SET;
             else if (strcmp(optarg, "mixed") == 0)
                 c->op = OP_MIXED;
+            else if (strcmp(optarg, "limit") == 0)
+                c->op = OP_LIMIT;
             else
-                die("--op %s: want incr, get, set or mixed", optarg);
+                die("--op %s: want incr, get, set, mixed or limit", optarg);
             break;
+        case 'R': c->rule_text = optarg; break;
         case 's': c->seconds = num_arg("--seconds", optarg, 0.01, 86400); break;
         case 'r': c->rounds = (int)num_arg("--rounds", optarg, 1, 1000); break;
         case 'w': c->warmup = num_arg("--warmup", optarg, 0, 3600); break;
@@ -203,6 +228,7 @@ static void parse_args(int argc, char **argv, struct bench_cfg *c, int *force_cl
         exit(2);
     }
     if (c->disjoint && c->keys / (uint32_t)c->max_procs < 2) die("--disjoint needs at least 2 keys per process%s", "");
+    check_limit_args(c);
 }
 
 /* ---- machine --------------------------------------------------------------------------------- */
@@ -259,7 +285,9 @@ int bench_prefill_generic(struct store *s, char *err, size_t n)
     static const char val[VALUE_LEN + 1] = "prefill-value-16";
     for (uint32_t i = 0; i < s->cfg->keys; i++) {
         int64_t out;
-        int rc = bench_is_counter(s->cfg, i) ? s->ops->incr(s->h, i, &out) : s->ops->set(s->h, i, val, VALUE_LEN);
+        int rc = s->cfg->op == OP_LIMIT        ? s->ops->limit(s->h, i, &out)
+                 : bench_is_counter(s->cfg, i) ? s->ops->incr(s->h, i, &out)
+                                               : s->ops->set(s->h, i, val, VALUE_LEN);
         if (rc) {
             snprintf(err, n, "prefill of %s: status %d%s%s", bench_key(i), rc, s->ops == &store_traffic ? " " : "",
                      s->ops == &store_traffic ? traffic_strerror(rc) : "");
@@ -297,7 +325,7 @@ struct round {
     int ok;
     char msg[256];
     double ops_per_sec, ns_per_op, p50, p99, p999, max_ns;
-    uint64_t rss_kb, ops, errors, incrs;
+    uint64_t rss_kb, ops, errors, incrs, allowed;
     int64_t first_error;
 };
 
@@ -394,6 +422,7 @@ static void collect(struct bench *B, int nprocs, struct round *r)
         }
         r->ops += x->ops;
         r->incrs += x->incrs;
+        r->allowed += x->allowed;
         if (x->errors && !r->errors) r->first_error = x->first_error;
         r->errors += x->errors;
         r->rss_kb += x->hwm_kb;
@@ -520,6 +549,7 @@ static void summarize(const struct round *rs, int n, struct result *out)
         if (rs[i].max_ns > out->max_ns) out->max_ns = rs[i].max_ns;
         if (rs[i].rss_kb > out->rss_kb) out->rss_kb = rs[i].rss_kb;
         out->ops += rs[i].ops;
+        out->allowed += rs[i].allowed;
         out->errors += rs[i].errors;
         k++;
     }

@@ -10,7 +10,7 @@
 
 static const char *op_name(enum bench_op op)
 {
-    static const char *const n[] = {"incr", "get", "set", "mixed"};
+    static const char *const n[] = {"incr", "get", "set", "mixed", "limit"};
     return n[op];
 }
 
@@ -59,6 +59,7 @@ void report_table(const struct bench_cfg *cfg, const struct result *r, int n, co
            op_name(cfg->op), cfg->keys, dist_name(cfg), cfg->dist == DIST_ZIPF ? " s=" : "",
            cfg->dist == DIST_ZIPF ? (snprintf(a, sizeof a, "%g", cfg->zipf_s), a) : "", cfg->ttl, cfg->seconds,
            cfg->rounds, cfg->warmup);
+    if (cfg->op == OP_LIMIT) printf("rule: %s (traffic_limit, cost 1, on every key)\n", cfg->rule_text);
     printf("machine: %s, %d cpus, %s, load %.2f at start\n", m->cpu, m->ncpu, m->kernel, m->load1);
     if (m->tsc_ghz > 0)
         printf("timer: rdtsc at %.3f GHz", m->tsc_ghz);
@@ -102,6 +103,11 @@ void report_table(const struct bench_cfg *cfg, const struct result *r, int n, co
         if (!r[i].skipped)
             printf("  %-*.*s opened in %.1f ms, %u keys prefilled in %.1f ms\n", w, w, r[i].url, r[i].open_ms,
                    cfg->keys, r[i].prefill_ms);
+    if (cfg->op == OP_LIMIT) printf("\ndecisions allowed (denials write nothing: a different path):\n");
+    for (int i = 0; i < n && cfg->op == OP_LIMIT; i++)
+        if (!r[i].skipped && r[i].ops)
+            printf("  %-*.*s %d procs: %.1f %% of %llu measured\n", w, w, r[i].url, r[i].procs,
+                   100.0 * (double)r[i].allowed / (double)r[i].ops, (unsigned long long)r[i].ops);
     for (int i = 0; i < n; i++)
         if (!r[i].skipped && !r[i].check)
             printf("check FAILED: %s at %d procs: %s\n", r[i].url, r[i].procs, r[i].check_msg);
@@ -153,9 +159,14 @@ int report_json(const char *path, const struct bench_cfg *cfg, const struct resu
     json_num(f, m->empty_op_ns);
     fprintf(f,
             "},\n  \"config\": {\"op\": \"%s\", \"keys\": %u, \"dist\": \"%s\", \"zipf_s\": %g, \"ttl\": %g, "
-            "\"seconds\": %g, \"rounds\": %d, \"warmup\": %g, \"sample\": %d, \"disjoint\": %s},\n",
+            "\"seconds\": %g, \"rounds\": %d, \"warmup\": %g, \"sample\": %d, \"disjoint\": %s",
             op_name(cfg->op), cfg->keys, dist_name(cfg), cfg->zipf_s, cfg->ttl, cfg->seconds, cfg->rounds, cfg->warmup,
             cfg->sample, cfg->disjoint ? "true" : "false");
+    if (cfg->op == OP_LIMIT) {
+        fprintf(f, ", \"rule\": ");
+        json_str(f, cfg->rule_text);
+    }
+    fprintf(f, "},\n");
     fprintf(f, "  \"results\": [\n");
     for (int i = 0; i < n; i++) {
         fprintf(f, "    {\"url\": ");
@@ -185,6 +196,7 @@ int report_json(const char *path, const struct bench_cfg *cfg, const struct resu
             fprintf(f, ", \"rss_kb\": %llu, \"ops\": %llu, \"errors\": %llu, \"check\": %s",
                     (unsigned long long)r[i].rss_kb, (unsigned long long)r[i].ops, (unsigned long long)r[i].errors,
                     r[i].check ? "true" : "false");
+            if (cfg->op == OP_LIMIT) fprintf(f, ", \"allowed\": %llu", (unsigned long long)r[i].allowed);
             if (!r[i].check) {
                 fprintf(f, ", \"check_detail\": ");
                 json_str(f, r[i].check_msg);
@@ -333,10 +345,13 @@ int report_svg(const char *path, const struct bench_cfg *cfg, const struct resul
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
             "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             SVG_W, h > SVG_H ? h : SVG_H);
-    fprintf(f,
-            "<text x=\"%d\" y=\"22\" font-size=\"14\">traffic-bench: op %s, %u keys %s, %g s per point "
-            "(median of %d rounds)</text>\n",
-            PANEL_LEFT0, op_name(cfg->op), cfg->keys, dist_name(cfg), cfg->seconds, cfg->rounds);
+    fprintf(f, "<text x=\"%d\" y=\"22\" font-size=\"14\">traffic-bench: op %s", PANEL_LEFT0, op_name(cfg->op));
+    if (cfg->op == OP_LIMIT) {
+        fputc(' ', f);
+        svg_text(f, cfg->rule_text);
+    }
+    fprintf(f, ", %u keys %s, %g s per point (median of %d rounds)</text>\n", cfg->keys, dist_name(cfg), cfg->seconds,
+            cfg->rounds);
     panel(f, cfg, r, n, 0, PANEL_LEFT0);
     panel(f, cfg, r, n, 1, PANEL_LEFT0 + PANEL_GAP);
     for (int u = 0; u < cfg->nurls; u++) {

@@ -73,6 +73,12 @@ static int null_set(void *h, uint32_t i, const void *val, size_t len)
     (void)h, (void)i, (void)val, (void)len;
     return 0;
 }
+static int null_limit(void *h, uint32_t i, int64_t *allowed)
+{
+    (void)h, (void)i;
+    *allowed = 1;
+    return 0;
+}
 static void null_close(struct store *s)
 {
     (void)s;
@@ -85,6 +91,7 @@ const struct store_ops store_null = {
     .incr = null_incr,
     .get = null_get,
     .set = null_set,
+    .limit = null_limit,
     .close = null_close,
 };
 

@@ -8,7 +8,8 @@
  * A memory URL without max_size gets max_size=KEYS, so that the run never evicts. The store
  * is cleared (traffic_clear) before the prefill: a file or a server may hold an earlier run.
  * A named table (memory://NAME, /dev/shm/traffic.NAME) that the run created is unlinked at
- * the end; one that existed before is left in place.
+ * the end; one that existed before is left in place. Under --op limit every operation is one
+ * traffic_limit of cost 1 under the rule of --rule.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -42,6 +43,7 @@ static void memory_name(const char *url, char *out, size_t cap)
 }
 
 static double tr_ttl;
+static traffic_rule tr_rule;
 
 static int tr_fail(int rc, const char *what, const char *url, char *err, size_t n)
 {
@@ -55,6 +57,7 @@ static int tr_open(struct store *s, char *err, size_t n)
     if (!t) return BENCH_ERR;
     s->priv = t;
     tr_ttl = s->cfg->ttl;
+    tr_rule = s->cfg->rule;
     t->shared = strncmp(s->url, "memory:", 7) == 0;
     char tmp[32];
     size_t need = strlen(s->url) + 64;
@@ -133,6 +136,14 @@ static int tr_set(void *h, uint32_t i, const void *val, size_t len)
     return traffic_set(h, bench_key(i), val, len, tr_ttl);
 }
 
+static int tr_limit(void *h, uint32_t i, int64_t *allowed)
+{
+    traffic_decision d;
+    int rc = traffic_limit(h, bench_key(i), &tr_rule, 1, &d);
+    *allowed = rc == TRAFFIC_OK && d.allowed;
+    return rc;
+}
+
 static int tr_sum(struct store *s, int64_t *sum, char *err, size_t n)
 {
     int64_t total = 0;
@@ -160,6 +171,11 @@ static int tr_prefill(struct store *s, char *err, size_t n)
         snprintf(err, n, "clear %s: %s (%s)", s->eff_url, traffic_strerror(rc), traffic_errmsg(s->h));
         return BENCH_ERR;
     }
+    int64_t allowed; /* a backend without decisions is skipped, like one that is not built */
+    if (s->cfg->op == OP_LIMIT && (rc = tr_limit(s->h, 0, &allowed)) != TRAFFIC_OK) {
+        snprintf(err, n, "traffic_limit on %s: %s (%s)", s->eff_url, traffic_strerror(rc), traffic_errmsg(s->h));
+        return rc == TRAFFIC_ENOTSUP ? BENCH_SKIP : BENCH_ERR;
+    }
     return bench_prefill_generic(s, err, n);
 }
 
@@ -182,6 +198,7 @@ const struct store_ops store_traffic = {
     .incr = tr_incr,
     .get = tr_get,
     .set = tr_set,
+    .limit = tr_limit,
     .prefill = tr_prefill,
     .sum = tr_sum,
     .close = tr_close,

@@ -35,7 +35,7 @@
 /* Operations between two looks at the phase word (a shared line that changes 3 times). */
 #define BATCH 16
 /* Sequence entry op codes: a get knows whether it reads a counter or a bytes value. */
-enum { SEQ_INCR = 0, SEQ_GETB = 1, SEQ_SET = 2, SEQ_GETC = 3 };
+enum { SEQ_INCR = 0, SEQ_GETB = 1, SEQ_SET = 2, SEQ_GETC = 3, SEQ_LIMIT = 4 };
 #define BENCH_EBADLEN (-100) /* a get returned a value of the wrong length */
 
 char *bench_keys;
@@ -231,6 +231,7 @@ void bench_make_seq(const struct bench_cfg *cfg, int w, int nprocs, uint32_t *se
         case OP_INCR: op = SEQ_INCR; break;
         case OP_GET: op = SEQ_GETB; break;
         case OP_SET: op = SEQ_SET; break;
+        case OP_LIMIT: op = SEQ_LIMIT; break;
         default: { /* mixed: 60 % get, 30 % increment, 10 % set */
             uint32_t dice = below(&rng, 100);
             if (dice < 60) {
@@ -245,7 +246,7 @@ void bench_make_seq(const struct bench_cfg *cfg, int w, int nprocs, uint32_t *se
             }
         }
         }
-        seq[n] = op << 30 | i;
+        seq[n] = op << SEQ_OP_SHIFT | i;
     }
 }
 
@@ -258,7 +259,7 @@ struct loop {
     uint32_t pos;
     int key_ahead; /* prefetch key strings (stores that read them) */
     char val[VALUE_LEN];
-    uint64_t incrs, errors;
+    uint64_t incrs, allowed, errors;
     int64_t first_error;
 };
 
@@ -275,7 +276,7 @@ static inline void one(struct loop *l)
     int64_t out;
     size_t len;
     int rc;
-    switch (e >> 30) {
+    switch (e >> SEQ_OP_SHIFT) {
     case SEQ_INCR:
         l->incrs++;
         rc = l->o->incr(l->h, i, &out);
@@ -285,7 +286,11 @@ static inline void one(struct loop *l)
         if (rc == 0 && len != VALUE_LEN) rc = BENCH_EBADLEN;
         break;
     case SEQ_SET: rc = l->o->set(l->h, i, l->val, VALUE_LEN); break;
-    default:
+    case SEQ_LIMIT:
+        rc = l->o->limit(l->h, i, &out);
+        l->allowed += rc == 0 && out;
+        break;
+    default: /* SEQ_GETC */
         rc = l->o->get(l->h, i, &len);
         if (rc == 0 && (len == 0 || len > 20)) rc = BENCH_EBADLEN;
         break;
@@ -393,6 +398,7 @@ void bench_worker(struct store *s, int w, const uint32_t *seq, struct control *c
     }
 
     run_untimed(&l, ctl, PHASE_WARMUP);
+    l.allowed = 0; /* of the measured decisions only */
     uint64_t t0 = bench_now_ns(), n;
     struct hist *hi = &r->hist;
     if (s->cfg->sample == 1)
@@ -404,6 +410,7 @@ void bench_worker(struct store *s, int w, const uint32_t *seq, struct control *c
     r->elapsed_ns = bench_now_ns() - t0;
     r->ops = n;
     r->incrs = l.incrs;
+    r->allowed = l.allowed;
     r->errors = l.errors;
     r->first_error = l.first_error;
     read_rss(&r->hwm_kb, &r->rss_kb);
