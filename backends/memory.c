@@ -62,7 +62,12 @@ static int m_get_state(traffic_backend *b, const char *key, size_t klen, void *b
 static int m_get(traffic_backend *b, const char *key, size_t klen, void *buf, size_t cap, size_t *len)
 {
     int rc = shm_get(T(b), key, klen, buf, cap, len);
-    if (rc == SHM_ESTATE) rc = m_get_state(b, key, klen, buf, cap, len);
+    /* A state is read in a second lookup; if the key changed kind in between, read again. */
+    for (int tries = 0; rc == SHM_ESTATE && tries < 8; tries++) {
+        rc = m_get_state(b, key, klen, buf, cap, len);
+        if (rc == SHM_ETYPE) rc = shm_get(T(b), key, klen, buf, cap, len);
+    }
+    if (rc == SHM_ESTATE) rc = SHM_ENOTFOUND; /* changing kind all the time: say it is gone */
     if (rc == SHM_ERANGE)
         return traffic_backend_fail(b, rc, "value of \"%.64s\" is %zu bytes, buffer holds %zu", key, *len, cap);
     return rc ? explain(b, rc, key, klen, 0) : rc;

@@ -23,7 +23,10 @@ typedef struct limit_rule {
 
 /* Fills *lr from a rule that traffic_limit_check accepted. */
 void limit_rule_derive(const traffic_rule *r, limit_rule *lr);
-/* The same, from a one-rule cache of the calling thread (the rule of the last call). */
+/* Checks and derives a rule through a one-rule cache of the calling thread: NULL with the
+ * reason in msg if traffic_limit_check refuses it. */
+const limit_rule *limit_rule_accept(const traffic_rule *r, char *msg, size_t msglen);
+/* The derived form of a rule already checked, through the same cache. */
 const limit_rule *limit_rule_cached(const traffic_rule *r);
 
 /* traffic_limit_apply on a derived rule (no checks: rule checked, cost >= 0, now >= 0), also

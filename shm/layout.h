@@ -335,6 +335,7 @@ static inline void shm_stat_add(struct shm_self *me, int which, uint64_t n)
 
 extern unsigned shm_broken; /* SHM_BROKEN_* flags, tests only */
 extern int shm_crash_point; /* SHM_CRASH_* point, tests only */
+extern int shm_blob_write_pause_ms; /* tests only */
 void shm_debug_crash_now(void);
 static inline void shm_debug_crash(int point)
 {

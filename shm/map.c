@@ -46,6 +46,12 @@ void shm_debug_set_broken(unsigned flags)
 {
     shm_broken = flags;
 }
+int shm_blob_write_pause_ms;
+void shm_debug_set_blob_write_pause(int ms)
+{
+    shm_blob_write_pause_ms = ms;
+}
+
 void shm_debug_set_crash_point(int point)
 {
     shm_crash_point = point;

@@ -144,5 +144,8 @@ void shm_debug_set_broken(unsigned flags);
  * process-wide setting, inherited across fork). 0 disables. */
 enum { SHM_CRASH_AFTER_RESERVE = 1, SHM_CRASH_HOLDING_LATCH = 2 };
 void shm_debug_set_crash_point(int point);
+/* Test-only: a rate-limit decision on a blob state holds the slot WRITING for ms milliseconds
+ * before it writes (process-wide, inherited across fork; 0 disables). */
+void shm_debug_set_blob_write_pause(int ms);
 
 #endif

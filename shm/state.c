@@ -33,11 +33,14 @@
  * expiry change together under the slot's versioned write (I4 of table.c): the decider
  * snapshots the active buffer with version v, decides, then takes the slot LIVE(v) ->
  * WRITING(me) by CAS — which fails if anyone wrote, retired or expired it since — fills the
- * inactive buffer and flips. A reclaimer retires by CAS on the same control word, so it and a
- * writer cannot both win. A process killed while WRITING is rolled back by the next that
+ * inactive buffer and flips. A reclaimer retires for expiry only from the LIVE word, by
+ * CAS on the same control word, so it and a writer cannot both win: an expiry judged from the
+ * buffer a writer is replacing must not retire the write (a delete or a set may: the decision
+ * is then ordered before them). A process killed while WRITING is rolled back by the next that
  * meets it (recover_slot): its decision is then not made, and it never returned.
  */
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "slot.h"
 
@@ -46,6 +49,10 @@
 /* The word states' expiry protocol, reclaimer side (S3). */
 int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat)
 {
+    /* Never an entry being written: its expiry was judged from the buffer being replaced, and
+     * the write under way (a set, a decision) brings its own. Retiring it would throw away a
+     * write that returns success (callers wait for the writer instead). */
+    if (CTL_STATE(c) != ST_LIVE) return 0;
     if (type_is_word_state(meta_type(s))) {
         int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
         while (e != EXPIRES_DEAD) {
@@ -139,6 +146,7 @@ static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot
             /* The WRITING mark before the data stores (the seqlock writer's barrier, as in
              * write_in_place). */
             atomic_thread_fence(memory_order_release);
+            if (__builtin_expect(shm_blob_write_pause_ms, 0)) usleep((useconds_t)shm_blob_write_pause_ms * 1000);
             unsigned nb = !CTL_BUF(c);
             vbuf_write(shm_slot_buf(t, s, nb), nbuf, u.len, u.expires_ms);
             uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
@@ -231,8 +239,10 @@ int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, ui
     if (s) {
         unsigned ty = meta_type(s);
         if (type_is_word_state(ty)) {
-            int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);
+            /* The word first: a decision raises the expiry before it installs its word, so a
+             * word read before the expiry is covered by it (S2). */
             uint64_t w = (uint64_t)atomic_load_explicit(&s->counter, memory_order_acquire);
+            int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);
             if (ctl_load(s) == c && e != EXPIRES_DEAD && !shm_expired(e)) {
                 *type = ty;
                 *word = w;

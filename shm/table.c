@@ -201,6 +201,11 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const st
                  * that happens to hold our key: either way its bytes are already right). */
                 int same = st == ST_FREE && key_matches(t, s, k);
                 if (ctl_cas(s, &c, mine)) {
+                    /* A revived slot is read by stale readers all along (layout.h): as in
+                     * write_in_place, the INSERTING mark must be ordered before fill's data
+                     * stores, so that a reader whose copy saw any of them sees a changed word
+                     * on its re-check (the CAS's release half orders only what came before). */
+                    atomic_thread_fence(memory_order_release);
                     shm_touched_mark(t, s); /* before the entry can be seen (release below) */
                     *dist = d;
                     *revived = same;
@@ -272,7 +277,9 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
         }
         /* Expired, or a counter or state that a set replaces: retire it (a lost CAS means the entry
          * changed under us: look again). */
-        if (expired)
+        if (expired && CTL_STATE(c) == ST_WRITING) /* its write brings a new expiry: wait for it */
+            tbl_wait_writer(t, me, s, c);
+        else if (expired)
             tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
         else
             tbl_retire(t, me, s, c, -1);

@@ -6,7 +6,9 @@
  *   - a header whose participant high-water mark is out of range: stats and operations work;
  *   - geometry changed in the header after attach (value_max, key_max raised) moves nothing;
  *   - probe bounds of 0xffffffff in every slot: lookups end;
- *   - a cleanup interval of 0 is refused at attach.
+ *   - a cleanup interval of 0 is refused at attach;
+ *   - a sliding-log decision being written is not thrown away by another caller that judged
+ *     the entry expired from the log it replaces (found in review: one admission too many).
  * White-box: the offsets come from shm/layout.h.
  */
 #ifndef _GNU_SOURCE
@@ -243,6 +245,55 @@ START_TEST(h_cleanup_interval_zero_refused)
 }
 END_TEST
 
+/* ---- 6. a log write is not lost to an expiry judged from the old log ----------------------- */
+
+static void sleep_until(int64_t t0, int64_t at_ms)
+{
+    int64_t left = t0 + at_ms - tu_now_ms();
+    if (left > 0) tu_sleep_ms(left);
+}
+
+/* sliding_window 2 per 400 ms. A at 0; D at 300 is admitted and holds the slot WRITING for
+ * 200 ms; P at 430 sees the log D replaces, whose expiry (A's, 400) has passed; Q at 560.
+ * D, P and Q fall within 400 ms: at most two of them may pass. Before the fix P retired D's
+ * entry as expired and started a fresh log: all three passed. */
+START_TEST(h_log_write_not_lost_to_expiry)
+{
+    traffic_rule r = {.algorithm = TRAFFIC_SLIDING_WINDOW, .limit = 2, .window = 0.4};
+    for (int round = 0; round < 3; round++) {
+        traffic_backend *b = NULL;
+        TU_OK(NULL, traffic_open("memory://?max_size=100&value_max=64", &b));
+        atomic_int *d_allowed = tu_shared(sizeof *d_allowed);
+        traffic_decision a, p, q;
+        int64_t t0 = tu_now_ms();
+        TU_OK(b, traffic_limit(b, "log", &r, 1, &a));
+        ck_assert_int_eq(a.allowed, 1);
+        sleep_until(t0, 300);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            shm_debug_set_blob_write_pause(200);
+            traffic_decision d;
+            if (traffic_limit(b, "log", &r, 1, &d)) _exit(2);
+            atomic_store(d_allowed, d.allowed ? 1 : 2);
+            _exit(0);
+        }
+        sleep_until(t0, 430);
+        TU_OK(b, traffic_limit(b, "log", &r, 1, &p));
+        sleep_until(t0, 560);
+        TU_OK(b, traffic_limit(b, "log", &r, 1, &q));
+        ck_assert_int_eq(tu_wait(pid), 0);
+        int64_t took = tu_now_ms() - t0;
+        int passed = (atomic_load(d_allowed) == 1) + p.allowed + q.allowed;
+        traffic_close(b);
+        if (took > 700) continue; /* the machine stalled: the schedule did not happen, try again */
+        ck_assert_msg(passed <= 2, "round %d: D, P and Q within 400 ms all passed a limit of 2", round);
+        return;
+    }
+    ck_abort_msg("the machine was too slow for the schedule three times");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("hardening");
@@ -253,6 +304,7 @@ int main(void)
     tcase_add_test(tc, h_geometry_raised_after_attach);
     tcase_add_test(tc, h_probe_max_damaged);
     tcase_add_test(tc, h_cleanup_interval_zero_refused);
+    tcase_add_test(tc, h_log_write_not_lost_to_expiry);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

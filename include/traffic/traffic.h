@@ -286,9 +286,11 @@ TRAFFIC_API int traffic_limit(traffic_backend *b, const char *key, const traffic
  * it: for simulations and tests, which drive time themselves. A key's decisions should not
  * mix the two (a state written at a simulated time is read at the clock's time). The key's
  * storage TTL still runs on the real clock, for reset_after from the simulated instant. The
- * memory backend keeps a sliding window counter's window number modulo 2^24: a simulated
- * jump of a multiple of 2^24 windows (plus 0 or 1) on one key is misread there (real time
- * cannot do it: the key expires two windows after its last use). */
+ * memory backend keeps a sliding window counter's window number modulo 2^24 and reads it as
+ * the nearest window to now's, up to 2^23 back or ahead: a simulated jump forward of 2^23
+ * windows or more on a key still stored is misread there (as the clock going back: denials,
+ * never extra admissions). Real time cannot do it: the key expires two windows after its
+ * last use. */
 TRAFFIC_API int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost,
                                  int64_t now_us, traffic_decision *out);
 
