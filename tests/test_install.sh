@@ -7,7 +7,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
 export PKG_CONFIG_PATH=$tmp/prefix/lib/pkgconfig
-cc -o "$tmp/pc" "$src/examples/limiter.c" $(pkg-config --cflags --libs traffic) -Wl,-rpath,"$tmp/prefix/lib"
+cc -o "$tmp/pc" "$src/examples/limiter.c" $(pkg-config --cflags --libs traffic) -lm -Wl,-rpath,"$tmp/prefix/lib"
 "$tmp/pc" | tail -1 | grep -q "OK$"
 cmake -S "$src/tests/install" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
   -DEXAMPLE="$src/examples/limiter.c" >/dev/null
