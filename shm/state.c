@@ -74,13 +74,19 @@ static inline int expired_at(int64_t e, int64_t now_ms)
 }
 
 /* The decider side (S2): 1 when `expires` covers want, 0 when the entry expired first. */
+/* A raise goes an eighth of the remaining time (and at least 1 ms) beyond what is wanted:
+ * the reset point of a busy key moves later with almost every admission (a bucket's T by one
+ * interval), and without the slack each would pay a second CAS on the slot. A state outlives
+ * its reset point by at most that much before the reaper can take it; it decides the same as
+ * an absent one meanwhile. */
 static int raise_expiry(struct shm_slot *s, int64_t want, int64_t now_ms)
 {
     int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
+    int64_t to = want + (want > now_ms ? (want - now_ms) / 8 : 0) + 1;
     for (;;) {
         if (e == EXPIRES_DEAD || expired_at(e, now_ms)) return 0;
         if (e >= want) return 1;
-        if (atomic_compare_exchange_weak_explicit(&s->expires, &e, want, memory_order_relaxed, memory_order_relaxed))
+        if (atomic_compare_exchange_weak_explicit(&s->expires, &e, to, memory_order_relaxed, memory_order_relaxed))
             return 1;
     }
 }
