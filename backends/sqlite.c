@@ -3,11 +3,13 @@
  * the host opens, and that survives restarts.
  *
  * The one idea: every operation is ONE SQL statement run in autocommit mode, so the only lock
- * is SQLite's WAL write lock, held for the length of one statement. Readers never block
- * (WAL snapshots); writers queue on the write lock through a busy handler of our own.
+ * is SQLite's WAL write lock, held for the length of one statement (a rate-limit decision:
+ * one short transaction of a read and at most one write, sqlite_limit.c). Readers never
+ * block (WAL snapshots); writers queue on the write lock through a busy handler of our own.
  *
- * File format. Table traffic_entries holds one row per key: kind 0 (bytes, in `value`) or 1
- * (counter, in `counter`, the entry's 64-bit word), and `expires`, the absolute expiry as
+ * File format. Table traffic_entries holds one row per key: kind 0 (bytes, in `value`; or,
+ * marked by a nonzero `counter`, a rate-limit state: see SQ_LIMIT_MARK) or 1 (counter, in
+ * `counter`, the entry's 64-bit word), and `expires`, the absolute expiry as
  * WALL-CLOCK milliseconds since the epoch (CLOCK_REALTIME), 0 for none. Wall clock and not
  * CLOCK_MONOTONIC, because the file outlives processes and reboots and the monotonic clock
  * restarts at boot; the price is that stepping the wall clock moves every expiry (traffic.h
@@ -99,9 +101,9 @@
 
 static const char SQ_SCHEMA[] = "CREATE TABLE traffic_entries ("
                                 " key TEXT PRIMARY KEY NOT NULL,"
-                                " kind INTEGER NOT NULL CHECK (kind IN (0, 1))," /* 0 bytes, 1 counter */
-                                " counter INTEGER NOT NULL DEFAULT 0,"  /* the counter; the entry's 64-bit word */
-                                " value BLOB,"                          /* the bytes of kind 0 */
+                                " kind INTEGER NOT NULL CHECK (kind IN (0, 1))," /* 0 bytes or limit state, 1 counter */
+                                " counter INTEGER NOT NULL DEFAULT 0,"  /* the counter; kind 0: 0 or a limit mark */
+                                " value BLOB,"                          /* kind 0: the bytes, or the limit state */
                                 " expires INTEGER NOT NULL DEFAULT 0);" /* wall-clock ms since the epoch, 0 none */
                                 "CREATE INDEX traffic_entries_expires ON traffic_entries (expires) WHERE expires > 0;"
                                 "CREATE TABLE traffic_lease ("
@@ -139,6 +141,16 @@ static const char *const sq_sql[ST_N] = {
                  " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, pid = excluded.pid,"
                  " until = excluded.until WHERE owner = excluded.owner OR until <= ?4 RETURNING owner",
     [ST_UNLEASE] = "UPDATE traffic_lease SET until = 0 WHERE id = 1 AND owner = ?1",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_LIMIT_GET] = "SELECT kind, counter, value, expires FROM traffic_entries WHERE key = ?1 AND " LIVE,
+    /* ?1 key, ?2 SQ_LIMIT_MARK + algorithm, ?3 the encoded state, ?4 expiry */
+    [ST_LIMIT_PUT] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, ?2, ?3, ?4)"
+                     " ON CONFLICT (key) DO UPDATE SET kind = 0, counter = excluded.counter,"
+                     " value = excluded.value, expires = excluded.expires",
+    /* the state alone, when the expiry stays: no expiry index entry to move (sqlite_limit.c) */
+    [ST_LIMIT_VALUE] = "UPDATE traffic_entries SET value = ?2 WHERE key = ?1",
 };
 #undef LIVE
 
@@ -274,6 +286,11 @@ static int64_t clock_ns(clockid_t id)
 int64_t sq_wall_ms(void)
 {
     return clock_ns(CLOCK_REALTIME) / 1000000;
+}
+
+int64_t sq_wall_us(void)
+{
+    return clock_ns(CLOCK_REALTIME) / 1000;
 }
 
 int64_t sq_mono_ns(void)
@@ -487,6 +504,7 @@ static void conn_close(sq_conn *c)
         sqlite3_finalize(c->st[i]);
     sqlite3_close_v2(c->db);
     if (c->turn_fd >= 0) close(c->turn_fd); /* drops a claim on the turnstile too */
+    free(c->scratch);
     free(c);
 }
 
@@ -781,6 +799,7 @@ static const traffic_backend_ops sqlite_ops = {
     .stats = sq_stats,
     .start_cleanup = sq_start_cleanup,
     .stop_cleanup = sq_stop_cleanup,
+    .limit = sq_limit,
 };
 
 /* ---- opening: the file's identity and schema ------------------------------------------- */

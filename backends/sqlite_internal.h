@@ -6,6 +6,7 @@
  *                     checkpoints, and the helpers that run one statement
  *   sqlite_ops.c      the operations: get, set, delete, exists, increment, ttl, clear, stats
  *   sqlite_cleanup.c  the cleanup thread: the lease, the sweep, the periodic checkpoint
+ *   sqlite_limit.c    rate-limit decisions (traffic_limit): one transaction each
  *
  * Ownership, from the handle down (see each struct for who may touch which field):
  *   sqlite_backend (one per traffic_open) -> sq_pool (one per process using the handle: a
@@ -37,8 +38,37 @@
 #define SQ_WAL_RESTART_FRAMES 10000
 #define SQ_INCR_RETRIES       16 /* upserts refused by a row that then changed: give up after */
 
+/* What a row of traffic_entries holds: kind SQ_KIND_COUNTER is a counter (in `counter`); kind
+ * SQ_KIND_BYTES is a bytes value (in `value`) when `counter` is 0, and the state of
+ * rate-limit algorithm A (a traffic_algorithm) when `counter` is SQ_LIMIT_MARK + A, `value`
+ * then holding the state as sqlite_limit.c encodes it. So no schema change: version-1 files
+ * hold them as they are, and every other operation treats them as before (set replaces,
+ * delete removes, ttl and exists read `expires`, increment refuses kind 0). */
+#define SQ_KIND_BYTES   0
+#define SQ_KIND_COUNTER 1
+#define SQ_LIMIT_MARK   1
+
 /* The prepared statements of every connection (their SQL: sq_sql in sqlite.c). */
-enum { ST_GET, ST_EXISTS, ST_TTL, ST_SET, ST_INCR, ST_DEL, ST_CLEAR, ST_SWEEP, ST_STATS, ST_LEASE, ST_UNLEASE, ST_N };
+enum {
+    ST_GET,
+    ST_EXISTS,
+    ST_TTL,
+    ST_SET,
+    ST_INCR,
+    ST_DEL,
+    ST_CLEAR,
+    ST_SWEEP,
+    ST_STATS,
+    ST_LEASE,
+    ST_UNLEASE,
+    ST_BEGIN, /* a decision's transaction (sqlite_limit.c) */
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_LIMIT_GET,
+    ST_LIMIT_PUT,
+    ST_LIMIT_VALUE,
+    ST_N
+};
 
 /* ---- types ----------------------------------------------------------------------------- */
 
@@ -57,6 +87,8 @@ typedef struct sq_conn {
     int ckpt_frames;          /* WAL size (frames) at this connection's last checkpoint */
     int in_ckpt;              /* a checkpoint is running: the busy handler must not wait */
     uint64_t rng;             /* jitter of the busy handler's sleeps */
+    unsigned char *scratch;   /* a decision's state and its encoding (sqlite_limit.c), or NULL */
+    size_t scratch_cap;       /* bytes at scratch */
     struct sq_conn *next;     /* in the pool's idle list */
 } sq_conn;
 
@@ -92,6 +124,7 @@ typedef struct sqlite_backend {
     struct sqlite_backend *fork_next; /* in fork_handles, guarded by fork_mu */
     struct {                          /* this handle's counts (relaxed: statistics only) */
         _Atomic uint64_t hits, misses, sets, increments, deletes, expirations, busy_retries, reaper_runs;
+        _Atomic uint64_t decisions, denied;
     } n;
 } sqlite_backend;
 
@@ -112,6 +145,7 @@ static inline const traffic_backend *EB(const sqlite_backend *s)
 
 /* Wall-clock ms, the time base of expiries (sqlite.c's banner says why not CLOCK_MONOTONIC). */
 int64_t sq_wall_ms(void);
+int64_t sq_wall_us(void); /* the same clock in µs: rate-limit decisions' time */
 int64_t sq_mono_ns(void);
 
 /* Records why `what` failed on db with SQLite status rc, and returns the traffic status. */
@@ -160,5 +194,19 @@ int sq_start_cleanup(traffic_backend *b);
 int sq_stop_cleanup(traffic_backend *b);
 /* Stops this process's cleanup thread, if it runs, and hands the lease back at once. */
 void sq_reaper_stop(sqlite_backend *s, sq_pool *p);
+
+/* ---- sqlite_limit.c ---------------------------------------------------------------------- */
+
+int sq_limit(traffic_backend *b, const char *key, size_t klen, const traffic_rule *rule, int64_t cost, int64_t now_us,
+             traffic_decision *out);
+/* traffic_get of a rate-limit state: the current row of ST_GET (kind, counter, value) as
+ * limit_state_json's text. TRAFFIC_OK, TRAFFIC_ERANGE (*len: the length needed),
+ * TRAFFIC_ECORRUPT, TRAFFIC_ENOMEM. */
+int sq_limit_show(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *key, void *buf, size_t cap,
+                  size_t *len);
+/* What a row holds, for messages: "a counter", "a bytes value", "a token_bucket rate-limit
+ * state", ... into buf (at least SQ_WHAT_LEN bytes); returns buf. */
+#define SQ_WHAT_LEN 64
+const char *sq_row_what(int kind, int64_t counter, char *buf);
 
 #endif

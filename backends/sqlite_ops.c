@@ -22,13 +22,17 @@
 
 /* ---- operations ------------------------------------------------------------------------ */
 
-/* Copies the current row of ST_GET (kind, counter, value) out; a counter as decimal text. */
-static int copy_value(const sqlite_backend *s, sqlite3_stmt *st, const char *key, void *buf, size_t cap, size_t *len)
+/* Copies the current row of ST_GET (kind, counter, value) out; a counter as decimal text, a
+ * rate-limit state as JSON text. */
+static int copy_value(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *key, void *buf, size_t cap,
+                      size_t *len)
 {
     char digits[24];
     const void *src = digits;
     size_t n;
-    if (sqlite3_column_int(st, 0) == 1) {
+    if (sqlite3_column_int(st, 0) == SQ_KIND_BYTES && sqlite3_column_int64(st, 1) != 0)
+        return sq_limit_show(s, c, st, key, buf, cap, len);
+    if (sqlite3_column_int(st, 0) == SQ_KIND_COUNTER) {
         n = (size_t)snprintf(digits, sizeof digits, "%lld", (long long)sqlite3_column_int64(st, 1));
     } else {
         src = sqlite3_column_blob(st, 2);
@@ -49,7 +53,7 @@ int sq_get(traffic_backend *b, const char *key, size_t klen, void *buf, size_t c
     CHECK(sq_pool_get(s, &c));
     int rc = sq_lookup(s, c, ST_GET, key, klen, "get");
     if (rc == 1)
-        rc = copy_value(s, c->st[ST_GET], key, buf, cap, len);
+        rc = copy_value(s, c, c->st[ST_GET], key, buf, cap, len);
     else if (rc == 0)
         rc = sq_not_found(s, key);
     sq_reset(c->st[ST_GET]);
@@ -155,8 +159,10 @@ static int incr_refusal(const sqlite_backend *s, sq_conn *c, const char *key, si
     sqlite3_stmt *st = c->st[ST_GET];
     int rc = sq_lookup(s, c, ST_GET, key, klen, "increment");
     int64_t sum;
-    if (rc == 1 && sqlite3_column_int(st, 0) == 0)
-        rc = traffic_backend_fail(EB(s), TRAFFIC_ETYPE, "\"%.64s\" holds a bytes value, not a counter", key);
+    char what[SQ_WHAT_LEN];
+    if (rc == 1 && sqlite3_column_int(st, 0) != SQ_KIND_COUNTER)
+        rc = traffic_backend_fail(EB(s), TRAFFIC_ETYPE, "\"%.64s\" holds %s, not a counter", key,
+                                  sq_row_what(sqlite3_column_int(st, 0), sqlite3_column_int64(st, 1), what));
     else if (rc == 1 && __builtin_add_overflow(sqlite3_column_int64(st, 1), amount, &sum))
         rc = traffic_backend_fail(EB(s), TRAFFIC_EOVERFLOW, "incrementing \"%.64s\" would overflow int64", key);
     else if (rc > 0)
@@ -253,6 +259,8 @@ int sq_stats(traffic_backend *b, struct traffic_stats *o)
     o->expirations = N(expirations);
     o->busy_retries = N(busy_retries);
     o->reaper_runs = N(reaper_runs);
+    o->decisions = N(decisions);
+    o->denied = N(denied);
 #undef N
     o->bytes_used = file_size(s->path, "");
     o->wal_bytes = file_size(s->path, "-wal");
