@@ -3,11 +3,13 @@
  * the host opens, and that survives restarts.
  *
  * The one idea: every operation is ONE SQL statement run in autocommit mode, so the only lock
- * is SQLite's WAL write lock, held for the length of one statement. Readers never block
- * (WAL snapshots); writers queue on the write lock through a busy handler of our own.
+ * is SQLite's WAL write lock, held for the length of one statement (a rate-limit decision:
+ * one short transaction of a read and at most one write, sqlite_limit.c). Readers never
+ * block (WAL snapshots); writers queue on the write lock through a busy handler of our own.
  *
- * File format. Table traffic_entries holds one row per key: kind 0 (bytes, in `value`) or 1
- * (counter, in `counter`, the entry's 64-bit word), and `expires`, the absolute expiry as
+ * File format. Table traffic_entries holds one row per key: kind 0 (bytes, in `value`; or,
+ * marked by a nonzero `counter`, a rate-limit state: see SQ_LIMIT_MARK) or 1 (counter, in
+ * `counter`, the entry's 64-bit word), and `expires`, the absolute expiry as
  * WALL-CLOCK milliseconds since the epoch (CLOCK_REALTIME), 0 for none. Wall clock and not
  * CLOCK_MONOTONIC, because the file outlives processes and reboots and the monotonic clock
  * restarts at boot; the price is that stepping the wall clock moves every expiry (traffic.h
@@ -15,15 +17,6 @@
  * is marked with PRAGMA application_id SQ_APPLICATION_ID and PRAGMA user_version
  * SQ_SCHEMA_VERSION; open refuses (TRAFFIC_ECORRUPT, file untouched) anything else that is
  * not an empty database.
- *
- * Operations. Every read filters `expires = 0 OR expires > now`, so an expired row is never
- * returned whether or not the sweeper has run. increment is one
- *     INSERT … ON CONFLICT(key) DO UPDATE … WHERE <expired, or a counter that will not
- *     overflow> RETURNING counter
- * which creates the key with its TTL, resets an expired row (new TTL), or adds to a live
- * counter (expiry kept). When the WHERE refuses (a live bytes value, or an overflow) nothing
- * is written and nothing returned; a read then names the reason (ETYPE / EOVERFLOW), or
- * finds that the row changed in between and the upsert runs again.
  *
  * Connections. Each process keeps a pool of up to pool_size connections (opened lazily);
  * a thread checks one out for one operation, so no two threads ever use a connection at
@@ -47,14 +40,8 @@
  * (the section "fork" below says why that matters). Connections are opened lazily, so the
  * parent reopens its own on next use.
  *
- * Cleanup. traffic_start_cleanup starts a thread per process; every cleanup_interval it
- * takes or renews the lease (a row, so one process sweeps at a time; another takes over
- * when the holder stops or its lease of 2 intervals + 1 s runs out), deletes expired rows
- * SQ_SWEEP_BATCH at a time (a short transaction each, so writers interleave) for at most
- * SQ_SWEEP_PASS_MS; and every SQ_CHECKPOINT_MS it runs a passive WAL checkpoint (never
- * blocks writers), so that requests seldom pay for one themselves. Without that thread the
- * writers checkpoint as the WAL grows (section "checkpoints"), and the WAL stays bounded
- * either way.
+ * The operations are in sqlite_ops.c, the cleanup thread in sqlite_cleanup.c; what the files
+ * share is in sqlite_internal.h.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -73,7 +60,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "sqlite_internal.h"
 
 /* ---- format and tuning ----------------------------------------------------------------- */
 
@@ -110,33 +97,21 @@
 #define SQ_TURN_POLL_US     40
 #define SQ_TURN_WAIT_MAX_US 20000
 
-#define SQ_SWEEP_BATCH      256        /* expired rows deleted per transaction */
-#define SQ_SWEEP_PASS_MS    200        /* most time one pass spends sweeping */
-#define SQ_SWEEP_BACKLOG_MS 50         /* the pause before the next pass when one ran out of time */
-#define SQ_CHECKPOINT_MS    1000       /* passive WAL checkpoints of the cleanup thread */
-#define SQ_WAL_LIMIT_BYTES  (16 << 20) /* journal_size_limit: the WAL shrinks to this on reset */
-
-/* Checkpoints (see sq_wal_hook): a connection runs a passive one per SQ_WAL_CKPT_FRAMES
- * frames the WAL grew by (SQLite's default threshold, 4 MiB of 4 KiB pages), and a RESTART
- * one once the WAL holds SQ_WAL_RESTART_FRAMES frames (40 MiB). */
-#define SQ_WAL_CKPT_FRAMES    1000
-#define SQ_WAL_RESTART_FRAMES 10000
-#define SQ_INCR_RETRIES       16 /* upserts refused by a row that then changed: give up after */
+#define SQ_WAL_LIMIT_BYTES (16 << 20) /* journal_size_limit: the WAL shrinks to this on reset */
 
 static const char SQ_SCHEMA[] = "CREATE TABLE traffic_entries ("
                                 " key TEXT PRIMARY KEY NOT NULL,"
-                                " kind INTEGER NOT NULL CHECK (kind IN (0, 1))," /* 0 bytes, 1 counter */
-                                " counter INTEGER NOT NULL DEFAULT 0,"  /* the counter; the entry's 64-bit word */
-                                " value BLOB,"                          /* the bytes of kind 0 */
+                                " kind INTEGER NOT NULL CHECK (kind IN (0, 1))," /* 0 bytes or limit state, 1 counter */
+                                " counter INTEGER NOT NULL DEFAULT 0,"  /* the counter; kind 0: 0 or a limit mark */
+                                " value BLOB,"                          /* kind 0: the bytes, or the limit state */
                                 " expires INTEGER NOT NULL DEFAULT 0);" /* wall-clock ms since the epoch, 0 none */
                                 "CREATE INDEX traffic_entries_expires ON traffic_entries (expires) WHERE expires > 0;"
                                 "CREATE TABLE traffic_lease ("
                                 " id INTEGER PRIMARY KEY CHECK (id = 1),"
                                 " owner INTEGER NOT NULL, pid INTEGER NOT NULL, until INTEGER NOT NULL);";
 
-/* The prepared statements of every connection. ?now is always wall-clock ms. */
-enum { ST_GET, ST_EXISTS, ST_TTL, ST_SET, ST_INCR, ST_DEL, ST_CLEAR, ST_SWEEP, ST_STATS, ST_LEASE, ST_UNLEASE, ST_N };
-
+/* The prepared statements of every connection (enum ST_* in sqlite_internal.h). ?now is always
+ * wall-clock ms. */
 #define LIVE "(expires = 0 OR expires > ?2)"
 static const char *const sq_sql[ST_N] = {
     [ST_GET] = "SELECT kind, counter, value FROM traffic_entries WHERE key = ?1 AND " LIVE,
@@ -166,76 +141,18 @@ static const char *const sq_sql[ST_N] = {
                  " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, pid = excluded.pid,"
                  " until = excluded.until WHERE owner = excluded.owner OR until <= ?4 RETURNING owner",
     [ST_UNLEASE] = "UPDATE traffic_lease SET until = 0 WHERE id = 1 AND owner = ?1",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_LIMIT_GET] = "SELECT kind, counter, value, expires FROM traffic_entries WHERE key = ?1 AND " LIVE,
+    /* ?1 key, ?2 SQ_LIMIT_MARK + algorithm, ?3 the encoded state, ?4 expiry */
+    [ST_LIMIT_PUT] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, ?2, ?3, ?4)"
+                     " ON CONFLICT (key) DO UPDATE SET kind = 0, counter = excluded.counter,"
+                     " value = excluded.value, expires = excluded.expires",
+    /* the state alone, when the expiry stays: no expiry index entry to move (sqlite_limit.c) */
+    [ST_LIMIT_VALUE] = "UPDATE traffic_entries SET value = ?2 WHERE key = ?1",
 };
 #undef LIVE
-
-/* ---- types ----------------------------------------------------------------------------- */
-
-struct sqlite_backend;
-
-/* One connection. Owned by exactly one thread between pool_get and pool_put; every field is
- * that thread's then. */
-typedef struct sq_conn {
-    sqlite3 *db;
-    sqlite3_stmt *st[ST_N];
-    struct sqlite_backend *s;
-    int64_t busy_started_ns;  /* when the current busy wait began (CLOCK_MONOTONIC) */
-    int64_t call_deadline_ns; /* the checkout's end: pool_get's start + timeout; 0: none */
-    int turn_fd;              /* PATH-turn, or -1: no turnstile for this connection */
-    int starving;             /* this connection holds the turnstile */
-    int ckpt_frames;          /* WAL size (frames) at this connection's last checkpoint */
-    int in_ckpt;              /* a checkpoint is running: the busy handler must not wait */
-    uint64_t rng;             /* jitter of the busy handler's sleeps */
-    struct sq_conn *next;     /* in the pool's idle list */
-} sq_conn;
-
-/* The connections and the cleanup thread of ONE process. pid never changes; every other
- * field is guarded by mu. In a child of that process the whole pool is abandoned (see the
- * banner): its mutex may have been held by a thread that does not exist there. */
-typedef struct sq_pool {
-    pid_t pid;
-    pthread_mutex_t mu;
-    pthread_cond_t free_cv;    /* a connection went idle, or a slot for one opened */
-    sq_conn *idle;             /* connections nobody has checked out */
-    unsigned nconn;            /* connections open or being opened, <= pool_size */
-    pthread_cond_t reaper_cv;  /* CLOCK_MONOTONIC; wakes the reaper to stop */
-    _Atomic int reaper_stop;   /* written under mu (for reaper_cv), read anywhere */
-    pthread_mutex_t reaper_mu; /* serialises start and stop; guards the two fields below */
-    pthread_t reaper;
-    int reaper_running;
-    uint64_t lease_owner; /* this process's token in traffic_lease; fixed */
-    struct sqlite_backend *s;
-} sq_pool;
-
-typedef struct sqlite_backend {
-    traffic_backend base; /* base.ops stays NULL until the open succeeded */
-    char *path;           /* absolute, so a chdir() later changes nothing */
-    char *dir;
-    char *turn_path; /* PATH-turn, the turnstile (see "busy handling") */
-    unsigned mode;   /* permission bits of the database file, for PATH-turn */
-    uid_t uid;       /* its owner, likewise */
-    gid_t gid;
-    unsigned pool_size;
-    int64_t cleanup_ms, timeout_ns;
-    _Atomic(sq_pool *) pool;          /* the current process's pool; replaced in a forked child */
-    struct sqlite_backend *fork_next; /* in fork_handles, guarded by fork_mu */
-    struct {                          /* this handle's counts (relaxed: statistics only) */
-        _Atomic uint64_t hits, misses, sets, increments, deletes, expirations, busy_retries, reaper_runs;
-    } n;
-} sqlite_backend;
-
-static sqlite_backend *S(traffic_backend *b)
-{
-    return (sqlite_backend *)b;
-}
-
-/* The handle messages go to: none (the open slot, traffic_errmsg(NULL)) while opening. */
-static const traffic_backend *EB(const sqlite_backend *s)
-{
-    return s->base.ops ? &s->base : NULL;
-}
-
-#define COUNT(s, f) atomic_fetch_add_explicit(&(s)->n.f, 1, memory_order_relaxed)
 
 /* ---- fork: quiescing before, abandoning after ------------------------------------------ *
  *
@@ -366,12 +283,17 @@ static int64_t clock_ns(clockid_t id)
 }
 
 /* Expiry time base: wall-clock ms (see the banner for why not CLOCK_MONOTONIC). */
-static int64_t wall_ms(void)
+int64_t sq_wall_ms(void)
 {
     return clock_ns(CLOCK_REALTIME) / 1000000;
 }
 
-static int64_t mono_ns(void)
+int64_t sq_wall_us(void)
+{
+    return clock_ns(CLOCK_REALTIME) / 1000;
+}
+
+int64_t sq_mono_ns(void)
 {
     return clock_ns(CLOCK_MONOTONIC);
 }
@@ -400,7 +322,7 @@ static int sq_status(int rc, int sys_errno)
 }
 
 /* Records why `what` failed on db with SQLite status rc, and returns the traffic status. */
-static int sq_fail(const sqlite_backend *s, sqlite3 *db, int rc, const char *what)
+int sq_fail(const sqlite_backend *s, sqlite3 *db, int rc, const char *what)
 {
     int sys = db ? sqlite3_system_errno(db) : 0;
     int status = sq_status(rc, sys);
@@ -489,10 +411,10 @@ static void turn_release(sq_conn *c)
 static void turn_wait(sq_conn *c)
 {
     if (c->turn_fd < 0 || !turn_claimed(c)) return;
-    int64_t now = mono_ns(), end = now + (int64_t)SQ_TURN_WAIT_MAX_US * 1000;
+    int64_t now = sq_mono_ns(), end = now + (int64_t)SQ_TURN_WAIT_MAX_US * 1000;
     do {
         nap(c, SQ_TURN_POLL_US, now, end);
-        now = mono_ns();
+        now = sq_mono_ns();
     } while (now < end && turn_claimed(c));
 }
 
@@ -517,7 +439,7 @@ static int sq_busy(void *arg, int count)
      * of every process for the whole timeout. A checkpoint that cannot run now fails, and a
      * later one runs. */
     if (c->in_ckpt) return 0;
-    int64_t now = mono_ns();
+    int64_t now = sq_mono_ns();
     if (count == 0) c->busy_started_ns = now;
     /* One timeout per call, whatever it waited for before (the pool, an earlier lock). */
     int64_t waited = now - c->busy_started_ns,
@@ -582,6 +504,7 @@ static void conn_close(sq_conn *c)
         sqlite3_finalize(c->st[i]);
     sqlite3_close_v2(c->db);
     if (c->turn_fd >= 0) close(c->turn_fd); /* drops a claim on the turnstile too */
+    free(c->scratch);
     free(c);
 }
 
@@ -599,7 +522,7 @@ static int conn_open(sqlite_backend *s, int create, sq_conn **out)
     if (!c) return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
     c->s = s;
     c->turn_fd = -1;
-    c->rng = (uint64_t)mono_ns() ^ ((uint64_t)(uintptr_t)c << 16) ^ (uint64_t)getpid();
+    c->rng = (uint64_t)sq_mono_ns() ^ ((uint64_t)(uintptr_t)c << 16) ^ (uint64_t)getpid();
     if (!c->rng) c->rng = 1;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
     int rc = sqlite3_open_v2(s->path, &c->db, flags, NULL);
@@ -671,7 +594,7 @@ static sq_pool *pool_new(sqlite_backend *s)
     p->pid = getpid();
     p->s = s;
     if (getrandom(&p->lease_owner, sizeof p->lease_owner, 0) != sizeof p->lease_owner)
-        p->lease_owner = (uint64_t)mono_ns() ^ ((uint64_t)p->pid << 40);
+        p->lease_owner = (uint64_t)sq_mono_ns() ^ ((uint64_t)p->pid << 40);
     p->lease_owner &= INT64_MAX; /* stored in an INTEGER column */
     return p;
 }
@@ -694,7 +617,7 @@ static void pool_free(sq_pool *p)
 /* The pool of the calling process: the pid check. In a child of the process that made the
  * current pool, a fresh pool replaces it; the parent's is abandoned untouched (its
  * connections hold the parent's locks; closing them here would release or corrupt those). */
-static sq_pool *pool_current(sqlite_backend *s)
+sq_pool *sq_pool_current(sqlite_backend *s)
 {
     sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
     if (p && p->pid == getpid()) return p;
@@ -727,11 +650,11 @@ static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
 /* Checks out a connection for the calling thread: an idle one, else a new one while fewer
  * than pool_size exist, else the next one to come back. From here to pool_put the thread
  * counts as inside SQLite for fork_prepare. */
-static int pool_get(sqlite_backend *s, sq_conn **out)
+int sq_pool_get(sqlite_backend *s, sq_conn **out)
 {
-    int64_t start = mono_ns();
+    int64_t start = sq_mono_ns();
     fork_enter();
-    sq_pool *p = pool_current(s);
+    sq_pool *p = sq_pool_current(s);
     int rc = TRAFFIC_OK;
     if (!p) {
         fork_leave();
@@ -771,7 +694,7 @@ static int pool_get(sqlite_backend *s, sq_conn **out)
     return rc;
 }
 
-static void pool_put(sqlite_backend *s, sq_conn *c)
+void sq_pool_put(sqlite_backend *s, sq_conn *c)
 {
     sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
     turn_release(c);
@@ -788,7 +711,7 @@ static void pool_put(sqlite_backend *s, sq_conn *c)
 /* Steps st once: 1 a row, 0 done, or a negative status with SQLite's message recorded. The
  * caller then resets it (sq_reset, or sq_end after a row of a RETURNING write), so that the
  * connection holds no snapshot or lock between operations. */
-static int sq_step(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
+int sq_step(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     turn_release(c); /* the statement has its lock, or gave up */
@@ -800,21 +723,16 @@ static int sq_step(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const 
 }
 
 /* sq_step for a statement that writes: first give way to a starving waiter. */
-static int sq_write(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
+int sq_write(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
 {
     turn_wait(c);
     return sq_step(s, c, st, what);
 }
 
-static void sq_reset(sqlite3_stmt *st)
-{
-    sqlite3_reset(st);
-}
-
 /* After the row of a RETURNING write: steps to the end, so that the write commits here and
  * a failing commit is reported (an INSERT/DELETE … RETURNING commits only when it ends, not
  * when its row comes out), then resets. 0 or a negative status. */
-static int sq_end(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
+int sq_end(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     int status = rc == SQLITE_DONE ? TRAFFIC_OK : sq_fail(s, c->db, rc, what);
@@ -822,421 +740,23 @@ static int sq_end(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const c
     return status;
 }
 
-static void bind_key(sqlite3_stmt *st, const char *key, size_t klen)
+void sq_bind_key(sqlite3_stmt *st, const char *key, size_t klen)
 {
     sqlite3_bind_text(st, 1, key, (int)klen, SQLITE_STATIC); /* klen <= 250: cannot fail */
 }
 
 /* Runs one of the "SELECT … WHERE key = ?1 AND live at ?2" statements: 1 found, 0 not. */
-static int sq_lookup(const sqlite_backend *s, sq_conn *c, int which, const char *key, size_t klen, const char *what)
+int sq_lookup(const sqlite_backend *s, sq_conn *c, int which, const char *key, size_t klen, const char *what)
 {
     sqlite3_stmt *st = c->st[which];
-    bind_key(st, key, klen);
-    sqlite3_bind_int64(st, 2, wall_ms());
+    sq_bind_key(st, key, klen);
+    sqlite3_bind_int64(st, 2, sq_wall_ms());
     return sq_step(s, c, st, what);
 }
 
-static int not_found(const sqlite_backend *s, const char *key)
+int sq_not_found(const sqlite_backend *s, const char *key)
 {
     return traffic_backend_fail(EB(s), TRAFFIC_ENOTFOUND, "\"%.64s\" not found or expired", key);
-}
-
-/* ---- operations ------------------------------------------------------------------------ */
-
-/* Copies the current row of ST_GET (kind, counter, value) out; a counter as decimal text. */
-static int copy_value(const sqlite_backend *s, sqlite3_stmt *st, const char *key, void *buf, size_t cap, size_t *len)
-{
-    char digits[24];
-    const void *src = digits;
-    size_t n;
-    if (sqlite3_column_int(st, 0) == 1) {
-        n = (size_t)snprintf(digits, sizeof digits, "%lld", (long long)sqlite3_column_int64(st, 1));
-    } else {
-        src = sqlite3_column_blob(st, 2);
-        n = (size_t)sqlite3_column_bytes(st, 2);
-    }
-    *len = n;
-    if (n > cap)
-        return traffic_backend_fail(EB(s), TRAFFIC_ERANGE, "value of \"%.64s\" is %zu bytes, buffer holds %zu", key, n,
-                                    cap);
-    if (n) memcpy(buf, src, n);
-    return TRAFFIC_OK;
-}
-
-static int q_get(traffic_backend *b, const char *key, size_t klen, void *buf, size_t cap, size_t *len)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    int rc = sq_lookup(s, c, ST_GET, key, klen, "get");
-    if (rc == 1)
-        rc = copy_value(s, c->st[ST_GET], key, buf, cap, len);
-    else if (rc == 0)
-        rc = not_found(s, key);
-    sq_reset(c->st[ST_GET]);
-    pool_put(s, c);
-    if (rc == TRAFFIC_OK || rc == TRAFFIC_ERANGE)
-        COUNT(s, hits);
-    else if (rc == TRAFFIC_ENOTFOUND)
-        COUNT(s, misses);
-    return rc;
-}
-
-static int q_exists(traffic_backend *b, const char *key, size_t klen)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    int rc = sq_lookup(s, c, ST_EXISTS, key, klen, "exists");
-    sq_reset(c->st[ST_EXISTS]);
-    pool_put(s, c);
-    if (rc == 1)
-        COUNT(s, hits);
-    else if (rc == 0)
-        COUNT(s, misses);
-    return rc;
-}
-
-static int q_ttl(traffic_backend *b, const char *key, size_t klen, int64_t *ttl_ms)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    int64_t now = wall_ms();
-    sqlite3_stmt *st = c->st[ST_TTL];
-    bind_key(st, key, klen);
-    sqlite3_bind_int64(st, 2, now);
-    int rc = sq_step(s, c, st, "ttl");
-    if (rc == 1) {
-        int64_t e = sqlite3_column_int64(st, 0);
-        *ttl_ms = e == 0 ? -1 : e - now; /* e > now: the statement's filter */
-        rc = TRAFFIC_OK;
-    } else if (rc == 0) {
-        rc = not_found(s, key);
-    }
-    sq_reset(st);
-    pool_put(s, c);
-    if (rc == TRAFFIC_OK)
-        COUNT(s, hits);
-    else if (rc == TRAFFIC_ENOTFOUND)
-        COUNT(s, misses);
-    return rc;
-}
-
-static int q_set(traffic_backend *b, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms)
-{
-    sqlite_backend *s = S(b);
-    if (len > TRAFFIC_SQLITE_VALUE_MAX)
-        return traffic_backend_fail(b, TRAFFIC_ETOOBIG, "value of %zu bytes is over the sqlite limit of %d", len,
-                                    TRAFFIC_SQLITE_VALUE_MAX);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    sqlite3_stmt *st = c->st[ST_SET];
-    bind_key(st, key, klen);
-    int rc = sqlite3_bind_blob(st, 2, val, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, ttl_ms ? wall_ms() + ttl_ms : 0);
-    if (rc != SQLITE_OK)
-        rc = sq_fail(s, c->db, rc, "set");
-    else
-        rc = sq_write(s, c, st, "set");
-    sq_reset(st);
-    sqlite3_bind_null(st, 2); /* drop the reference to the caller's buffer */
-    pool_put(s, c);
-    if (rc < 0) return rc;
-    COUNT(s, sets);
-    return TRAFFIC_OK;
-}
-
-/* The upsert of the banner: 1 and *out set when it wrote, 0 when its WHERE refused. */
-static int incr_upsert(const sqlite_backend *s, sq_conn *c, const char *key, size_t klen, int64_t amount,
-                       int64_t ttl_ms, int64_t *out)
-{
-    int64_t now = wall_ms();
-    sqlite3_stmt *st = c->st[ST_INCR];
-    bind_key(st, key, klen);
-    sqlite3_bind_int64(st, 2, amount);
-    sqlite3_bind_int64(st, 3, ttl_ms ? now + ttl_ms : 0);
-    sqlite3_bind_int64(st, 4, now);
-    sqlite3_bind_int64(st, 5, amount < 0 ? INT64_MIN - amount : INT64_MIN);
-    sqlite3_bind_int64(st, 6, amount > 0 ? INT64_MAX - amount : INT64_MAX);
-    int rc = sq_write(s, c, st, "increment");
-    if (rc != 1) {
-        sq_reset(st);
-        return rc;
-    }
-    *out = sqlite3_column_int64(st, 0);
-    int end = sq_end(s, c, st, "increment");
-    return end ? end : 1;
-}
-
-/* Why did the upsert refuse? TRAFFIC_ETYPE, TRAFFIC_EOVERFLOW, or 0: the row changed since
- * (deleted, expired, set to a counter that fits), so the upsert should run again. */
-static int incr_refusal(const sqlite_backend *s, sq_conn *c, const char *key, size_t klen, int64_t amount)
-{
-    sqlite3_stmt *st = c->st[ST_GET];
-    int rc = sq_lookup(s, c, ST_GET, key, klen, "increment");
-    int64_t sum;
-    if (rc == 1 && sqlite3_column_int(st, 0) == 0)
-        rc = traffic_backend_fail(EB(s), TRAFFIC_ETYPE, "\"%.64s\" holds a bytes value, not a counter", key);
-    else if (rc == 1 && __builtin_add_overflow(sqlite3_column_int64(st, 1), amount, &sum))
-        rc = traffic_backend_fail(EB(s), TRAFFIC_EOVERFLOW, "incrementing \"%.64s\" would overflow int64", key);
-    else if (rc > 0)
-        rc = 0;
-    sq_reset(st);
-    return rc;
-}
-
-static int q_increment(traffic_backend *b, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    int rc = 0;
-    for (int i = 0; i < SQ_INCR_RETRIES && rc == 0; i++) {
-        rc = incr_upsert(s, c, key, klen, amount, ttl_ms, out);
-        if (rc == 0) rc = incr_refusal(s, c, key, klen, amount);
-    }
-    pool_put(s, c);
-    if (rc == 0)
-        return traffic_backend_fail(b, TRAFFIC_ETIMEDOUT, "\"%.64s\" kept changing type under %d increments", key,
-                                    SQ_INCR_RETRIES);
-    if (rc < 0) return rc;
-    COUNT(s, increments);
-    return TRAFFIC_OK;
-}
-
-static int q_del(traffic_backend *b, const char *key, size_t klen)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    sqlite3_stmt *st = c->st[ST_DEL];
-    bind_key(st, key, klen);
-    int rc = sq_write(s, c, st, "delete");
-    int64_t e = rc == 1 ? sqlite3_column_int64(st, 0) : 0;
-    if (rc == 1) {
-        int end = sq_end(s, c, st, "delete");
-        rc = end ? end : 1;
-    }
-    sq_reset(st);
-    pool_put(s, c);
-    if (rc < 0) return rc;
-    if (rc == 1 && e != 0 && e <= wall_ms())
-        COUNT(s, expirations); /* it had expired already */
-    else if (rc == 1)
-        COUNT(s, deletes);
-    return TRAFFIC_OK;
-}
-
-static int q_clear(traffic_backend *b)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    int rc = sq_write(s, c, c->st[ST_CLEAR], "clear");
-    sq_reset(c->st[ST_CLEAR]);
-    pool_put(s, c);
-    return rc < 0 ? rc : TRAFFIC_OK;
-}
-
-/* ---- stats ----------------------------------------------------------------------------- */
-
-static uint64_t file_size(const char *path, const char *suffix)
-{
-    char name[PATH_MAX + 8];
-    struct stat st;
-    snprintf(name, sizeof name, "%s%s", path, suffix);
-    return stat(name, &st) == 0 ? (uint64_t)st.st_size : 0;
-}
-
-static int q_stats(traffic_backend *b, struct traffic_stats *o)
-{
-    sqlite_backend *s = S(b);
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    sqlite3_stmt *st = c->st[ST_STATS];
-    sqlite3_bind_int64(st, 1, wall_ms());
-    int rc = sq_step(s, c, st, "stats");
-    if (rc == 1) {
-        o->keys = (uint64_t)sqlite3_column_int64(st, 0);
-        o->expired_pending = (uint64_t)sqlite3_column_int64(st, 1);
-        o->reaper_pid = sqlite3_column_int64(st, 2);
-    }
-    sq_reset(st);
-    pool_put(s, c);
-    if (rc < 0) return rc;
-#define N(f) atomic_load_explicit(&s->n.f, memory_order_relaxed)
-    o->hits = N(hits);
-    o->misses = N(misses);
-    o->sets = N(sets);
-    o->increments = N(increments);
-    o->deletes = N(deletes);
-    o->expirations = N(expirations);
-    o->busy_retries = N(busy_retries);
-    o->reaper_runs = N(reaper_runs);
-#undef N
-    o->bytes_used = file_size(s->path, "");
-    o->wal_bytes = file_size(s->path, "-wal");
-    return TRAFFIC_OK;
-}
-
-/* ---- cleanup: lease, sweep, checkpoint ------------------------------------------------- */
-
-/* Takes or renews the sweeping lease for this process: 1 held, 0 another process holds it. */
-static int lease_take(sqlite_backend *s, sq_pool *p)
-{
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    int64_t now = wall_ms();
-    sqlite3_stmt *st = c->st[ST_LEASE];
-    sqlite3_bind_int64(st, 1, (int64_t)p->lease_owner);
-    sqlite3_bind_int64(st, 2, (int64_t)p->pid);
-    sqlite3_bind_int64(st, 3, now + 2 * s->cleanup_ms + 1000);
-    sqlite3_bind_int64(st, 4, now);
-    int rc = sq_write(s, c, st, "taking the cleanup lease");
-    if (rc == 1) {
-        int end = sq_end(s, c, st, "taking the cleanup lease");
-        rc = end ? end : 1;
-    }
-    sq_reset(st);
-    pool_put(s, c);
-    return rc;
-}
-
-static void lease_drop(sqlite_backend *s, sq_pool *p)
-{
-    sq_conn *c;
-    if (pool_get(s, &c) != TRAFFIC_OK) return; /* the lease then simply runs out */
-    sqlite3_stmt *st = c->st[ST_UNLEASE];
-    sqlite3_bind_int64(st, 1, (int64_t)p->lease_owner);
-    sq_write(s, c, st, "dropping the cleanup lease");
-    sq_reset(st);
-    pool_put(s, c);
-}
-
-/* Deletes up to SQ_SWEEP_BATCH expired rows in one transaction; returns how many, or < 0. */
-static int sweep_batch(sqlite_backend *s)
-{
-    sq_conn *c;
-    CHECK(pool_get(s, &c));
-    sqlite3_stmt *st = c->st[ST_SWEEP];
-    sqlite3_bind_int64(st, 1, wall_ms());
-    sqlite3_bind_int(st, 2, SQ_SWEEP_BATCH);
-    int rc = sq_write(s, c, st, "sweeping expired rows");
-    if (rc >= 0) rc = sqlite3_changes(c->db);
-    sq_reset(st);
-    pool_put(s, c);
-    return rc;
-}
-
-/* The cleanup thread's periodic checkpoint: passive (never waits), or RESTART when the WAL
- * has grown past SQ_WAL_RESTART_FRAMES (see "checkpoints"). */
-static void checkpoint(sqlite_backend *s)
-{
-    sq_conn *c;
-    int frames = 0;
-    if (pool_get(s, &c) != TRAFFIC_OK) return;
-    c->in_ckpt = 1; /* never waits (see sq_busy) */
-    sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, NULL);
-    if (frames >= SQ_WAL_RESTART_FRAMES) sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
-    c->in_ckpt = 0;
-    pool_put(s, c);
-}
-
-/* One sweep of this process's reaper, if it holds the lease. Returns 1 when expired rows
- * were left for lack of time (sweep again soon), else 0. Errors are not reported anywhere:
- * the next sweep retries. */
-static int reaper_sweep(sqlite_backend *s, sq_pool *p)
-{
-    if (lease_take(s, p) != 1) return 0;
-    int64_t end = mono_ns() + (int64_t)SQ_SWEEP_PASS_MS * 1000000;
-    int n;
-    do {
-        n = sweep_batch(s);
-        if (n > 0) atomic_fetch_add_explicit(&s->n.expirations, (uint64_t)n, memory_order_relaxed);
-        sched_yield(); /* let waiting writers take the lock between batches */
-    } while (n == SQ_SWEEP_BATCH && mono_ns() < end && !atomic_load(&p->reaper_stop));
-    COUNT(s, reaper_runs);
-    return n == SQ_SWEEP_BATCH;
-}
-
-/* Sleeps until `until` (CLOCK_MONOTONIC ns) or a stop request; returns 1 on the latter. */
-static int reaper_sleep(sq_pool *p, int64_t until)
-{
-    struct timespec dl = {.tv_sec = (time_t)(until / 1000000000), .tv_nsec = (long)(until % 1000000000)};
-    pthread_mutex_lock(&p->mu);
-    while (!atomic_load(&p->reaper_stop) && pthread_cond_timedwait(&p->reaper_cv, &p->mu, &dl) != ETIMEDOUT) {
-    }
-    pthread_mutex_unlock(&p->mu);
-    return atomic_load(&p->reaper_stop);
-}
-
-/* The cleanup thread of one process: a sweep at start and then every cleanup_interval
- * (sooner while a backlog remains), and a passive checkpoint every SQ_CHECKPOINT_MS. The
- * frequent checkpoint keeps the WAL short, so that a request's commit rarely reaches
- * SQLite's auto-checkpoint threshold and pays for a checkpoint's fsyncs itself. */
-static void *reaper_main(void *arg)
-{
-    sq_pool *p = arg;
-    sqlite_backend *s = p->s;
-    int64_t ms = 1000000, tick = (s->cleanup_ms < SQ_CHECKPOINT_MS ? s->cleanup_ms : SQ_CHECKPOINT_MS) * ms;
-    int64_t next_sweep = mono_ns(), wake;
-    do {
-        int64_t now = mono_ns();
-        if (now >= next_sweep) next_sweep = now + (reaper_sweep(s, p) ? SQ_SWEEP_BACKLOG_MS : s->cleanup_ms) * ms;
-        checkpoint(s);
-        wake = now + tick < next_sweep ? now + tick : next_sweep;
-    } while (!reaper_sleep(p, wake));
-    return NULL;
-}
-
-static int q_start_cleanup(traffic_backend *b)
-{
-    sqlite_backend *s = S(b);
-    sq_pool *p = pool_current(s); /* a child never inherits its parent's thread */
-    if (!p) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
-    int rc = TRAFFIC_OK;
-    pthread_mutex_lock(&p->reaper_mu);
-    if (!p->reaper_running) {
-        atomic_store(&p->reaper_stop, 0);
-        sigset_t all, old; /* the thread takes no signal meant for the application */
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-        int e = pthread_create(&p->reaper, NULL, reaper_main, p);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        if (e == 0)
-            p->reaper_running = 1;
-        else
-            rc = traffic_backend_fail(b, e == EAGAIN ? TRAFFIC_ENOMEM : TRAFFIC_EIO,
-                                      "could not start the cleanup thread: %s", strerror(e));
-    }
-    pthread_mutex_unlock(&p->reaper_mu);
-    return rc;
-}
-
-/* Stops this process's cleanup thread, if it runs, and hands the lease back at once. */
-static void reaper_stop(sqlite_backend *s, sq_pool *p)
-{
-    pthread_mutex_lock(&p->reaper_mu);
-    if (p->reaper_running) {
-        pthread_mutex_lock(&p->mu);
-        atomic_store(&p->reaper_stop, 1);
-        pthread_cond_broadcast(&p->reaper_cv);
-        pthread_mutex_unlock(&p->mu);
-        pthread_join(p->reaper, NULL);
-        p->reaper_running = 0;
-        lease_drop(s, p);
-    }
-    pthread_mutex_unlock(&p->reaper_mu);
-}
-
-static int q_stop_cleanup(traffic_backend *b)
-{
-    sqlite_backend *s = S(b);
-    sq_pool *p = pool_current(s);
-    if (!p) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
-    reaper_stop(s, p);
-    return TRAFFIC_OK;
 }
 
 /* ---- closing --------------------------------------------------------------------------- */
@@ -1254,7 +774,7 @@ static int q_close(traffic_backend *b)
     sqlite_backend *s = S(b);
     sq_pool *p = atomic_load(&s->pool);
     if (p && p->pid == getpid()) {
-        reaper_stop(s, p);
+        sq_reaper_stop(s, p);
         fork_enter(); /* no fork() between leaving fork_handles and closing the connections */
         fork_unregister(s);
         pool_free(p);
@@ -1269,16 +789,17 @@ static int q_close(traffic_backend *b)
 static const traffic_backend_ops sqlite_ops = {
     .name = "sqlite",
     .close = q_close,
-    .get = q_get,
-    .set = q_set,
-    .del = q_del,
-    .exists = q_exists,
-    .increment = q_increment,
-    .ttl = q_ttl,
-    .clear = q_clear,
-    .stats = q_stats,
-    .start_cleanup = q_start_cleanup,
-    .stop_cleanup = q_stop_cleanup,
+    .get = sq_get,
+    .set = sq_set,
+    .del = sq_del,
+    .exists = sq_exists,
+    .increment = sq_increment,
+    .ttl = sq_ttl,
+    .clear = sq_clear,
+    .stats = sq_stats,
+    .start_cleanup = sq_start_cleanup,
+    .stop_cleanup = sq_stop_cleanup,
+    .limit = sq_limit,
 };
 
 /* ---- opening: the file's identity and schema ------------------------------------------- */
@@ -1374,11 +895,11 @@ static int try_wal(const sqlite_backend *s, sq_conn *c, int *status)
  * exactly that, so retry here until the timeout. */
 static int set_wal(const sqlite_backend *s, sq_conn *c)
 {
-    int64_t start = mono_ns(), now = start, end = start + s->timeout_ns;
+    int64_t start = sq_mono_ns(), now = start, end = start + s->timeout_ns;
     int status, rc;
     for (int i = 0; (rc = try_wal(s, c, &status)) != SQLITE_OK && (rc & 0xff) == SQLITE_BUSY && now < end; i++) {
         nap(c, busy_sleep_us(SQ_BUSY_YIELDS + i, now - start), now, end);
-        now = mono_ns();
+        now = sq_mono_ns();
     }
     return rc == SQLITE_OK ? status : sq_fail(s, c->db, rc, "switching to WAL");
 }

@@ -402,7 +402,20 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* checkpoint, so that requests rarely pay for one. Stats: keys (rows, expired-not-swept    */
 /* included), expired_pending, bytes_used (file size), wal_bytes, busy_retries              */
 /* (busy-handler waits of this handle), reaper_pid (the lease holder), and this handle's    */
-/* counts.                                                                                  */
+/* counts (decisions and denied included).                                                  */
+/*                                                                                          */
+/* Rate limits: each traffic_limit is ONE transaction: BEGIN IMMEDIATE (the write lock,     */
+/* waited for like any write: up to `timeout`, never SQLITE_BUSY before it), read the key's */
+/* row, traffic_limit_apply, write the new state only if that changed it, COMMIT. So        */
+/* decisions are linearizable with every write of every process, a denial writes nothing,   */
+/* and a process killed mid-decision applies all of it or nothing. The clock is the wall    */
+/* clock in microseconds, read once the lock is held (traffic_limit_at: the given instant); */
+/* the key expires at the real wall clock then + reset_after, rounded up to the ms. A state */
+/* is a row of traffic_entries with kind 0 (as bytes) and counter 1 + the algorithm         */
+/* (bytes: counter 0), its value the state's integers as little-endian int64: a, b, c of    */
+/* traffic_limit_state (backend.h), then the sliding window's (t_us, n) pairs. No schema    */
+/* change (user_version stays 1); an older version of this library reads such a row as      */
+/* bytes (and refuses to increment it).                                                     */
 /*                                                                                          */
 /* URL: sqlite://PATH (sqlite:///abs/path.db, sqlite://relative.db, percent-decoded; a      */
 /* relative path is resolved against the working directory at open) with parameters         */
