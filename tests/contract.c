@@ -1116,5 +1116,7 @@ Suite *contract_suite(const contract_backend *cb)
     tcase_add_test(o, c_stats_json);
     tcase_add_test(o, c_cleanup_switch);
     suite_add_tcase(s, o);
+
+    contract_limit_tcases(s, cb);
     return s;
 }

@@ -31,4 +31,7 @@ typedef struct contract_backend {
 /* The whole contract as one suite named "contract-<name>[-<variant>]". */
 Suite *contract_suite(const contract_backend *cb);
 
+/* The rate-limit part of the contract (contract_limit.c), which contract_suite adds to s. */
+void contract_limit_tcases(Suite *s, const contract_backend *cb);
+
 #endif
