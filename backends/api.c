@@ -249,15 +249,16 @@ int traffic_limit(traffic_backend *b, const char *key, const traffic_rule *rule,
     return limit_call(b, key, rule, cost, -1, out);
 }
 
-/* 2^53 µs (285 years): every time a backend computes stays exact in Lua's doubles. */
-#define LIMIT_NOW_MAX (INT64_C(1) << 53)
+/* 2^52 µs (142 years): with B I <= 2^52 too, every time a backend computes stays below 2^53,
+ * exact in Lua's doubles. */
+#define LIMIT_NOW_MAX (INT64_C(1) << 52)
 
 int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost, int64_t now_us,
                      traffic_decision *out)
 {
     CHECK(check_handle(b));
     if (now_us < 0 || now_us >= LIMIT_NOW_MAX)
-        return traffic_backend_fail(b, TRAFFIC_EINVAL, "now_us %lld is not in [0, 2^53)", (long long)now_us);
+        return traffic_backend_fail(b, TRAFFIC_EINVAL, "now_us %lld is not in [0, 2^52)", (long long)now_us);
     return limit_call(b, key, rule, cost, now_us, out);
 }
 

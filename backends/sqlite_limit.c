@@ -171,20 +171,24 @@ static int state_read(const sqlite_backend *s, sq_conn *c, const char *key, size
     return rc;
 }
 
-/* Stores *st as the key's row, live until the real instant real_us + reset_after (rounded
- * up to the ms: the row must not expire before the state is back to unused). `expires` is
- * the live row's expiry as read, 0 for none. When it stays the same (a fixed window or a
- * sliding window counter on the wall clock: S + W and (i + 2) W do not move within a
- * window), only the value is written: an UPDATE that assigns `expires` moves its entry in
- * the expiry index even to the same place, a second page in every commit, which made a
- * decision cost ~1.3x an increment. */
+/* Stores *st as the key's row, live at least until the real instant real_us + reset_after
+ * (rounded up to the ms: the row must not expire before the state is back to unused).
+ * `expires` is the live row's expiry as read, 0 for none. When it already covers that, only
+ * the value is written: an UPDATE that assigns `expires` moves its entry in the expiry index,
+ * a second page in every commit, which made a decision cost ~1.3x an increment. A fixed
+ * window or a sliding window counter keeps its expiry for the whole window; the buckets and
+ * the log, whose reset point moves with every admission, get their new expiry with slack, an
+ * eighth of the time left plus 1 ms (as the memory backend's states: shm/state.c), so that
+ * most admissions find it covered. A state outlives its reset point by at most that much;
+ * it decides the same as an absent one meanwhile. */
 static int state_write(const sqlite_backend *s, sq_conn *c, const char *key, size_t klen, int algo,
                        const traffic_limit_state *st, int64_t real_us, double reset_after, int64_t expires)
 {
     size_t len = state_encode(c, st);
     int64_t reset_us = llround(reset_after * 1e6); /* exact: reset_after is a µs count / 1e6, < 2^53 */
     int64_t until = (real_us + reset_us + 999) / 1000;
-    int same = until == expires;
+    int same = expires != 0 && expires >= until;
+    if (!same) until += (until - real_us / 1000) / 8 + 1;
     sqlite3_stmt *q = c->st[same ? ST_LIMIT_VALUE : ST_LIMIT_PUT];
     int vcol = same ? 2 : 3;
     sq_bind_key(q, key, klen);

@@ -96,6 +96,7 @@ int traffic_limit_check(const traffic_rule *r, char *msg, size_t len)
                        (long long)r->limit, r->window);
         int64_t i = (w + r->limit - 1) / r->limit;
         int64_t cap = r->burst ? r->burst : r->limit;
+        if (cap > TRAFFIC_BUCKET_MAX_US) cap = TRAFFIC_BUCKET_MAX_US; /* over the bound anyway; no overflow below */
         if (r->algorithm == TRAFFIC_LEAKY_BUCKET) cap += 1;
         if (cap > TRAFFIC_BUCKET_MAX_US / i)
             return bad(msg, len, "%s: burst %lld x interval %lld us is over 2^52 us", name, (long long)cap,
@@ -205,6 +206,18 @@ static double swc_estimate(int64_t W, int64_t e, int64_t P, int64_t C)
     return (double)P * weight + (double)C;
 }
 
+/* Would a request of cost c pass at t, after the state (i, P, C) and no other traffic? */
+static int swc_admits(int64_t W, int64_t L, int64_t i, int64_t P, int64_t C, int64_t t, int64_t c)
+{
+    int64_t j = t / W, e = t - j * W, p = j == i ? P : j == i + 1 ? C : 0, q = j == i ? C : 0;
+    if (j < i) { /* before the state's window (a clock that went back): its start */
+        e = 0;
+        p = P;
+        q = C;
+    }
+    return swc_estimate(W, e, p, q) + (double)c <= (double)L;
+}
+
 static void sliding_counter(const limit_rule *r, traffic_limit_state *st, int64_t now, int64_t cost, int peek,
                             struct outcome *o)
 {
@@ -244,16 +257,22 @@ static void sliding_counter(const limit_rule *r, traffic_limit_state *st, int64_
         if (rem >= 0) { /* P > 0 here: P's share must fall to rem within window i */
             double es = (double)W - (double)rem * (double)W / (double)P;
             t = i * W + (int64_t)ceil(es);
-        } else if (C <= L - c) {
-            t = (i + 1) * W;
-        } else { /* window i + 1, where C weighs as P */
+        } else { /* window i + 1, where C weighs as P (and C > L - c: e > 0 there) */
             double es = (double)W - (double)(L - c) * (double)W / (double)C;
             t = (i + 1) * W + (int64_t)ceil(es);
         }
+        /* the formula in doubles may land a µs or so off the estimate's own first instant */
+        while (t - 1 > now && swc_admits(W, L, i, P, C, t - 1, c)) t--;
+        while (!swc_admits(W, L, i, P, C, t, c)) t++;
         o->retry_us = t > now ? t - now : 1;
     }
+    /* floor(L - est) may be one off what the estimate admits (each rounds its own way):
+     * count as the admissions do */
     double left = floor((double)L - est);
-    o->remaining = left < 0 ? 0 : (int64_t)left;
+    int64_t k = left < 0 ? 0 : (int64_t)left;
+    while (k > 0 && swc_estimate(W, e, P, C + k - 1) + 1.0 > (double)L) k--;
+    while (swc_estimate(W, e, P, C + k) + 1.0 <= (double)L) k++;
+    o->remaining = k;
     o->reset_us = C > 0 ? (i + 2) * W - now : P > 0 ? (i + 1) * W - now : 0;
 }
 

@@ -700,15 +700,16 @@ START_TEST(l_kind_ttl)
         ck_assert_msg(d.allowed && d.reset_after >= 20 && d.reset_after <= 120, "%s: " DEC_FMT, key, DEC_ARGS(d));
         ck_assert_int_eq(traffic_exists(b, key), 1);
         TU_OK(b, traffic_ttl(b, key, &s));
-        ck_assert_msg(s >= d.reset_after - 1 && s <= d.reset_after + 1, "%s: ttl %g s, reset_after %g s", key, s,
-                      d.reset_after);
+        /* at least reset_after; a backend may keep it up to an eighth longer (traffic.h) */
+        ck_assert_msg(s >= d.reset_after - 1 && s <= d.reset_after * 1.125 + 1, "%s: ttl %g s, reset_after %g s", key,
+                      s, d.reset_after);
     }
     /* at a simulated instant too: the TTL counts reset_after on the real clock */
     traffic_rule fw = rule_of(TRAFFIC_FIXED_WINDOW, 5, 10, 0);
     traffic_decision d = DECIDE_AT(b, "sim", &fw, 1, BASE + 500);
     ck_assert(d.reset_after == secs(9999500));
     TU_OK(b, traffic_ttl(b, "sim", &s));
-    ck_assert_msg(s >= d.reset_after - 1 && s <= d.reset_after + 1, "sim: ttl %g s, reset_after %g s", s,
+    ck_assert_msg(s >= d.reset_after - 1 && s <= d.reset_after * 1.125 + 1, "sim: ttl %g s, reset_after %g s", s,
                   d.reset_after);
     ldone(b);
 }

@@ -40,7 +40,21 @@
 
 /* MIXED: counters, values, churn; FRESH: lockstep first inserts; REUSE: unique keys set,
  * read by others and deleted in a small table, so slots pass from key to key all the time. */
-enum { MODE_MIXED, MODE_FRESH, MODE_REUSE, MODE_LIMIT };
+enum { MODE_MIXED, MODE_FRESH, MODE_REUSE, MODE_LIMIT, MODE_SHORT };
+
+/* MODE_SHORT: a few keys under 20 ms rules, so that states expire, are reclaimed (by the
+ * parent's reaper passes and by inserts) and revived all the time. The table has room for
+ * every key: an eviction forgets a state, which may then admit again (traffic.h). Each acknowledged admission is logged with the clock read before the call (s) and
+ * after it (r): the decision happened in [s, r]. A rule broken for sure: N admissions whose
+ * max r - min s is shorter than the span the rule demands of N admissions. */
+#define SHORT_KEYS  8
+#define SHORT_L     4
+#define SHORT_W_US  20000
+#define SHORT_LOG   8192
+static const int short_algos[3] = {TRAFFIC_SLIDING_WINDOW, TRAFFIC_FIXED_WINDOW, TRAFFIC_TOKEN_BUCKET};
+struct admission {
+    int64_t s, r;
+};
 
 /* MODE_LIMIT: every LIMIT_ROUND_MS the parent moves on to new keys "L:<algorithm>:<round>". */
 #define LIMIT_ROUNDS   4000
@@ -55,6 +69,8 @@ struct scratch {
     char errmsg[256];
     _Atomic int round;                                /* MODE_LIMIT */
     _Atomic int64_t admitted[5][LIMIT_ROUNDS];        /* costs acknowledged as allowed */
+    _Atomic uint32_t nshort[3][SHORT_KEYS];            /* MODE_SHORT */
+    struct admission shortlog[3][SHORT_KEYS][SHORT_LOG];
 };
 
 struct result {
@@ -193,6 +209,77 @@ static void limit_step(traffic_backend *b, struct scratch *sc, uint64_t *x)
     }
 }
 
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static traffic_rule short_rule(int a)
+{
+    return (traffic_rule){.algorithm = (traffic_algorithm)short_algos[a], .limit = SHORT_L,
+                          .window = SHORT_W_US / 1e6};
+}
+
+static void short_step(traffic_backend *b, struct scratch *sc, uint64_t *x)
+{
+    int a = (int)(rng(x) % 3), k = (int)(rng(x) % SHORT_KEYS);
+    char key[32];
+    snprintf(key, sizeof key, "S:%d:%d", a, k);
+    traffic_rule r = short_rule(a);
+    traffic_decision d;
+    int64_t s = mono_us();
+    int rc = traffic_limit(b, key, &r, 1, &d);
+    int64_t e = mono_us();
+    if (rc) {
+        note_error(sc, b, "limit short", rc);
+    } else if (d.allowed) {
+        uint32_t i = atomic_fetch_add(&sc->nshort[a][k], 1);
+        if (i < SHORT_LOG) sc->shortlog[a][k][i] = (struct admission){s, e};
+    }
+    if (rng(x) % 16 == 0) { /* other keys come and go next to them */
+        snprintf(key, sizeof key, "S:churn:%u", (unsigned)(rng(x) % 64));
+        if ((rc = traffic_set(b, key, "x", 1, 0.05))) note_error(sc, b, "short churn", rc);
+    }
+}
+
+static int cmp_admission(const void *p, const void *q)
+{
+    const struct admission *a = p, *b = q;
+    return (a->s > b->s) - (a->s < b->s);
+}
+
+/* Keys whose logged admissions prove the rule broken. N consecutive admissions (by s) must
+ * span at least: the log, W for N = L + 1; the fixed window, W for N = 2L + 1 (a window
+ * starts at a first hit no earlier than the end of the one before); the token bucket
+ * (B = L, I = W / L), (N - B) I for N = 2L + 1. */
+static int64_t short_violations(struct scratch *sc)
+{
+    int64_t bad = 0;
+    for (int a = 0; a < 3; a++)
+        for (int k = 0; k < SHORT_KEYS; k++) {
+            uint32_t n = atomic_load(&sc->nshort[a][k]);
+            if (n > SHORT_LOG) n = SHORT_LOG;
+            struct admission *v = sc->shortlog[a][k];
+            qsort(v, n, sizeof *v, cmp_admission);
+            int N = short_algos[a] == TRAFFIC_SLIDING_WINDOW ? SHORT_L + 1 : 2 * SHORT_L + 1;
+            int64_t need = short_algos[a] == TRAFFIC_TOKEN_BUCKET ? (N - SHORT_L) * (SHORT_W_US / SHORT_L) : SHORT_W_US;
+            for (uint32_t i = 0; i + (uint32_t)N <= n; i++) {
+                int64_t maxr = 0;
+                for (int j = 0; j < N; j++)
+                    if (v[i + j].r > maxr) maxr = v[i + j].r;
+                if (maxr - v[i].s < need) {
+                    if (bad++ == 0)
+                        fprintf(stderr, "S:%d:%d: %d admissions within %lld us, the rule needs %lld\n", a, k, N,
+                                (long long)(maxr - v[i].s), (long long)need);
+                    break;
+                }
+            }
+        }
+    return bad;
+}
+
 static uint32_t name_tag(const char *s)
 {
     uint32_t h = 2166136261u;
@@ -238,6 +325,8 @@ static int worker(const char *url, struct scratch *sc, int w, int mode)
             mixed_step(b, sc, w, &x, buf);
         } else if (mode == MODE_LIMIT) {
             limit_step(b, sc, &x);
+        } else if (mode == MODE_SHORT) {
+            short_step(b, sc, &x);
         } else if (mode == MODE_REUSE) {
             reuse_step(b, sc, w, atomic_load_explicit(&sc->ops[w], memory_order_relaxed), &x, buf);
         } else {
@@ -323,8 +412,8 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     struct result res = {0};
     const char *name = tu_name("crash");
     char url[256];
-    snprintf(url, sizeof url, "memory://%s?max_size=%d&value_max=%d", name, mode == MODE_REUSE ? 200 : 100000,
-             VALUE_MAX);
+    snprintf(url, sizeof url, "memory://%s?max_size=%d&value_max=%d", name,
+             mode == MODE_REUSE ? 200 : mode == MODE_SHORT ? 1000 : 100000, VALUE_MAX);
     shm_debug_set_broken(broken);
     struct scratch *sc = tu_shared(sizeof *sc);
     traffic_backend *b;
@@ -344,6 +433,18 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
                 atomic_fetch_add(&sc->round, 1);
             }
             if (atomic_load(&sc->round) >= LIMIT_ROUNDS - 1) break;
+        } else if (mode == MODE_SHORT) { /* reaper passes while the workers decide */
+            int64_t next = tu_now_ms() + 10 + (int64_t)(rng(&x) % 50);
+            shm_params rp = {.name = name};
+            shm_table *rt;
+            char rerr[128];
+            if (shm_open_table(&rp, &rt, rerr, sizeof rerr) == SHM_OK) {
+                while (tu_now_ms() < next) {
+                    shm_reap_pass(rt, NULL);
+                    tu_sleep_ms(3);
+                }
+                shm_close_table(rt);
+            }
         } else {
             tu_sleep_ms(10 + (long)(rng(&x) % 50));
         }
@@ -389,6 +490,12 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
             else
                 res.excess += v - acked;
         }
+    } else if (mode == MODE_SHORT) {
+        res.excess = short_violations(sc);
+        res.ops = 0; /* here: the admissions logged */
+        for (int a = 0; a < 3; a++)
+            for (int k = 0; k < SHORT_KEYS; k++)
+                res.ops += atomic_load(&sc->nshort[a][k]);
     } else if (mode == MODE_LIMIT) {
         res.ops = 0; /* here: the keys that admitted something */
         int crossed = tu_now_ms() / 3600000 != hour0;
@@ -434,6 +541,7 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
             mode == MODE_MIXED   ? "mixed"
             : mode == MODE_FRESH ? "fresh"
             : mode == MODE_LIMIT ? "limit"
+            : mode == MODE_SHORT ? "short"
                                  : "reuse",
             broken, seconds, (unsigned long long)res.ops, res.kills, res.wedged, (unsigned long long)res.torn,
             (unsigned long long)res.wrongkey, (unsigned long long)res.errors, (long long)res.lost_keys,
@@ -519,6 +627,23 @@ START_TEST(broken_no_grace_is_caught)
 }
 END_TEST
 
+/* The same under 20 ms rules: states expire, are reclaimed and revived all the time. */
+START_TEST(limit_short_windows_sigkill)
+{
+    struct result r = run(MODE_SHORT, 8.0, 1, 0, 0);
+    ck_assert_int_ge(r.kills, 40);
+    ck_assert_int_gt(r.ops, 2000); /* admissions logged */
+    assert_clean(&r, 0);
+}
+END_TEST
+
+START_TEST(broken_limit_store_short_is_caught)
+{
+    struct result r = run(MODE_SHORT, 20.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
+    ck_assert_msg(r.excess > 0, "short windows: deciding with a plain store went unnoticed");
+}
+END_TEST
+
 START_TEST(broken_limit_store_is_caught)
 {
     struct result r = run(MODE_LIMIT, 20.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
@@ -547,6 +672,8 @@ int main(void)
     tcase_add_test(tc, broken_no_latch_is_caught);
     tcase_add_test(tc, limit_sigkill_workers);
     tcase_add_test(tc, broken_limit_store_is_caught);
+    tcase_add_test(tc, limit_short_windows_sigkill);
+    tcase_add_test(tc, broken_limit_store_short_is_caught);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

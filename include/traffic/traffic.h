@@ -231,11 +231,13 @@ TRAFFIC_API int traffic_clear(traffic_backend *b);
 /* decision.limit is that same most-at-once figure. Seconds are the µs figures / 1e6.        */
 /*                                                                                           */
 /* Storage: a key holds one algorithm's state; its TTL follows reset_after, so an unused key */
-/* disappears by itself. traffic_limit on a key holding bytes, a counter or another          */
-/* algorithm's state is TRAFFIC_ETYPE; traffic_delete resets a key; traffic_get returns the */
-/* state as JSON text, e.g. {"algorithm":"token_bucket","tat_us":1234} (a sliding window   */
-/* counter's "window" is its number modulo 2^24); traffic_set                               */
-/* replaces it. Changing a key's rule (limit, window, burst) reinterprets its state.         */
+/* disappears by itself: at least reset_after, and the memory and SQLite backends may give  */
+/* it up to an eighth more (+1 ms) when they move it, so that a busy key does not rewrite   */
+/* its expiry with every admission. traffic_limit on a key holding bytes, a counter or      */
+/* another algorithm's state is TRAFFIC_ETYPE; traffic_delete resets a key; traffic_get     */
+/* returns the state as JSON text, e.g. {"algorithm":"token_bucket","tat_us":1234} (a       */
+/* sliding window counter's "window" is its number modulo 2^24); traffic_set replaces it.   */
+/* Changing a key's rule (limit, window, burst) reinterprets its state.                      */
 /* ---------------------------------------------------------------------------------------- */
 
 typedef enum traffic_algorithm {
@@ -267,7 +269,7 @@ typedef struct traffic_decision {
 #define TRAFFIC_WINDOW_MAX_S 1e8                /* .. about 3 years */
 #define TRAFFIC_WINDOW_LIMIT_MAX 1048575        /* fixed window, sliding window counter: 2^20 - 1 */
 #define TRAFFIC_SLIDING_WINDOW_LIMIT_MAX 10000  /* the exact log */
-#define TRAFFIC_BUCKET_MAX_US 4503599627370496LL /* buckets: B I (or (Q + 1) I) < 2^52 µs */
+#define TRAFFIC_BUCKET_MAX_US 4503599627370496LL /* buckets: B I (or (Q + 1) I) <= 2^52 µs */
 
 /* Decides whether a request of `cost` (>= 0) on key passes under rule, atomically, and fills
  * *out (out may be NULL).
@@ -282,8 +284,8 @@ typedef struct traffic_decision {
 TRAFFIC_API int traffic_limit(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost,
                               traffic_decision *out);
 
-/* traffic_limit at an explicit instant now_us (>= 0) of the store's clock instead of reading
- * it: for simulations and tests, which drive time themselves. A key's decisions should not
+/* traffic_limit at an explicit instant now_us (0 <= now_us < 2^52) of the store's clock
+ * instead of reading it: for simulations and tests, which drive time themselves. A key's decisions should not
  * mix the two (a state written at a simulated time is read at the clock's time). The key's
  * storage TTL still runs on the real clock, for reset_after from the simulated instant. The
  * memory backend keeps a sliding window counter's window number modulo 2^24 and reads it as
