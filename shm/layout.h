@@ -243,6 +243,10 @@ struct shm_table {
      * bounds (a raised value_max would have set write past the mapping). */
     uint64_t capacity, max_size, cleanup_ms, hash_seed;
     uint32_t key_max, value_max;
+    /* A named table's file, kept open to reserve its pages (shm_reserve); -1: anonymous. */
+    int fd;
+    size_t heads_off, bodies_off;
+    _Atomic uint64_t *body_reserved; /* this process's record of body granules reserved */
     uint32_t head_shift;                   /* heads are 1 << head_shift bytes apart */
     uint32_t body_size, buf_off, buf_size; /* buf_off: the value buffers' offset in a body */
     uint64_t uid;                          /* unique per handle in this process */
@@ -315,7 +319,29 @@ int shm_token_alive(struct shm_table *t, uint32_t token);
  * slot, and bits are never cleared. (mincore() would be cheaper to keep but calls a
  * swapped-out page "never touched".) */
 #define SHM_CHUNK_SHIFT 12 /* one bit per 4 KiB page of heads */
-void shm_touched_mark(struct shm_table *t, struct shm_slot *s);
+/* A full /dev/shm must not kill a worker: a process that touches a page of a file in a full
+ * tmpfs gets SIGBUS. So no page of a named table is touched before it has backing: the front
+ * (header, participants, bitmap) is reserved at creation; a page of heads is reserved
+ * (fallocate) before its bit is set, and nothing reads a page of heads whose bit is clear
+ * (such a page holds only EMPTY slots: lookups stop there, eviction skips it); a slot's body
+ * is reserved before an entry that uses it is filled in. A reservation that fails is
+ * SHM_EFULL for the operation, and whatever is stored stays readable. Anonymous tables live
+ * in the kernel's own tmpfs, which has no size limit (memory runs out as an OOM kill, not a
+ * SIGBUS): nothing to reserve. */
+#define SHM_BODY_GRANULE_SHIFT 16 /* bodies are reserved 64 KiB at a time */
+/* Marks the page of heads holding s as in use, reserving it first: SHM_OK or SHM_EFULL. */
+int shm_touched_mark(struct shm_table *t, struct shm_slot *s);
+/* 1 if the page of heads holding slot index i may be read (its bit is set). */
+static inline int shm_touched(const struct shm_table *t, uint64_t i)
+{
+    if (t->fd < 0) return 1; /* anonymous: every page may be read */
+    uint64_t c = ((i & t->mask) << t->head_shift) >> SHM_CHUNK_SHIFT;
+    return (atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) >> (c % 64)) & 1;
+}
+/* Reserves the body of slot s before an entry that uses it is filled in: SHM_OK, SHM_EFULL. */
+int shm_body_reserve(struct shm_table *t, struct shm_slot *s);
+/* fallocate of [off, off + len) of a named table's file (SHM_OK for anonymous ones). */
+int shm_reserve(struct shm_table *t, uint64_t off, uint64_t len);
 void shm_table_unref(struct shm_table *t);
 void shm_tables_register(struct shm_table *t);
 void shm_tables_unregister(struct shm_table *t);

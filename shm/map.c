@@ -266,6 +266,45 @@ static int validate(const unsigned char *base, size_t file_size, struct header_s
     return SHM_OK;
 }
 
+/* ---- backing for the pages of a named table (layout.h) ------------------------------------- */
+
+/* 0 or an errno. A file system without fallocate (EOPNOTSUPP) cannot be helped: 0. */
+static int reserve_fd(int fd, uint64_t off, uint64_t len)
+{
+    for (;;) {
+        if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0) return 0;
+        if (errno == EINTR) continue;
+        return errno == EOPNOTSUPP ? 0 : errno;
+    }
+}
+
+int shm_reserve(struct shm_table *t, uint64_t off, uint64_t len)
+{
+    if (t->fd < 0) return SHM_OK;
+    int e = reserve_fd(t->fd, off, len);
+    return e == 0 ? SHM_OK : e == ENOSPC || e == ENOMEM || e == EFBIG ? SHM_EFULL : SHM_EIO;
+}
+
+int shm_body_reserve(struct shm_table *t, struct shm_slot *s)
+{
+    if (t->fd < 0) return SHM_OK;
+    uint64_t off = t->bodies_off + shm_slot_index(t, s) * (uint64_t)t->body_size;
+    uint64_t first = (off - t->bodies_off) >> SHM_BODY_GRANULE_SHIFT;
+    uint64_t last = (off + t->body_size - 1 - t->bodies_off) >> SHM_BODY_GRANULE_SHIFT;
+    for (uint64_t g = first; g <= last; g++) {
+        uint64_t bit = 1ull << (g % 64);
+        /* This process's record only: fallocate is idempotent, so processes that reserve the
+         * same granule each once cost a syscall each, never a wrong answer. */
+        if (atomic_load_explicit(&t->body_reserved[g / 64], memory_order_acquire) & bit) continue;
+        uint64_t start = t->bodies_off + (g << SHM_BODY_GRANULE_SHIFT), end = start + (1ull << SHM_BODY_GRANULE_SHIFT);
+        if (end > t->map_size) end = t->map_size;
+        int rc = shm_reserve(t, start, end - start);
+        if (rc) return rc;
+        atomic_fetch_or_explicit(&t->body_reserved[g / 64], bit, memory_order_release);
+    }
+    return SHM_OK;
+}
+
 /* ---- process-wide list of tables (fork handling) ----------------------------------------- */
 
 static pthread_mutex_t tables_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -309,6 +348,8 @@ static void atfork_child(void)
         if (atomic_load(&t->closed)) {
             *p = t->next;
             munmap(t->base, t->map_size);
+            if (t->fd >= 0) close(t->fd);
+            free(t->body_reserved);
             free(t);
             continue;
         }
@@ -335,11 +376,26 @@ static void process_init(void)
 
 /* ---- open / close ------------------------------------------------------------------------ */
 
-static int make_handle(unsigned char *base, size_t size, const struct header_snap *hs, struct shm_table **out)
+/* fd: the named table's file (duplicated here), or -1 for an anonymous table. */
+static int make_handle(unsigned char *base, size_t size, const struct header_snap *hs, int fd, struct shm_table **out)
 {
     struct shm_table *t = calloc(1, sizeof *t);
     if (!t) return SHM_ENOMEM;
     const struct geometry *g = &hs->g;
+    t->fd = -1;
+    if (fd >= 0) {
+        uint64_t granules = ((g->map_size - g->bodies_off) >> SHM_BODY_GRANULE_SHIFT) + 1;
+        t->body_reserved = calloc((granules + 63) / 64, sizeof *t->body_reserved);
+        t->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (!t->body_reserved || t->fd < 0) {
+            if (t->fd >= 0) close(t->fd);
+            free(t->body_reserved);
+            free(t);
+            return SHM_ENOMEM;
+        }
+    }
+    t->heads_off = g->heads_off;
+    t->bodies_off = g->bodies_off;
     t->base = base;
     t->map_size = size;
     t->h = (struct shm_header *)base;
@@ -399,7 +455,7 @@ static int open_anonymous(const shm_params *p, struct shm_table **out, char *err
     struct header_snap hs;
     int rc = init_mapping(base, &g, p->cleanup_ms ? p->cleanup_ms : SHM_DEFAULT_CLEANUP_MS, err, errlen);
     if (rc == SHM_OK) rc = validate(base, 0, &hs, err, errlen, "the new table");
-    if (rc == SHM_OK) rc = make_handle(base, g.map_size, &hs, out);
+    if (rc == SHM_OK) rc = make_handle(base, g.map_size, &hs, -1, out);
     if (rc) munmap(base, g.map_size);
     return rc;
 }
@@ -422,7 +478,7 @@ static int attach_fd(int fd, const shm_params *p, const char *path, struct shm_t
         rc = fail(err, errlen, SHM_EINVAL,
                   "%s exists with max_size=%llu key_max=%u value_max=%u, which differs from the requested geometry",
                   path, (unsigned long long)hs.g.max_size, hs.g.key_max, hs.g.value_max);
-    if (rc == SHM_OK) rc = make_handle(base, (size_t)st.st_size, &hs, out);
+    if (rc == SHM_OK) rc = make_handle(base, (size_t)st.st_size, &hs, fd, out);
     if (rc) munmap(base, (size_t)st.st_size);
     return rc;
 }
@@ -443,6 +499,11 @@ static int create_named(const shm_params *p, const char *path, struct shm_table 
     if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)g.map_size) < 0)
         rc = fail(err, errlen, errno_status(errno), "size %s to %llu bytes: %s", tmp, (unsigned long long)g.map_size,
                   strerror(errno));
+    /* The front (header, participants, bitmap) is written now: give it backing first, so that
+     * a full /dev/shm is an error here rather than a SIGBUS (layout.h). */
+    if (rc == SHM_OK && (errno = reserve_fd(fd, 0, g.heads_off)) != 0)
+        rc = fail(err, errlen, errno == ENOSPC ? SHM_EFULL : errno_status(errno),
+                  "reserve the first %llu bytes of %s: %s", (unsigned long long)g.heads_off, tmp, strerror(errno));
     if (rc == SHM_OK) {
         base = mmap(NULL, g.map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
         if (base == MAP_FAILED) rc = fail(err, errlen, errno_status(errno), "mmap %s: %s", tmp, strerror(errno));
@@ -453,10 +514,10 @@ static int create_named(const shm_params *p, const char *path, struct shm_table 
                              : fail(err, errlen, errno_status(errno), "link %s: %s", path, strerror(errno));
     }
     unlink(tmp);
-    close(fd);
     struct header_snap hs;
     if (rc == SHM_OK) rc = validate(base, 0, &hs, err, errlen, "the new table");
-    if (rc == SHM_OK) rc = make_handle(base, g.map_size, &hs, out);
+    if (rc == SHM_OK) rc = make_handle(base, g.map_size, &hs, fd, out);
+    close(fd);
     if (rc != SHM_OK && base != MAP_FAILED) munmap(base, g.map_size);
     return rc;
 }
@@ -501,6 +562,8 @@ void shm_table_unref(struct shm_table *t)
     if (atomic_fetch_sub(&t->refs, 1) != 1) return;
     shm_tables_unregister(t);
     munmap(t->base, t->map_size);
+    if (t->fd >= 0) close(t->fd);
+    free(t->body_reserved);
     pthread_mutex_destroy(&t->reaper_mu);
     free(t);
 }

@@ -196,7 +196,11 @@ static inline void key_store(struct shm_table *t, struct shm_slot *s, const stru
  * bound: how far to scan (probe_max of the home, or MAX_PROBE when it cannot be trusted). */
 static inline struct shm_slot *lookup_bounded(struct shm_table *t, const struct shm_key *k, uint32_t bound, uint64_t *ctl)
 {
+    const uint64_t per_page = 1ull << (SHM_CHUNK_SHIFT - t->head_shift);
     for (uint32_t d = 0; d <= bound; d++) {
+        /* A page of heads never marked holds only EMPTY slots, and may have no backing: stop
+         * there as at EMPTY, without touching it (layout.h; the caller checked the home's). */
+        if (d && ((k->h + d) & (per_page - 1)) == 0 && !shm_touched(t, k->h + d)) break;
         struct shm_slot *s = shm_slot_at(t, k->h + d);
         uint64_t c = ctl_load(s);
         unsigned st = CTL_STATE(c);
@@ -211,6 +215,7 @@ static inline struct shm_slot *lookup_bounded(struct shm_table *t, const struct 
 
 static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key *k, uint64_t *ctl)
 {
+    if (!shm_touched(t, k->h)) return NULL; /* no key was ever placed from this home (layout.h) */
     struct shm_slot *home = shm_slot_at(t, k->h);
     /* Most keys sit in their home slot, and their lookup reads its key line right after line
      * 0: ask for both now, so that in a large table the two misses overlap. (Not the counter

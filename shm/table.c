@@ -158,6 +158,7 @@ static int evict_one(struct shm_table *t, struct shm_self *me)
             uint64_t start = rng_next();
             int seen = 0;
             for (int k = 0; k < EVICT_WINDOW && seen < EVICT_SAMPLES; k++) {
+                if (!shm_touched(t, start + (uint64_t)k)) continue; /* never used, maybe unbacked */
                 struct shm_slot *s = shm_slot_at(t, start + (uint64_t)k);
                 uint64_t c = ctl_load(s);
                 if (CTL_STATE(c) != ST_LIVE) continue;
@@ -183,11 +184,18 @@ static int evict_one(struct shm_table *t, struct shm_self *me)
  * has reserved room in `live`). Returns the slot and its distance, or NULL. Meets and
  * reclaims what it can on the way: dead owners' inserts and expired entries. */
 static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const struct shm_key *k, unsigned type,
-                              uint32_t *dist, int *young, int *revived)
+                              uint32_t *dist, int *young, int *revived, int *full)
 {
     uint64_t mine = CTL_MAKE(ST_INSERTING, 0, me->token, 0);
     for (uint32_t d = 0; d < MAX_PROBE; d++) {
         struct shm_slot *s = shm_slot_at(t, k->h + d);
+        /* Every page this scan reads is marked (and backed) first: a slot is then never
+         * INSERTING in a page the reaper skips, and lookups may stop at an unmarked page
+         * (layout.h). */
+        if (shm_touched_mark(t, s) != SHM_OK) {
+            *full = 1;
+            return NULL;
+        }
         uint64_t c = ctl_load(s);
         for (;;) {
             unsigned st = CTL_STATE(c);
@@ -206,7 +214,6 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const st
                      * stores, so that a reader whose copy saw any of them sees a changed word
                      * on its re-check (the CAS's release half orders only what came before). */
                     atomic_thread_fence(memory_order_release);
-                    shm_touched_mark(t, s); /* before the entry can be seen (release below) */
                     *dist = d;
                     *revived = same;
                     return s;
@@ -259,7 +266,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
      * keeps the mark (a relaxed RMW) before the latch CAS, which is only an acquire: anyone
      * who sees our token in the latch sees the mark. (On x86 both are locked instructions,
      * executed in this order; the fence only binds the compiler.) */
-    shm_touched_mark(t, home);
+    if (shm_touched_mark(t, home) != SHM_OK) return SHM_EFULL; /* no backing for its page */
     atomic_thread_fence(memory_order_release);
     int stolen = latch_acquire(t, me, home);
     shm_debug_crash(SHM_CRASH_HOLDING_LATCH);
@@ -292,12 +299,19 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     shm_debug_crash(SHM_CRASH_AFTER_RESERVE);
     if ((uint64_t)n > t->max_size) evict_one(t, me);
     uint32_t d = 0;
-    int young = 0, revived = 0;
-    s = claim(t, me, k, in->type, &d, &young, &revived);
+    int young = 0, revived = 0, full = 0;
+    s = claim(t, me, k, in->type, &d, &young, &revived, &full);
+    /* An entry with a value, or a key longer than the head holds, writes the slot's body:
+     * backing first (layout.h); without it the claim is given back, and the insert fails. */
+    if (s && (!type_in_head(in->type) || k->nw > SHM_KEY_INLINE_WORDS) && shm_body_reserve(t, s) != SHM_OK) {
+        atomic_store_explicit(&s->ctl, CTL_MAKE(ST_FREE, 0, 0, me->pin + 1), memory_order_release);
+        s = NULL;
+        full = 1;
+    }
     if (!s) {
         atomic_fetch_sub_explicit(&t->h->live, 1, memory_order_relaxed);
         latch_release(home);
-        return young ? INS_RETRY : SHM_EFULL;
+        return young && !full ? INS_RETRY : SHM_EFULL;
     }
     fill(t, s, k, in, revived);
     if (d > atomic_load_explicit(&home->probe_max, memory_order_relaxed))
@@ -558,11 +572,15 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
  * touched bitmap, layout.h): a pass costs the part of the table in use, not its capacity,
  * and never faults in the untouched part of a large table. */
 
-void shm_touched_mark(struct shm_table *t, struct shm_slot *s)
+int shm_touched_mark(struct shm_table *t, struct shm_slot *s)
 {
     uint64_t c = (shm_slot_index(t, s) << t->head_shift) >> SHM_CHUNK_SHIFT, bit = 1ull << (c % 64);
-    if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_relaxed) & bit))
-        atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_relaxed);
+    if (atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & bit) return SHM_OK;
+    /* Backing before the bit (release): whoever sees the bit may touch the page. */
+    int rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
+    if (rc) return rc;
+    atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_release);
+    return SHM_OK;
 }
 
 typedef void (*slot_fn)(struct shm_table *t, struct shm_self *me, struct shm_slot *s, void *arg);
@@ -715,6 +733,10 @@ int shm_check(shm_table *t, shm_check_report *r)
     uint64_t *idx = malloc(cap * sizeof *idx);
     if (!idx) return SHM_ENOMEM;
     for (uint64_t i = 0; i < cap; i++) {
+        if (!shm_touched(t, i)) { /* never used: EMPTY, and maybe without backing */
+            r->empty++;
+            continue;
+        }
         struct shm_slot *s = shm_slot_at(t, i);
         uint64_t c = ctl_load(s);
         switch (CTL_STATE(c)) {

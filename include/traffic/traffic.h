@@ -9,9 +9,13 @@
  *                      child inherits it. Lock-free; the fastest choice for one host.
  *   memory://NAME      a named table in /dev/shm/traffic.NAME that unrelated processes of the
  *                      same user attach to by name. It is a sparse file: the pages that keys
- *                      touch count against /dev/shm's size (64 MB by default in a Docker
- *                      container), and a process that touches a page when /dev/shm is full
- *                      is killed by SIGBUS; the default table's slots map 60 MiB in all.
+ *                      use count against /dev/shm's size (64 MB by default in a Docker
+ *                      container; the default table's slots map 60 MiB in all). Each page
+ *                      is reserved (fallocate) before it is first touched, so when /dev/shm
+ *                      is full an insert fails with TRAFFIC_EFULL (the stored keys stay
+ *                      readable) instead of SIGBUS killing the process. An anonymous table
+ *                      lives in the kernel's own tmpfs, which has no size limit: it cannot
+ *                      run out that way (memory itself runs out as an OOM kill).
  *   sqlite://PATH      one SQLite file (WAL) shared by the processes of one host, kept across
  *                      restarts; see "SQLite backend" below.
  *   redis://…          Redis over TCP (redis://), a unix socket (redis+unix://), Sentinel
