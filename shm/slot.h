@@ -26,7 +26,13 @@
 
 static inline void cpu_relax(void)
 {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst); /* a compiler barrier: the spin still re-reads */
+#endif
 }
 
 static inline uint64_t ctl_load(struct shm_slot *s)
@@ -100,7 +106,8 @@ static inline int bytes_snapshot(struct shm_table *t, struct shm_slot *s, uint64
         if (n > t->value_max) n = t->value_max; /* torn; the re-check below will see it */
         if (buf && n <= cap) vbuf_read(v, buf, n);
         atomic_thread_fence(memory_order_acquire);
-        uint64_t c2 = atomic_load_explicit(&s->ctl, memory_order_relaxed);
+        /* acquire: on a retry c2 begins the next copy, whose reads must come after it */
+        uint64_t c2 = atomic_load_explicit(&s->ctl, memory_order_acquire);
         if ((shm_broken & SHM_BROKEN_NO_RECHECK) || (CTL_VER(c2) == CTL_VER(c) && CTL_BUF(c2) == CTL_BUF(c) &&
                                                      (CTL_STATE(c2) == ST_LIVE || CTL_STATE(c2) == ST_WRITING))) {
             *len = n;

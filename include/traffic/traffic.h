@@ -46,7 +46,11 @@
  *   - Time: TTLs have millisecond resolution. The memory backend runs them on CLOCK_MONOTONIC,
  *     which wall-clock steps do not move (a named table lives in /dev/shm and does not survive a
  *     reboot anyway). The SQLite file outlives reboots, so its expiries are wall-clock
- *     (CLOCK_REALTIME) milliseconds; Redis keeps its own (PEXPIRE).
+ *     (CLOCK_REALTIME) milliseconds; Redis keeps its own (PEXPIRE). Processes sharing a named
+ *     table must share a time namespace: containers started with their own (unshare -T,
+ *     CLOCK_MONOTONIC offsets) would disagree on every expiry and decision.
+ *   - Processes made with _Fork() or a raw clone() do not run fork handlers: a memory handle
+ *     must not be used in such a child (it would share the parent's participant record).
  */
 #ifndef TRAFFIC_TRAFFIC_H
 #define TRAFFIC_TRAFFIC_H
