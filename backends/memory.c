@@ -170,13 +170,6 @@ static int m_close(traffic_backend *b)
 #define COUNT_MASK    ((UINT64_C(1) << 20) - 1)
 #define LOG_OFF_MASK  ((UINT64_C(1) << 40) - 1)
 
-static int64_t monotonic_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static unsigned state_type(traffic_algorithm a)
 {
     return a == TRAFFIC_SLIDING_WINDOW ? SHM_TYPE_BLOB(a) : SHM_TYPE_WORD(a);
@@ -274,7 +267,9 @@ static int decide_fn(void *ctx, int present, uint64_t old_word, const void *old_
     u->denied = !x->d->allowed;
     if (changed) {
         u->store = 1;
-        u->expires_ms = (x->real_us + reset_us + 999) / 1000;
+        /* + 1 ms: decisions read the table's TSC clock (shm_clock_us), which keeps within
+         * µs of the CLOCK_MONOTONIC that expiry checks read */
+        u->expires_ms = (x->real_us + reset_us + 999) / 1000 + 1;
         if (x->r.algo == TRAFFIC_SLIDING_WINDOW) return log_pack(&st, buf, cap, &u->len);
         u->word = word_pack(&x->r, &st);
     }
@@ -306,7 +301,7 @@ static int m_limit(traffic_backend *b, const char *key, size_t klen, const traff
         if (most > LOG_STACK && !(x.log = heap = malloc(most * sizeof *heap)))
             return traffic_backend_fail(b, TRAFFIC_ENOMEM, "no memory for a log of %zu entries", most);
     }
-    x.real_us = monotonic_us();
+    x.real_us = shm_clock_us(T(b));
     x.now_us = now_us >= 0 ? now_us : x.real_us;
     int rc = shm_state_update(T(b), key, klen, state_type(x.r.algo), x.real_us / 1000, decide_fn, &x);
     free(heap);

@@ -120,6 +120,17 @@ struct shm_header {
     _Atomic uint64_t reaper_runs;
     _Atomic uint32_t asym_pins; /* some process pins without a fence (part.c): advancers must
                                  * issue membarrier() or not advance */
+
+    /* The table's TSC clock (clock.c): two parameter sets, `clk_ver` & 1 the current one,
+     * rewritten only by the holder of `clk_owner` (a participant token). */
+    alignas(SHM_LINE) _Atomic uint64_t clk_ver;
+    _Atomic uint32_t clk_owner;
+    _Atomic uint64_t clk_first_tsc;
+    _Atomic int64_t clk_first_ns;
+    struct {
+        _Atomic uint64_t tsc, mult, max_ticks;
+        _Atomic int64_t ns;
+    } clk[2];
 };
 
 /* ---- participants --------------------------------------------------------------------------

@@ -104,6 +104,10 @@ typedef struct shm_update {
  * valid during the call only; buf (cap = value_max bytes) receives a new blob. */
 typedef int (*shm_update_fn)(void *ctx, int present, uint64_t old_word, const void *old_blob, size_t old_len,
                              shm_update *u, void *buf, size_t cap);
+/* The table's clock in µs: CLOCK_MONOTONIC, read through the TSC where it is invariant, with
+ * a calibration that every process of the table shares, so that they agree on it (clock.c). */
+int64_t shm_clock_us(shm_table *t);
+
 int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, int64_t now_ms, shm_update_fn fn,
                      void *ctx);
 /* Reads a state entry: its type, and its word or blob (into buf, cap bytes; *len its length,

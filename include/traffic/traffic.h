@@ -197,9 +197,12 @@ TRAFFIC_API int traffic_clear(traffic_backend *b);
 /* decision), traffic_limit_apply in backend.h, run by the memory and SQLite backends and    */
 /* mirrored by the Redis backend's Lua scripts.                                              */
 /*                                                                                           */
-/* Time is integer microseconds of the store's clock: memory CLOCK_MONOTONIC, SQLite the     */
-/* wall clock (CLOCK_REALTIME), Redis the server's TIME (so that hosts with skewed clocks    */
-/* agree). Below, W = window in µs (rounded to the nearest µs), L = limit, now = the clock,  */
+/* Time is integer microseconds of the store's clock: memory CLOCK_MONOTONIC (read through  */
+/* the TSC where it is invariant, with a calibration kept in the table, so that all of its  */
+/* processes agree on it and a decision does not pay a full clock_gettime; it stays within  */
+/* µs of CLOCK_MONOTONIC; TRAFFIC_NO_TSC=1 in the environment reads clock_gettime instead), */
+/* SQLite the wall clock (CLOCK_REALTIME), Redis the server's TIME (so that hosts with      */
+/* skewed clocks agree). Below, W = window in µs (rounded to the nearest µs), L = limit, now = the clock,  */
 /* and for the buckets I = ceil(W / L), the interval between two admissions at the steady   */
 /* rate (rounded up: a rule is never exceeded, at most 1 µs per interval slower).           */
 /*                                                                                           */
