@@ -9,6 +9,8 @@
  *   - a cleanup interval of 0 is refused at attach;
  *   - a sliding-log decision being written is not thrown away by another caller that judged
  *     the entry expired from the log it replaces (found in review: one admission too many);
+ *   - the table's clock (shm/clock.c, the TSC calibrated in the header) keeps within 50 µs of
+ *     CLOCK_MONOTONIC and never goes back, in two processes at once;
  *   - a full /dev/shm (a 4 MiB tmpfs in a private mount namespace; needs root, as CI runs)
  *     makes operations fail with TRAFFIC_EFULL instead of killing the process with SIGBUS,
  *     and what was stored stays readable.
@@ -28,6 +30,7 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../shm/layout.h"
@@ -302,7 +305,48 @@ START_TEST(h_log_write_not_lost_to_expiry)
 }
 END_TEST
 
-/* ---- 7. a full /dev/shm ---------------------------------------------------------------------- */
+/* ---- 7. the table's clock ------------------------------------------------------------------- */
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* 0 if every reading over ms lies within 50 µs of a clock_gettime bracket and none goes back. */
+static int clock_check(shm_table *t, int64_t ms)
+{
+    int64_t end = mono_us() + ms * 1000, last = 0;
+    while (mono_us() < end) {
+        int64_t a = mono_us(), c = shm_clock_us(t), b = mono_us();
+        if (c < a - 50 || c > b + 50) {
+            fprintf(stderr, "table clock %lld us, CLOCK_MONOTONIC [%lld, %lld]\n", (long long)c, (long long)a,
+                    (long long)b);
+            return 1;
+        }
+        if (c < last) return 2;
+        last = c;
+    }
+    return 0;
+}
+
+START_TEST(h_table_clock)
+{
+    shm_params p = {0};
+    shm_table *t;
+    char err[128];
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) _exit(clock_check(t, 1500));
+    ck_assert_int_eq(clock_check(t, 1500), 0);
+    ck_assert_int_eq(tu_wait(pid), 0);
+    shm_close_table(t);
+}
+END_TEST
+
+/* ---- 8. a full /dev/shm ---------------------------------------------------------------------- */
 
 /* In a child with its own mount namespace and a 4 MiB tmpfs on /dev/shm: a default table
  * (60 MiB of slots) filled with values and long keys until the tmpfs is full. Exit codes:
@@ -376,6 +420,7 @@ int main(void)
     tcase_add_test(tc, h_cleanup_interval_zero_refused);
     tcase_add_test(tc, h_log_write_not_lost_to_expiry);
     tcase_add_test(tc, h_full_dev_shm_is_efull);
+    tcase_add_test(tc, h_table_clock);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
