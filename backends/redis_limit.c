@@ -54,23 +54,25 @@
 #include "limit/limit.h"
 #include "redis_internal.h"
 
+/* The log's layout, which the script spells as literals (8, 10, 4096, 16777216) */
 #define LOG_HEAD   8        /* "!2", the first live record and its base, 3 bytes each */
 #define LOG_RECORD 10       /* 7 bytes t_us, 3 bytes running total */
 #define LOG_MOD    16777216 /* 2^24: running totals wrap; a log never holds more than 10^4 */
 #define JSON_STACK 160      /* the JSON of every state but a log fits in this */
 
-/* KEYS[1] the prefixed key. ARGV: [1] the algorithm's digit, [2] W (µs), [3] L, [4] I (µs,
- * buckets), [5] the capacity (L, B or Q: limit_rule.capacity), [6] the cost, [7] now in µs or
- * -1 for TIME. Returns {allowed, most, remaining, reset_us, retry_us (-1: never), delay_us},
- * or an error reply "TRAFFIC_ETYPE counter|bytes|state D" / "TRAFFIC_ECORRUPT <bytes read>".
- * Redis's own errors (WRONGTYPE from reading a hash, OOM or READONLY from a write) reach the
- * caller as Redis said them. Each branch is the function of the same name in limit/limit.c; the
- * comments there explain the formulas. Integer division: math.floor(a / b) equals C's a / b
- * for 0 <= a < 2^53 and b >= 1 (the quotient's rounding error is below 1/b). */
+/* KEYS[1] the prefixed key. ARGV: [1] the algorithm's digit, [2] the cost, [3] now in µs or -1
+ * for TIME, then for the windows [4] W (µs) and [5] L, for the buckets [4] I (µs) and [5] the
+ * capacity (B or Q): each algorithm is sent and parses only what it needs, since the frame
+ * (EVALSHA, TIME, GET, SET) already costs the server several times what an INCR does.
+ * Returns {allowed, most, remaining, reset_us, retry_us (-1: never), delay_us}, or an error
+ * reply "TRAFFIC_ETYPE counter|bytes|state D" / "TRAFFIC_ECORRUPT <bytes read>"; Redis's own
+ * errors (WRONGTYPE from reading a hash, OOM or READONLY from a write) reach the caller as
+ * Redis said them. Each branch is the function of the same name in limit/limit.c, whose
+ * comments explain the formulas. Integer division: math.floor(a / b) equals C's a / b for
+ * 0 <= a < 2^53 and b >= 1 (the rounding error of the quotient is below 1/b). */
 static const char LIMIT_SCRIPT[] =
     "local key, algo = KEYS[1], ARGV[1]\n"
-    "local W, L, I, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "local cost, now = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+    "local cost, now = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "if now < 0 then\n"
     "  local t = redis.call('TIME')\n"
     "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
@@ -82,22 +84,28 @@ static const char LIMIT_SCRIPT[] =
     "else\n"
     "  v = redis.call('GET', key)\n"
     "end\n"
-    "if v then\n"
-    "  local tag = string.byte(v, 1)\n"
+    "local function bad()\n" /* v is not a state of this algorithm: why */
+    "  local tag, d = string.byte(v, 1), string.sub(v, 2, 2)\n"
     "  if tag ~= 33 then return redis.error_reply(tag == 61 and 'TRAFFIC_ETYPE bytes' or 'TRAFFIC_ETYPE counter') end\n"
-    "  local d = string.sub(v, 2, 2)\n"
     "  if d ~= algo then return redis.error_reply('TRAFFIC_ETYPE state ' .. d) end\n"
+    "  return redis.error_reply('TRAFFIC_ECORRUPT ' .. #v)\n"
     "end\n"
-    "local function corrupt() return redis.error_reply('TRAFFIC_ECORRUPT ' .. #v) end\n"
     "local peek = cost == 0\n"
     "local c = peek and 1 or cost\n"
-    "local most = algo == '4' and cap + 1 or cap\n"
     "local allowed, remaining, reset, retry, delay, nv, touched = 0, 0, 0, 0, 0, nil, false\n"
+    "local W, L, I, cap, most\n"
+    "if algo ~= '3' and algo ~= '4' then\n" /* the windows */
+    "  W, L = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "  most = L\n"
+    "else\n"
+    "  I, cap = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "  most = algo == '4' and cap + 1 or cap\n"
+    "end\n"
     "if algo == '1' then\n" /* fixed window */
     "  local S, N = 0, 0\n"
     "  if v then\n"
     "    S, N = string.match(v, '^!1:(%d+):(%d+)$')\n"
-    "    if not S then return corrupt() end\n"
+    "    if not S then return bad() end\n"
     "    S, N = tonumber(S), tonumber(N)\n"
     "  end\n"
     "  if N <= 0 or now >= S + W then S = now - math.fmod(now, 1000); N = 0 end\n"
@@ -112,7 +120,7 @@ static const char LIMIT_SCRIPT[] =
     "  local si, sP, sC = 0, 0, 0\n"
     "  if v then\n"
     "    si, sP, sC = string.match(v, '^!0:(%d+):(%d+):(%d+)$')\n"
-    "    if not si then return corrupt() end\n"
+    "    if not si then return bad() end\n"
     "    si, sP, sC = tonumber(si), tonumber(sP), tonumber(sC)\n"
     "  end\n"
     "  local i = math.floor(now / W)\n"
@@ -146,9 +154,9 @@ static const char LIMIT_SCRIPT[] =
     "    size, have = #v, #v\n"
     "    if size == 4096 then size = redis.call('STRLEN', key) end\n"
     "    n = (size - 8) / 10\n"
-    "    if n < 0 or n ~= math.floor(n) then return corrupt() end\n"
+    "    if string.sub(v, 1, 2) ~= '!2' or n < 0 or n ~= math.floor(n) then return bad() end\n"
     "    start, base = struct.unpack('>I3I3', v, 3)\n"
-    "    if start > n then return corrupt() end\n"
+    "    if start > n then return bad() end\n"
     "  end\n"
     "  local function rec(j)\n" /* t_us, running total of record j */
     "    local p = 9 + 10 * j\n"
@@ -199,8 +207,8 @@ static const char LIMIT_SCRIPT[] =
     "else\n" /* token or leaky bucket */
     "  local T = 0\n"
     "  if v then\n"
-    "    T = string.match(v, '^!%d:(%d+)$')\n"
-    "    if not T then return corrupt() end\n"
+    "    T = string.match(v, algo == '3' and '^!3:(%d+)$' or '^!4:(%d+)$')\n"
+    "    if not T then return bad() end\n"
     "    T = tonumber(T)\n"
     "  end\n"
     "  local t0 = math.max(T, now)\n"
@@ -229,8 +237,8 @@ static const char LIMIT_SCRIPT[] =
     "if nv or touched then\n"
     "  local ms = math.floor((reset + 999) / 1000)\n"
     "  if ms < 1 then ms = 1 end\n"
-    "  if nv then redis.call('SET', key, nv, 'PX', string.format('%d', ms))\n"
-    "  else redis.call('PEXPIRE', key, string.format('%d', ms)) end\n"
+    "  if nv then redis.call('SET', key, nv, 'PX', ms)\n"
+    "  else redis.call('PEXPIRE', key, ms) end\n"
     "end\n"
     "return {allowed, most, remaining, reset, retry, delay}\n";
 
@@ -303,7 +311,7 @@ int rx_limit(traffic_backend *b, const char *key, size_t klen, const traffic_rul
     rx_handle *h = (rx_handle *)b;
     limit_rule lr;
     limit_rule_derive(rule, &lr);
-    char rkey[RX_RKEY_MAX], algo = (char)('0' + lr.algo), nums[6][24];
+    char rkey[RX_RKEY_MAX], algo = (char)('0' + lr.algo), nums[4][24];
     size_t rklen = rx_rkey(h, key, klen, rkey);
     /* A peek writes nothing: sending it again after a broken connection is harmless. */
     rx_cmd c = {.idempotent = cost == 0, .script = LIMIT_SCRIPT};
@@ -312,8 +320,9 @@ int rx_limit(traffic_backend *b, const char *key, size_t klen, const traffic_rul
     rx_cmd_arg(&c, "1", 1);
     rx_cmd_arg(&c, rkey, rklen);
     rx_cmd_arg(&c, &algo, 1);
-    const int64_t args[] = {lr.window_us, lr.limit, lr.interval_us, lr.capacity, cost, now_us};
-    for (size_t i = 0; i < 6; i++)
+    int bucket = lr.interval_us > 0;
+    const int64_t args[] = {cost, now_us, bucket ? lr.interval_us : lr.window_us, bucket ? lr.capacity : lr.limit};
+    for (size_t i = 0; i < 4; i++)
         rx_cmd_arg(&c, nums[i], (size_t)snprintf(nums[i], sizeof nums[i], "%" PRId64, args[i]));
     redisReply *r;
     int rc = rx_run(h, rkey, rklen, &c, &r);
