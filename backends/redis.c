@@ -5,9 +5,10 @@
  * cluster, touches one slot. Counters are plain Redis integers, so INCRBY does the arithmetic
  * and the overflow check; a bytes value carries a one-byte tag (RX_BYTES_TAG) in front, which
  * no integer starts with, so INCRBY refuses it and GET tells the two apart. The increment is
- * the one multi-step operation (add, and set the TTL only if the add created the key), done
- * atomically by a Lua script. Connections, routing and retries live in redis_conn.c and
- * redis_cluster.c; this file only builds commands and reads replies.
+ * a multi-step operation (add, and set the TTL only if the add created the key), done
+ * atomically by a Lua script; rate-limit decisions, the other one, are redis_limit.c's.
+ * Connections, routing and retries live in redis_conn.c and redis_cluster.c; this file only
+ * builds commands and reads replies.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "limit/limit.h"
 #include "redis_internal.h"
 
 #define RX_DEFAULT_PREFIX  "traffic:"
@@ -26,11 +28,13 @@
 
 /* KEYS[1] the prefixed key, ARGV[1] the amount, ARGV[2] the TTL in ms (0: none). Returns the
  * new value as text (a Lua number would lose precision above 2^53), or an error reply
- * "TRAFFIC_ETYPE …" (the value is not an integer) / "TRAFFIC_EOVERFLOW …". Any other error
- * (OOM, READONLY after a failover, NOPERM) is passed on as Redis said it, so that the usual
- * classification sees it: READONLY makes the next connect rediscover the master. INCRBY
- * changes nothing when it fails. The value is read before the TTL is set: read after a
- * 1 ms PEXPIRE, it once came back nil (CI, Sentinel suite, a loaded machine). */
+ * "TRAFFIC_ETYPE …" (the value is not an integer; "TRAFFIC_ETYPE limit D" when it is a
+ * rate-limit state of algorithm D, which a GET tells after INCRBY failed) or
+ * "TRAFFIC_EOVERFLOW …". Any other error (OOM, READONLY after a failover, NOPERM) is passed on
+ * as Redis said it, so that the usual classification sees it: READONLY makes the next
+ * connect rediscover the master. INCRBY changes nothing when it fails. The value is read
+ * before the TTL is set: read after a 1 ms PEXPIRE, it once came back nil (CI, Sentinel
+ * suite, a loaded machine). */
 static const char INCR_SCRIPT[] =
     "local existed = redis.call('EXISTS', KEYS[1])\n"
     "local r = redis.pcall('INCRBY', KEYS[1], ARGV[1])\n"
@@ -38,7 +42,14 @@ static const char INCR_SCRIPT[] =
     "  if string.find(r.err, 'overflow', 1, true) then\n"
     "    return redis.error_reply('TRAFFIC_EOVERFLOW ' .. r.err)\n"
     "  end\n"
-    "  if string.find(r.err, 'not an integer', 1, true) or string.sub(r.err, 1, 9) == 'WRONGTYPE' then\n"
+    "  if string.find(r.err, 'not an integer', 1, true) then\n"
+    "    local v = redis.call('GET', KEYS[1])\n"
+    "    if v and string.byte(v, 1) == 33 then\n" /* RX_LIMIT_TAG */
+    "      return redis.error_reply('TRAFFIC_ETYPE limit ' .. string.sub(v, 2, 2))\n"
+    "    end\n"
+    "    return redis.error_reply('TRAFFIC_ETYPE ' .. r.err)\n"
+    "  end\n"
+    "  if string.sub(r.err, 1, 9) == 'WRONGTYPE' then\n"
     "    return redis.error_reply('TRAFFIC_ETYPE ' .. r.err)\n"
     "  end\n"
     "  return redis.error_reply(r.err)\n"
@@ -52,41 +63,21 @@ static rx_handle *H(traffic_backend *b)
     return (rx_handle *)b;
 }
 
-static void count(_Atomic uint64_t *c)
-{
-    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
-
 /* ---- commands -------------------------------------------------------------------------- */
-
-/* buf (RX_RKEY_MAX bytes) = prefix + key; returns its length. */
-static size_t rkey_of(const rx_handle *h, const char *key, size_t klen, char *buf)
-{
-    memcpy(buf, h->cfg.prefix, h->cfg.prefix_len);
-    memcpy(buf + h->cfg.prefix_len, key, klen);
-    return h->cfg.prefix_len + klen;
-}
-
-static void cmd_arg(rx_cmd *c, const char *s, size_t len)
-{
-    c->argv[c->argc] = s;
-    c->argvlen[c->argc] = len;
-    c->argc++;
-}
 
 /* Runs "NAME rkey" for key; the reply is the caller's to free. */
 static int run_key_cmd(rx_handle *h, const char *name, const char *key, size_t klen, redisReply **r)
 {
     char rkey[RX_RKEY_MAX];
-    size_t rklen = rkey_of(h, key, klen, rkey);
+    size_t rklen = rx_rkey(h, key, klen, rkey);
     rx_cmd c = {.idempotent = 1};
-    cmd_arg(&c, name, strlen(name));
-    cmd_arg(&c, rkey, rklen);
+    rx_cmd_arg(&c, name, strlen(name));
+    rx_cmd_arg(&c, rkey, rklen);
     return rx_run(h, rkey, rklen, &c, r);
 }
 
-/* A reply of an unexpected type or a server error nobody handled: TRAFFIC_EIO with the text. */
-static int unexpected(rx_handle *h, redisReply *r, const char *what, const char *key)
+/* A reply of an unexpected type or a server error nobody handled (redis_internal.h). */
+int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key)
 {
     int rc;
     if (r->type == REDIS_REPLY_ERROR) {
@@ -108,7 +99,7 @@ static int unexpected(rx_handle *h, redisReply *r, const char *what, const char 
 
 static int not_found(rx_handle *h, const char *key)
 {
-    count(&h->misses);
+    rx_count(&h->misses);
     return traffic_backend_fail(&h->base, TRAFFIC_ENOTFOUND, "\"%.64s\" not found or expired", key);
 }
 
@@ -124,11 +115,17 @@ static int r_get(traffic_backend *b, const char *key, size_t klen, void *buf, si
         freeReplyObject(r);
         return not_found(h, key);
     }
-    if (r->type != REDIS_REPLY_STRING) return unexpected(h, r, "GET", key);
+    if (r->type != REDIS_REPLY_STRING) return rx_unexpected(h, r, "GET", key);
+    if (r->len > 0 && r->str[0] == RX_LIMIT_TAG) { /* a rate-limit state: shown as JSON */
+        rc = rx_limit_json(h, key, r->str, r->len, buf, cap, len);
+        freeReplyObject(r);
+        if (rc != TRAFFIC_ECORRUPT) rx_count(&h->hits);
+        return rc;
+    }
     const char *v = r->str;
     size_t n = r->len;
     if (n > 0 && v[0] == RX_BYTES_TAG) v++, n--; /* a bytes value; else a counter's text */
-    count(&h->hits);
+    rx_count(&h->hits);
     *len = n;
     if (cap < n) {
         freeReplyObject(r);
@@ -152,22 +149,22 @@ static int r_set(traffic_backend *b, const char *key, size_t klen, const void *v
     memcpy(tagged + 1, val, len);
 
     char rkey[RX_RKEY_MAX], ms[24];
-    size_t rklen = rkey_of(h, key, klen, rkey);
+    size_t rklen = rx_rkey(h, key, klen, rkey);
     rx_cmd c = {.idempotent = 1};
-    cmd_arg(&c, "SET", 3);
-    cmd_arg(&c, rkey, rklen);
-    cmd_arg(&c, tagged, len + 1);
+    rx_cmd_arg(&c, "SET", 3);
+    rx_cmd_arg(&c, rkey, rklen);
+    rx_cmd_arg(&c, tagged, len + 1);
     if (ttl_ms > 0) { /* SET replaces the expiry too: none without PX */
-        cmd_arg(&c, "PX", 2);
-        cmd_arg(&c, ms, (size_t)snprintf(ms, sizeof ms, "%" PRId64, ttl_ms));
+        rx_cmd_arg(&c, "PX", 2);
+        rx_cmd_arg(&c, ms, (size_t)snprintf(ms, sizeof ms, "%" PRId64, ttl_ms));
     }
     redisReply *r;
     int rc = rx_run(h, rkey, rklen, &c, &r);
     if (tagged != stackbuf) free(tagged);
     if (rc) return rc;
-    if (r->type != REDIS_REPLY_STATUS) return unexpected(h, r, "SET", key);
+    if (r->type != REDIS_REPLY_STATUS) return rx_unexpected(h, r, "SET", key);
     freeReplyObject(r);
-    count(&h->sets);
+    rx_count(&h->sets);
     return TRAFFIC_OK;
 }
 
@@ -177,7 +174,7 @@ static int run_key_int(rx_handle *h, const char *name, const char *key, size_t k
     redisReply *r;
     int rc = run_key_cmd(h, name, key, klen, &r);
     if (rc) return rc;
-    if (r->type != REDIS_REPLY_INTEGER) return unexpected(h, r, name, key);
+    if (r->type != REDIS_REPLY_INTEGER) return rx_unexpected(h, r, name, key);
     *v = r->integer;
     freeReplyObject(r);
     return TRAFFIC_OK;
@@ -188,7 +185,7 @@ static int r_del(traffic_backend *b, const char *key, size_t klen)
     rx_handle *h = H(b);
     long long n = 0;
     int rc = run_key_int(h, "UNLINK", key, klen, &n);
-    if (!rc && n > 0) count(&h->deletes);
+    if (!rc && n > 0) rx_count(&h->deletes);
     return rc;
 }
 
@@ -198,7 +195,7 @@ static int r_exists(traffic_backend *b, const char *key, size_t klen)
     long long n = 0;
     int rc = run_key_int(h, "EXISTS", key, klen, &n);
     if (rc) return rc;
-    count(n > 0 ? &h->hits : &h->misses);
+    rx_count(n > 0 ? &h->hits : &h->misses);
     return n > 0;
 }
 
@@ -209,7 +206,7 @@ static int r_ttl(traffic_backend *b, const char *key, size_t klen, int64_t *ttl_
     int rc = run_key_int(h, "PTTL", key, klen, &t);
     if (rc) return rc;
     if (t == -2) return not_found(h, key);
-    count(&h->hits);
+    rx_count(&h->hits);
     /* -1: no expiry. 0: under a millisecond left, but still there: report the smallest TTL. */
     *ttl_ms = t < 0 ? -1 : t == 0 ? 1 : (int64_t)t;
     return TRAFFIC_OK;
@@ -221,11 +218,15 @@ static int increment_error(rx_handle *h, redisReply *r, const char *key, int64_t
     if (strncmp(r->str, "TRAFFIC_EOVERFLOW", 17) == 0)
         rc = traffic_backend_fail(&h->base, TRAFFIC_EOVERFLOW,
                                   "incrementing \"%.64s\" by %" PRId64 " would overflow int64", key, amount);
-    else if (strncmp(r->str, "TRAFFIC_ETYPE", 13) == 0)
+    else if (strncmp(r->str, "TRAFFIC_ETYPE limit ", 20) == 0) {
+        const char *algo = r->str[20] >= '0' && r->str[20] <= '9' ? limit_algo_name(r->str[20] - '0') : NULL;
+        rc = traffic_backend_fail(&h->base, TRAFFIC_ETYPE, "\"%.64s\" holds a rate-limit state (%s), not a counter",
+                                  key, algo ? algo : "unknown algorithm");
+    } else if (strncmp(r->str, "TRAFFIC_ETYPE", 13) == 0)
         rc = traffic_backend_fail(&h->base, TRAFFIC_ETYPE, "\"%.64s\" holds a bytes value, not a counter (%s)", key,
                                   r->str + 14);
     else
-        return unexpected(h, r, "increment", key);
+        return rx_unexpected(h, r, "increment", key);
     freeReplyObject(r);
     return rc;
 }
@@ -234,26 +235,26 @@ static int r_increment(traffic_backend *b, const char *key, size_t klen, int64_t
 {
     rx_handle *h = H(b);
     char rkey[RX_RKEY_MAX], amt[24], ms[24];
-    size_t rklen = rkey_of(h, key, klen, rkey);
+    size_t rklen = rx_rkey(h, key, klen, rkey);
     rx_cmd c = {.idempotent = 0, .script = INCR_SCRIPT};
-    cmd_arg(&c, "EVALSHA", 7);
-    cmd_arg(&c, h->incr_sha, 40);
-    cmd_arg(&c, "1", 1);
-    cmd_arg(&c, rkey, rklen);
-    cmd_arg(&c, amt, (size_t)snprintf(amt, sizeof amt, "%" PRId64, amount));
-    cmd_arg(&c, ms, (size_t)snprintf(ms, sizeof ms, "%" PRId64, ttl_ms));
+    rx_cmd_arg(&c, "EVALSHA", 7);
+    rx_cmd_arg(&c, h->incr_sha, 40);
+    rx_cmd_arg(&c, "1", 1);
+    rx_cmd_arg(&c, rkey, rklen);
+    rx_cmd_arg(&c, amt, (size_t)snprintf(amt, sizeof amt, "%" PRId64, amount));
+    rx_cmd_arg(&c, ms, (size_t)snprintf(ms, sizeof ms, "%" PRId64, ttl_ms));
     redisReply *r;
     int rc = rx_run(h, rkey, rklen, &c, &r);
     if (rc) return rc;
     if (r->type == REDIS_REPLY_ERROR) return increment_error(h, r, key, amount);
-    if (r->type != REDIS_REPLY_STRING) return unexpected(h, r, "increment", key);
+    if (r->type != REDIS_REPLY_STRING) return rx_unexpected(h, r, "increment", key);
     char *end;
     errno = 0;
     long long v = strtoll(r->str, &end, 10);
-    if (errno || end == r->str || *end) return unexpected(h, r, "increment (not an integer)", key);
+    if (errno || end == r->str || *end) return rx_unexpected(h, r, "increment (not an integer)", key);
     freeReplyObject(r);
     *out = (int64_t)v;
-    count(&h->increments);
+    rx_count(&h->increments);
     return TRAFFIC_OK;
 }
 
@@ -314,7 +315,7 @@ static int scan_node(rx_handle *h, rx_conn *c, void *arg)
         if (rc) return rc;
         if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
             r->element[1]->type != REDIS_REPLY_ARRAY)
-            return unexpected(h, r, "SCAN", job->pattern);
+            return rx_unexpected(h, r, "SCAN", job->pattern);
         snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         redisReply *keys = r->element[1];
         job->keys += keys->elements;
@@ -358,7 +359,7 @@ static int stats_node(rx_handle *h, rx_conn *c, void *arg)
     redisReply *r;
     int rc = rx_conn_command(h, c, 3, argv, argvlen, &r);
     if (rc) return rc;
-    if (r->type != REDIS_REPLY_STRING) return unexpected(h, r, "INFO", "memory stats");
+    if (r->type != REDIS_REPLY_STRING) return rx_unexpected(h, r, "INFO", "memory stats");
     o->bytes_used += info_field(r->str, "used_memory");
     o->expirations += info_field(r->str, "expired_keys");
     o->evictions += info_field(r->str, "evicted_keys");
@@ -380,6 +381,8 @@ static int r_stats(traffic_backend *b, struct traffic_stats *o)
     o->sets = atomic_load_explicit(&h->sets, memory_order_relaxed);
     o->increments = atomic_load_explicit(&h->increments, memory_order_relaxed);
     o->deletes = atomic_load_explicit(&h->deletes, memory_order_relaxed);
+    o->decisions = atomic_load_explicit(&h->decisions, memory_order_relaxed);
+    o->denied = atomic_load_explicit(&h->denied, memory_order_relaxed);
     return TRAFFIC_OK;
 }
 
@@ -419,6 +422,7 @@ static const traffic_backend_ops redis_ops = {
     .ttl = r_ttl,
     .clear = r_clear,
     .stats = r_stats,
+    .limit = rx_limit,
     /* no cleanup thread: Redis expires keys itself */
 };
 
@@ -430,14 +434,14 @@ static int load_script(rx_handle *h, rx_conn *c, void *arg)
     redisReply *r;
     int rc = rx_conn_command(h, c, 3, argv, argvlen, &r);
     if (rc) return rc;
-    if (r->type != REDIS_REPLY_STRING || r->len != 40) return unexpected(h, r, "SCRIPT LOAD", "increment");
+    if (r->type != REDIS_REPLY_STRING || r->len != 40) return rx_unexpected(h, r, "SCRIPT LOAD", "increment");
     memcpy(h->incr_sha, r->str, 40);
     h->incr_sha[40] = '\0';
     freeReplyObject(r);
-    return TRAFFIC_OK;
+    return rx_limit_load(h, c);
 }
 
-/* Takes ownership of cfg. Connects to every master and loads the script there. */
+/* Takes ownership of cfg. Connects to every master and loads the scripts there. */
 static int open_config(rx_config *cfg, traffic_backend **out)
 {
     rx_handle *h = calloc(1, sizeof *h);

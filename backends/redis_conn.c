@@ -642,8 +642,8 @@ static void remember(run_state *st, int rc, const char *msg)
 static int send_command(run_state *st, rx_conn *c)
 {
     const rx_cmd *cmd = st->cmd;
-    const char *argv[8];
-    size_t argvlen[8];
+    const char *argv[RX_CMD_ARGS];
+    size_t argvlen[RX_CMD_ARGS];
     memcpy(argv, cmd->argv, sizeof argv);
     memcpy(argvlen, cmd->argvlen, sizeof argvlen);
     if (st->use_eval) {

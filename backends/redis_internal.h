@@ -2,6 +2,7 @@
  * redis_internal.h — what the three files of the Redis backend share, and nothing public.
  *
  *   redis.c          the operations, the entry encoding, URL and options, open/close, stats, clear
+ *   redis_limit.c    rate-limit decisions: the Lua script, the limit states' encoding, their JSON
  *   redis_conn.c     connections and their pools, reconnect backoff, fork(), Sentinel discovery,
  *                    and rx_run: one command, routed, redirected and retried until it has a reply
  *   redis_cluster.c  CRC16 slot routing and the slot map, published to reader threads by RCU
@@ -18,15 +19,18 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "internal.h"
 
 #define RX_SLOTS     16384 /* hash slots of a Redis Cluster */
 #define RX_BYTES_TAG '='   /* first byte of a stored bytes value; counters are plain integers */
+#define RX_LIMIT_TAG '!'   /* first byte of a rate-limit state (redis_limit.c) */
 #define RX_RKEY_MAX  (TRAFFIC_REDIS_PREFIX_MAX + TRAFFIC_KEY_MAX) /* prefix + key, in bytes */
 #define RX_ERR_LEN   200                                          /* a remembered connection error */
 #define RX_ADDR_LEN  128 /* "host:port" or a socket path, as shown in messages */
+#define RX_CMD_ARGS  12  /* the most arguments of one rx_cmd (the limit script's EVALSHA has 11) */
 
 typedef enum rx_mode { RX_TCP, RX_UNIX, RX_SENTINEL, RX_CLUSTER } rx_mode;
 
@@ -107,20 +111,62 @@ typedef struct rx_proc {
 typedef struct rx_handle {
     traffic_backend base;
     rx_config cfg;
-    char incr_sha[41]; /* SHA1 of the increment script, from SCRIPT LOAD at open */
+    char incr_sha[41];  /* SHA1 of the increment script, from SCRIPT LOAD at open */
+    char limit_sha[41]; /* SHA1 of the rate-limit script, likewise */
     _Atomic(rx_proc *) proc;
     /* this handle's counts, in this process (traffic_stats) */
-    _Atomic uint64_t hits, misses, sets, increments, deletes;
+    _Atomic uint64_t hits, misses, sets, increments, deletes, decisions, denied;
 } rx_handle;
 
 /* One command for rx_run. */
 typedef struct rx_cmd {
     int argc;
-    const char *argv[8];
-    size_t argvlen[8];
+    const char *argv[RX_CMD_ARGS];
+    size_t argvlen[RX_CMD_ARGS];
     int idempotent;     /* may be sent again when a connection broke before its reply */
     const char *script; /* argv[0] is EVALSHA: the script's body, sent with EVAL after NOSCRIPT */
 } rx_cmd;
+
+/* ---- redis.c -------------------------------------------------------------------------- */
+
+/* buf (RX_RKEY_MAX bytes) = prefix + key; returns its length. */
+static inline size_t rx_rkey(const rx_handle *h, const char *key, size_t klen, char *buf)
+{
+    memcpy(buf, h->cfg.prefix, h->cfg.prefix_len);
+    memcpy(buf + h->cfg.prefix_len, key, klen);
+    return h->cfg.prefix_len + klen;
+}
+
+/* Appends one argument to c (at most RX_CMD_ARGS). */
+static inline void rx_cmd_arg(rx_cmd *c, const char *s, size_t len)
+{
+    c->argv[c->argc] = s;
+    c->argvlen[c->argc] = len;
+    c->argc++;
+}
+
+/* Adds one to a count of this handle's stats. */
+static inline void rx_count(_Atomic uint64_t *c)
+{
+    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+/* Frees r, a reply of an unexpected type or a server error nobody handled, and returns its
+ * status with a message: WRONGTYPE is TRAFFIC_ETYPE, OOM TRAFFIC_EFULL, NOAUTH / NOPERM
+ * TRAFFIC_EPERM, anything else TRAFFIC_EIO with the server's text. */
+int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key);
+
+/* ---- redis_limit.c --------------------------------------------------------------------- */
+
+/* SCRIPT LOAD of the rate-limit script on c (at open, on every master): sets h->limit_sha. */
+int rx_limit_load(rx_handle *h, rx_conn *c);
+/* The vtable's limit entry. */
+int rx_limit(traffic_backend *b, const char *key, size_t klen, const traffic_rule *rule, int64_t cost, int64_t now_us,
+             traffic_decision *out);
+/* traffic_get of a key whose value v[0..n) starts with RX_LIMIT_TAG: the state as
+ * limit_state_json prints it, into buf (cap bytes), its length in *len (TRAFFIC_ERANGE when
+ * cap is too small, as for any value). TRAFFIC_ECORRUPT if v is not a well-formed state. */
+int rx_limit_json(rx_handle *h, const char *key, const char *v, size_t n, void *buf, size_t cap, size_t *len);
 
 /* ---- redis_conn.c ---------------------------------------------------------------------- */
 

@@ -475,17 +475,39 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* Storage: key K is the Redis key PREFIX+K. A counter is a plain Redis integer (INCR and   */
 /* GET work on it from any client); a bytes value is a Redis string holding one tag byte    */
 /* '=' and then the value, so "12" stored by traffic_set is "=12" and is never taken for a  */
-/* counter. A string without the tag under the prefix reads as a counter's text. TTLs are   */
-/* Redis expiries (PEXPIRE/PTTL, milliseconds). Every operation is one round trip: GET,     */
-/* SET [PX], UNLINK, EXISTS, PTTL, and for traffic_increment one Lua script (EVALSHA,       */
-/* resent with EVAL after NOSCRIPT) that adds with INCRBY, sets the TTL only when it        */
-/* created the key, and reports TRAFFIC_ETYPE or TRAFFIC_EOVERFLOW leaving the value as it  */
-/* was. traffic_clear SCANs the keys under the prefix and UNLINKs them (never FLUSHDB); an  */
-/* empty prefix therefore clears the whole database. Stats: keys under the prefix (a SCAN   */
-/* of every master: cost grows with the database), bytes_used (used_memory), expirations    */
-/* and evictions (expired_keys, evicted_keys) from INFO summed over the masters, and this   */
-/* handle's own hits, misses, sets, increments and deletes in this process. Redis expires   */
-/* keys itself: traffic_start_cleanup reports TRAFFIC_ENOTSUP.                              */
+/* counter; a rate-limit state starts with the tag '!' (below). A string without a tag      */
+/* under the prefix reads as a counter's text. TTLs are Redis expiries (PEXPIRE/PTTL,       */
+/* milliseconds). Every operation is one round trip: GET, SET [PX], UNLINK, EXISTS, PTTL,   */
+/* and for traffic_increment one Lua script (EVALSHA, resent with EVAL after NOSCRIPT) that */
+/* adds with INCRBY, sets the TTL only when it created the key, and reports TRAFFIC_ETYPE   */
+/* (also for a rate-limit state) or TRAFFIC_EOVERFLOW leaving the value as it was.          */
+/* traffic_clear SCANs the keys under the prefix and UNLINKs them (never FLUSHDB); an empty */
+/* prefix therefore clears the whole database. Stats: keys under the prefix (a SCAN of      */
+/* every master: cost grows with the database), bytes_used (used_memory), expirations and   */
+/* evictions (expired_keys, evicted_keys) from INFO summed over the masters, and this       */
+/* handle's own hits, misses, sets, increments, deletes, decisions and denied in this       */
+/* process. Redis expires keys itself: traffic_start_cleanup reports TRAFFIC_ENOTSUP.       */
+/*                                                                                          */
+/* Rate limits: traffic_limit is one round trip and one atomic step: one Lua script for the */
+/* five algorithms (EVALSHA, loaded at open, resent with EVAL after NOSCRIPT) reads the     */
+/* key, decides with the arithmetic of traffic_limit_apply (Lua doubles, exact for the rule */
+/* bounds above) and writes the new state only when the decision changed it (admitted with  */
+/* cost > 0), with SET ... PX ceil(reset_after) ms; a denial or a peek writes nothing. Its  */
+/* clock is the server's TIME, read inside the script (traffic_limit_at: the instant        */
+/* given); scripts replicate by their effects (Redis 5 and later), so replicas receive the  */
+/* written state. A state is a string: '!', the algorithm's traffic_algorithm value as one  */
+/* digit, then decimal fields: "!1:S:N" fixed window (start in µs, count), "!0:i:P:C"       */
+/* sliding window counter (window index, previous and current counts), "!3:T" / "!4:T"      */
+/* token / leaky bucket (theoretical arrival time, µs). The sliding window (log) is binary: */
+/* "!2", 3 bytes: the index of the first live record, 3 bytes: the running total of costs   */
+/* before it, then one 10-byte record per entry, oldest first: 7 bytes t_us and 3 bytes the */
+/* running total up to it, modulo 2^24, all big-endian; the script reads the first 4 kB and */
+/* the rest record by record (GETRANGE, binary searches), appends in place, and rewrites    */
+/* the log without its expired records when they are as many as the live ones (so at most   */
+/* 2L + 1 records, 200 kB). traffic_get returns the state as JSON text, traffic_set         */
+/* replaces it, traffic_delete resets it; traffic_limit on a counter, a bytes value or      */
+/* another algorithm's state is TRAFFIC_ETYPE, on a string that starts with '!' and is no   */
+/* well-formed state TRAFFIC_ECORRUPT (traffic_get too).                                    */
 /*                                                                                          */
 /* Connections: each process keeps up to pool_size connections per server; a call waits     */
 /* at most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is   */
