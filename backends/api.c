@@ -249,7 +249,7 @@ int traffic_limit(traffic_backend *b, const char *key, const traffic_rule *rule,
     return limit_call(b, key, rule, cost, -1, out);
 }
 
-/* 2^52 µs (142 years): with B I <= 2^52 too, every time a backend computes stays below 2^53,
+/* 2^52 µs (142 years): with B I <= 2^51 too, every time a backend computes stays below 2^53,
  * exact in Lua's doubles. */
 #define LIMIT_NOW_MAX (INT64_C(1) << 52)
 

@@ -7,7 +7,8 @@
  * that no compiler fuses a multiply-add): backends/redis_limit.lua-style scripts repeat the same
  * operations on Lua's doubles and get bit-identical results. Every integer that a script also
  * computes stays below 2^53, where Lua's doubles are exact: the rule bounds of traffic.h see
- * to it (times below 2^53 µs, B I below 2^52).
+ * to it (now below 2^52 µs and B I at most 2^51: a bucket's T, at most the latest now + B I,
+ * plus cost I stays below 2^53).
  */
 #include "limit.h"
 
@@ -99,8 +100,8 @@ int traffic_limit_check(const traffic_rule *r, char *msg, size_t len)
         if (cap > TRAFFIC_BUCKET_MAX_US) cap = TRAFFIC_BUCKET_MAX_US; /* over the bound anyway; no overflow below */
         if (r->algorithm == TRAFFIC_LEAKY_BUCKET) cap += 1;
         if (cap > TRAFFIC_BUCKET_MAX_US / i)
-            return bad(msg, len, "%s: burst %lld x interval %lld us is over 2^52 us", name, (long long)cap,
-                       (long long)i);
+            return bad(msg, len, "%s: burst %lld x interval %lld us is over 2^51 us (71 years)", name,
+                       (long long)cap, (long long)i);
         return TRAFFIC_OK;
     }
     }

@@ -82,10 +82,10 @@ static const struct {
     {{TRAFFIC_LEAKY_BUCKET, 1000, 0.001, 0}, 1},
     {{TRAFFIC_LEAKY_BUCKET, 1001, 0.001, 0}, 0},
     {{TRAFFIC_TOKEN_BUCKET, INT64_MAX, 1, 0}, 0},
-    {{TRAFFIC_TOKEN_BUCKET, 1, 1e8, 45}, 1}, /* I = 1e14 µs: B I = 4.5e15 < 2^52 */
-    {{TRAFFIC_TOKEN_BUCKET, 1, 1e8, 46}, 0},
-    {{TRAFFIC_LEAKY_BUCKET, 1, 1e8, 44}, 1}, /* (Q + 1) I = 4.5e15 */
-    {{TRAFFIC_LEAKY_BUCKET, 1, 1e8, 45}, 0},
+    {{TRAFFIC_TOKEN_BUCKET, 1, 1e8, 22}, 1}, /* I = 1e14 µs: B I = 2.2e15 <= 2^51 */
+    {{TRAFFIC_TOKEN_BUCKET, 1, 1e8, 23}, 0},
+    {{TRAFFIC_LEAKY_BUCKET, 1, 1e8, 21}, 1}, /* (Q + 1) I = 2.2e15 */
+    {{TRAFFIC_LEAKY_BUCKET, 1, 1e8, 22}, 0},
     {{TRAFFIC_TOKEN_BUCKET, 1, 1, -1}, 0},
     {{TRAFFIC_LEAKY_BUCKET, 1, 1, -1}, 0},
     {{TRAFFIC_TOKEN_BUCKET, 0, 1, 0}, 0},

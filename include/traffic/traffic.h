@@ -280,7 +280,7 @@ typedef struct traffic_decision {
 #define TRAFFIC_WINDOW_MAX_S 1e8                /* .. about 3 years */
 #define TRAFFIC_WINDOW_LIMIT_MAX 1048575        /* fixed window, sliding window counter: 2^20 - 1 */
 #define TRAFFIC_SLIDING_WINDOW_LIMIT_MAX 10000  /* the exact log */
-#define TRAFFIC_BUCKET_MAX_US 4503599627370496LL /* buckets: B I (or (Q + 1) I) <= 2^52 µs */
+#define TRAFFIC_BUCKET_MAX_US 2251799813685248LL /* buckets: B I (or (Q + 1) I) <= 2^51 µs */
 
 /* Decides whether a request of `cost` (>= 0) on key passes under rule, atomically, and fills
  * *out (out may be NULL).
