@@ -59,6 +59,11 @@ typedef struct fallback_backend {
     int64_t backoff_us, backoff_max_us;
     int64_t opened_ms;                 /* "serving since" before the state key exists */
     _Atomic uint64_t primary_failures; /* this handle's; relaxed: a statistic */
+    /* The open_until this process last read, or 0. Until then the breaker cannot close (only
+     * a probe closes it, and none starts before open_until), so calls of this process go to
+     * the fallback without reading the table. Relaxed: a stale value is an earlier, shorter
+     * interval, after which the table is read again. */
+    _Atomic int64_t open_until_seen;
     char k_state[KEY_LEN], k_lease[KEY_LEN], k_switches[KEY_LEN], k_probes[KEY_LEN];
     size_t l_state, l_lease, l_switches, l_probes;
 } fallback_backend;
@@ -151,8 +156,13 @@ enum route { TO_PRIMARY, TO_FALLBACK, TO_PROBE };
 static enum route breaker_route(fallback_backend *f)
 {
     breaker_state s;
+    int64_t seen = atomic_load_explicit(&f->open_until_seen, memory_order_relaxed);
+    if (seen && clock_us(CLOCK_MONOTONIC) < seen) return TO_FALLBACK;
     if (!state_read(f, &s) || !s.open_until) return TO_PRIMARY;
-    if (clock_us(CLOCK_MONOTONIC) < s.open_until) return TO_FALLBACK;
+    if (clock_us(CLOCK_MONOTONIC) < s.open_until) {
+        atomic_store_explicit(&f->open_until_seen, s.open_until, memory_order_relaxed);
+        return TO_FALLBACK;
+    }
     if (!lease_take(f)) return TO_FALLBACK; /* another call probes */
     /* Ours to change now; someone may have closed or re-armed it before we took the lease. */
     if (!state_read(f, &s) || !s.open_until) {
@@ -491,6 +501,7 @@ int fallback_create(const char *primary_url, traffic_backend *primary, traffic_b
     atomic_init(&f->primary, primary);
     atomic_init(&f->opener, 0);
     atomic_init(&f->primary_failures, 0);
+    atomic_init(&f->open_until_seen, 0);
     f->fallback = fallback;
     f->primary_url = url;
     f->backoff_us = (int64_t)ceil(o->backoff_s * 1e6);
