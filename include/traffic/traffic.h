@@ -610,8 +610,11 @@ TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_ba
  * call goes to the primary again; if not, the call is answered by the fallback and the next
  * interval begins. The failure count is kept when the breaker closes and forgotten after the
  * primary has served for 2 x fallback_backoff_max, so a primary that comes and goes backs off
- * further each time. The breaker is one per primary store (for a Cluster, one for all its
- * nodes: a node lost sends every key to the fallback for the interval).
+ * further each time. (A Redis primary keeps its own reconnect back-off per process, up to
+ * 1 s: a process whose last connect failed moments before the breaker closed fails its next
+ * call at once, without waiting, and that call opens the breaker for one more interval.)
+ * The breaker is one per primary store (for a Cluster, one for all its nodes: a node lost
+ * sends every key to the fallback for the interval).
  *
  * Where the breaker lives. When the fallback is a memory table, the breaker's state is in
  * that table, so every process of the host that opens the same pair shares it: the first
@@ -620,10 +623,12 @@ TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_ba
  * named "traffic:breaker:<16 hex digits>:" + state (24 bytes; no TTL), probe (a counter that
  * elects the prober, TTL 10 s: a prober killed mid-call delays the next probe by that much),
  * switches and probes (counters). The hex digits hash the primary URL without its query, so
- * two spellings of one server are two breakers. Each call reads the state (one lookup); only
- * the prober or the process that first sees a failure writes it. The table's LRU eviction
- * keeps these keys (the state is read by every call), and a traffic_clear answered by the
- * fallback writes the state back (the two counters restart). With any other fallback
+ * two spellings of one server are two breakers. Each call reads the state (one lookup; while
+ * the breaker is open a process reads it once per interval); only the prober or the process
+ * that first sees a failure writes it. The table's LRU eviction is unlikely to take these
+ * keys, being read so often; if it does, the next call tries the primary and the breaker
+ * opens again from its first interval. A traffic_clear answered by the fallback writes the
+ * state back (the two counters restart). With any other fallback
  * (SQLite, Redis), the state is in a small anonymous memory table the handle opens for it:
  * shared with the processes forked after the open, per process otherwise.
  *
@@ -633,10 +638,10 @@ TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_ba
  * holds (what it held before the outage, if it kept it, or nothing after a restart without
  * persistence). The fallback keeps its state too, until its TTLs run out. Why this is
  * bounded: each store by itself never lets a key through more than its rule allows, and each
- * keeps its state across switches, so over any window a key admits at most one quota from
- * the primary (for all hosts) plus one quota per host from its fallback - never more than
- * twice the rule on one host, however often the breaker switches - and once a window (a
- * bucket's refill time) has passed without a switch, the primary alone decides. Counters
+ * keeps its state across switches, so over any window a key admits at most what the rule
+ * allows from the primary (for all hosts) plus what it allows from this host's fallback -
+ * never more than twice the rule on one host, however often the breaker switches - and a
+ * window with no switch in it is decided by one store alone, within the rule. Counters
  * (traffic_increment) likewise continue in the primary from the value they had there. An
  * increment or decision that failed with TRAFFIC_EUNAVAILABLE may still have run on the
  * primary before it was answered by the fallback (counted in both, as one call may be).
