@@ -489,7 +489,8 @@ START_TEST(t_open_while_down)
     int64_t t0 = tu_now_ms();
     while (tu_stats(b).serving != TRAFFIC_SERVING_PRIMARY) {
         ck_assert_msg(tu_now_ms() - t0 < 5000, "still on the fallback");
-        TU_OK(b, traffic_exists(b, "c")); /* calls drive the probes */
+        int rc = traffic_exists(b, "c"); /* calls drive the probes */
+        ck_assert_msg(rc >= 0, "exists -> %s (%s)", traffic_strerror(rc), traffic_errmsg(b));
         tu_sleep_ms(10);
     }
     /* nothing moved: Redis starts the counter from its own state */
