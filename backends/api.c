@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fallback.h"
 #include "internal.h"
 #include "limit/limit.h"
 #include "traffic/backend.h"
@@ -134,29 +135,99 @@ static int check_ttl(const traffic_backend *b, double ttl, int64_t *ms)
 
 /* ---- opening --------------------------------------------------------------------------- */
 
+/* Opens the backend of a parsed URL; its scheme's opener consumes the parameters. */
+static int open_parsed(url *u, traffic_backend **out)
+{
+    if (strcmp(u->scheme, "memory") == 0) return memory_open_url(u, out);
+#ifdef TRAFFIC_HAVE_SQLITE
+    if (strcmp(u->scheme, "sqlite") == 0) return sqlite_open_url(u, out);
+#endif
+#ifdef TRAFFIC_HAVE_REDIS
+    if (strncmp(u->scheme, "redis", 5) == 0) return redis_open_url(u, out);
+#endif
+    if (strcmp(u->scheme, "sqlite") == 0 || strncmp(u->scheme, "redis", 5) == 0)
+        return traffic_backend_fail(NULL, TRAFFIC_ENOTSUP, "the %s backend is not built into this library", u->scheme);
+    return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "unknown URL scheme \"%s\" (want memory, sqlite or redis)",
+                                u->scheme);
+}
+
+/* ---- fallback= --------------------------------------------------------------------------
+ * The parameters of the pair are consumed here, before the primary's opener checks its own;
+ * the value of fallback= is a URL of its own (decoded once already by url_parse), opened
+ * like any other except that it may not have a fallback itself. traffic.h, "When the store
+ * is down", says why and how it is written. */
+
+/* Re-records the last open failure with what it concerned in front. */
+static int open_fail_about(int rc, const char *what)
+{
+    char msg[ERRMSG_LEN];
+    snprintf(msg, sizeof msg, "%s", traffic_errmsg(NULL));
+    return traffic_backend_fail(NULL, rc, "%s: %s", what, msg);
+}
+
+static int fallback_params(url *u, const char **text, fallback_options *o)
+{
+    *text = url_param_get(u, "fallback");
+    *o = (fallback_options){.backoff_s = FALLBACK_BACKOFF_S, .backoff_max_s = FALLBACK_BACKOFF_MAX_S};
+    CHECK(url_param_double(u, "fallback_backoff", 0.001, 3600, &o->backoff_s));
+    CHECK(url_param_double(u, "fallback_backoff_max", 0.001, 86400, &o->backoff_max_s));
+    if (o->backoff_s > o->backoff_max_s)
+        return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "fallback_backoff %g is above fallback_backoff_max %g",
+                                    o->backoff_s, o->backoff_max_s);
+    if (!**text) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "fallback= is empty: want the URL of a store");
+    return TRAFFIC_OK;
+}
+
+static int open_fallback(url *primary, const char *text, traffic_backend **out)
+{
+    url f;
+    int rc = url_parse(text, &f);
+    if (rc) return open_fail_about(rc, "fallback URL");
+    if (url_param_get(&f, "fallback"))
+        rc = traffic_backend_fail(NULL, TRAFFIC_EINVAL,
+                                  "the fallback %s://%.64s has a fallback of its own: one level only (a chain would "
+                                  "add up the timeouts of its stores)",
+                                  f.scheme, f.rest);
+    else if (strcmp(f.scheme, primary->scheme) == 0 && strcmp(f.rest, primary->rest) == 0)
+        rc = traffic_backend_fail(NULL, TRAFFIC_EINVAL, "the fallback %s://%.64s is the primary store itself", f.scheme,
+                                  f.rest);
+    else if ((rc = open_parsed(&f, out)))
+        rc = open_fail_about(rc, "fallback");
+    url_free(&f);
+    return rc;
+}
+
+static int open_with_fallback(const char *text, url *u, traffic_backend **out)
+{
+    static const char *const pair_params[] = {"fallback", "fallback_backoff", "fallback_backoff_max", NULL};
+    const char *fb_text;
+    fallback_options o;
+    traffic_backend *primary = NULL, *fallback = NULL;
+    char *primary_text = NULL;
+    CHECK(fallback_params(u, &fb_text, &o));
+    CHECK(open_fallback(u, fb_text, &fallback));
+    int rc = url_text_without(text, pair_params, &primary_text);
+    if (!rc) rc = open_parsed(u, &primary);
+    /* Down now: the pair opens on its fallback and opens the primary when it is back. */
+    if (rc == TRAFFIC_EUNAVAILABLE || rc == TRAFFIC_ETIMEDOUT) {
+        primary = NULL;
+        rc = TRAFFIC_OK;
+    }
+    if (rc)
+        traffic_close(fallback);
+    else
+        rc = fallback_create(primary_text, primary, fallback, &o, out);
+    free(primary_text);
+    return rc;
+}
+
 int traffic_open(const char *url_text, traffic_backend **out)
 {
     if (!out) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "out is NULL");
     *out = NULL;
     url u;
     CHECK(url_parse(url_text, &u));
-    int rc;
-    if (strcmp(u.scheme, "memory") == 0) {
-        rc = memory_open_url(&u, out);
-#ifdef TRAFFIC_HAVE_SQLITE
-    } else if (strcmp(u.scheme, "sqlite") == 0) {
-        rc = sqlite_open_url(&u, out);
-#endif
-#ifdef TRAFFIC_HAVE_REDIS
-    } else if (strncmp(u.scheme, "redis", 5) == 0) {
-        rc = redis_open_url(&u, out);
-#endif
-    } else if (strcmp(u.scheme, "sqlite") == 0 || strncmp(u.scheme, "redis", 5) == 0) {
-        rc = traffic_backend_fail(NULL, TRAFFIC_ENOTSUP, "the %s backend is not built into this library", u.scheme);
-    } else {
-        rc = traffic_backend_fail(NULL, TRAFFIC_EINVAL, "unknown URL scheme \"%s\" (want memory, sqlite or redis)",
-                                  u.scheme);
-    }
+    int rc = url_param_get(&u, "fallback") ? open_with_fallback(url_text, &u, out) : open_parsed(&u, out);
     url_free(&u);
     return rc;
 }
@@ -277,11 +348,18 @@ int traffic_stats(traffic_backend *b, struct traffic_stats *out)
     return b->ops->stats(b, out);
 }
 
+/* The stats struct may grow only into its reserved words: its size is part of the ABI. */
+_Static_assert(sizeof(struct traffic_stats) == sizeof(const char *) + 28 * sizeof(uint64_t),
+               "struct traffic_stats changed size");
+
 int traffic_stats_json(traffic_backend *b, char *buf, size_t cap)
 {
     struct traffic_stats s;
     CHECK(traffic_stats(b, &s));
     if (!buf && cap) return traffic_backend_fail(b, TRAFFIC_EINVAL, "buf is NULL but cap is %zu", cap);
+    const char *serving = s.serving == TRAFFIC_SERVING_PRIMARY    ? "\"primary\""
+                          : s.serving == TRAFFIC_SERVING_FALLBACK ? "\"fallback\""
+                                                                  : "null";
 #define U(f) (unsigned long long)s.f
     int n = snprintf(buf, cap,
                      "{\"backend\":\"%s\",\"keys\":%llu,\"capacity\":%llu,\"max_size\":%llu,\"bytes_used\":%llu,"
@@ -289,11 +367,13 @@ int traffic_stats_json(traffic_backend *b, char *buf, size_t cap)
                      "\"deletes\":%llu,\"evictions\":%llu,\"expirations\":%llu,\"attached\":%llu,"
                      "\"recovered\":%llu,\"epoch\":%llu,\"reaper_pid\":%lld,\"reaper_runs\":%llu,"
                      "\"expired_pending\":%llu,\"wal_bytes\":%llu,\"busy_retries\":%llu,\"decisions\":%llu,"
-                     "\"denied\":%llu}",
+                     "\"denied\":%llu,\"serving\":%s,\"serving_since_ms\":%llu,\"switches\":%llu,\"probes\":%llu,"
+                     "\"primary_failures\":%llu}",
                      s.backend ? s.backend : "", U(keys), U(capacity), U(max_size), U(bytes_used), U(bytes_resident),
                      U(hits), U(misses), U(sets), U(increments), U(deletes), U(evictions), U(expirations), U(attached),
                      U(recovered), U(epoch), (long long)s.reaper_pid, U(reaper_runs), U(expired_pending), U(wal_bytes),
-                     U(busy_retries), U(decisions), U(denied));
+                     U(busy_retries), U(decisions), U(denied), serving, U(serving_since_ms), U(switches), U(probes),
+                     U(primary_failures));
 #undef U
     if (n < 0) return traffic_backend_fail(b, TRAFFIC_EIO, "formatting stats failed");
     if ((size_t)n >= cap && buf)

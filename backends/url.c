@@ -160,6 +160,40 @@ int url_param_octal(url *u, const char *name, uint32_t max, uint32_t *out)
     return TRAFFIC_OK;
 }
 
+static int named(const char *param, size_t len, const char *const *names)
+{
+    size_t nlen = strcspn(param, "=");
+    if (nlen > len) nlen = len;
+    for (; *names; names++)
+        if (strlen(*names) == nlen && memcmp(*names, param, nlen) == 0) return 1;
+    return 0;
+}
+
+int url_text_without(const char *s, const char *const *names, char **out)
+{
+    size_t n = strlen(s);
+    char *w = malloc(n + 1);
+    *out = w;
+    if (!w) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory copying a URL");
+    const char *q = strchr(s, '?');
+    size_t head = q ? (size_t)(q - s) : n;
+    memcpy(w, s, head);
+    w += head;
+    char sep = '?';
+    for (const char *p = q ? q + 1 : s + n; *p;) {
+        size_t len = strcspn(p, "&");
+        if (len && !named(p, len, names)) {
+            *w++ = sep;
+            memcpy(w, p, len);
+            w += len;
+            sep = '&';
+        }
+        p += len + (p[len] == '&');
+    }
+    *w = '\0';
+    return TRAFFIC_OK;
+}
+
 int url_check_unused(const url *u)
 {
     for (size_t i = 0; i < u->nparams; i++)

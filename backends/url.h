@@ -45,6 +45,12 @@ int url_param_octal(url *u, const char *name, uint32_t max, uint32_t *out);
 /* TRAFFIC_EINVAL naming the first parameter no lookup asked for, else TRAFFIC_OK. */
 int url_check_unused(const url *u);
 
+/* A copy of the URL text s (malloc'd, in *out) without the query parameters named in names
+ * (NULL-terminated), the others kept as written; the '?' goes too when none is left. For a
+ * store that reopens its URL later without the parameters it consumed itself (fallback=).
+ * TRAFFIC_ENOMEM, else TRAFFIC_OK. */
+int url_text_without(const char *s, const char *const *names, char **out);
+
 /* Percent-decodes in place (for userinfo and paths); TRAFFIC_EINVAL on a bad escape or an
  * encoded NUL. */
 int url_decode(char *s);

@@ -106,7 +106,9 @@ TRAFFIC_API const char *traffic_errmsg(const traffic_backend *b);
 /* ---------------------------------------------------------------------------------------- */
 
 /* Opens a store by URL (see the top of this file and SPEC.md). Query parameters not known to
- * the chosen backend are TRAFFIC_EINVAL, naming the parameter in traffic_errmsg(NULL).
+ * the chosen backend are TRAFFIC_EINVAL, naming the parameter in traffic_errmsg(NULL). Any
+ * URL may add fallback=URL, a store that answers while this one is down (see "When the
+ * store is down" below).
  * memory:// parameters: max_size (keys, default 10000), cleanup_interval (seconds, default
  * 60), key_max (1..250, default 250), value_max (1..65536, default 256), mode (octal, default
  * 0600, named tables only).
@@ -352,8 +354,18 @@ struct traffic_stats {
     uint64_t busy_retries; /* sqlite: waits for another writer */
     uint64_t decisions;    /* traffic_limit calls answered (peeks included) */
     uint64_t denied;       /* of those, the ones that denied */
-    uint64_t reserved[6];
+    /* A store opened with fallback= (see "When the store is down"); 0 in every other store.
+     * The figures above are those of the store named in `backend`: the one serving. */
+    uint64_t serving;          /* TRAFFIC_SERVING_PRIMARY or TRAFFIC_SERVING_FALLBACK */
+    uint64_t serving_since_ms; /* wall-clock ms (Unix epoch) of the last switch, host-wide */
+    uint64_t switches;         /* host: switches between primary and fallback, both ways */
+    uint64_t probes;           /* host: calls sent to a failed primary to see if it is back */
+    uint64_t primary_failures; /* this handle: calls the primary failed with EUNAVAILABLE /
+                                  ETIMEDOUT (each answered by the fallback instead) */
+    uint64_t reserved[1];
 };
+#define TRAFFIC_SERVING_PRIMARY 1  /* stats.serving: the primary answers */
+#define TRAFFIC_SERVING_FALLBACK 2 /* stats.serving: the primary is skipped, the fallback answers */
 typedef struct traffic_stats traffic_stats_t;
 
 TRAFFIC_API int traffic_stats(traffic_backend *b, struct traffic_stats *out);
@@ -580,6 +592,93 @@ typedef struct traffic_redis_options {
  * @retval TRAFFIC_EIO          an unexpected reply (the server's text is in traffic_errmsg)
  * @retval TRAFFIC_ENOMEM */
 TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_backend **out);
+
+/* ---------------------------------------------------------------------------------------- */
+/* When the store is down: fallback=URL                                                      */
+/* ---------------------------------------------------------------------------------------- */
+/* Any URL may name a second store that answers while the first is down:
+ *
+ *     redis://10.0.0.5:6379?timeout=0.2&fallback=memory://app-fallback
+ *
+ * Every call (traffic_limit, get, set, delete, exists, increment, ttl, clear, stats) goes to
+ * the primary; a call the primary fails with TRAFFIC_EUNAVAILABLE or TRAFFIC_ETIMEDOUT is sent
+ * again to the fallback, and its answer is the call's. Any other status of the primary
+ * (TRAFFIC_ETYPE, TRAFFIC_EPERM, ...) means it answered, and is returned as it is. With a
+ * memory table as the fallback, a limit keeps holding for the whole host during an outage
+ * instead of letting everything through or multiplying it by the number of workers.
+ *
+ * Writing it: the value of fallback= is a URL of its own, percent-decoded once before it is
+ * parsed. Its own parameters follow its own '?'; '&' inside it must be written %26 (an '&'
+ * as is starts a parameter of the primary), and '%' as %25. So
+ *     redis://h?fallback=memory://fb%3Fmax_size%3D100000%26cleanup_interval%3D10&timeout=0.2
+ * gives the fallback max_size and cleanup_interval and the primary its timeout (a single
+ * parameter may be written memory://fb?max_size=100000 unencoded). Parameters of the pair,
+ * read from the primary's query: fallback_backoff (seconds, default 0.05) and
+ * fallback_backoff_max (seconds, default 5), the first and the longest interval between two
+ * probes (below). TRAFFIC_EINVAL with a message: a fallback URL that does not open or has an
+ * unknown parameter, a fallback with the primary's own scheme and location (itself), a
+ * fallback that has a fallback (one level only: a chain of network stores would add their
+ * timeouts up), an empty value, fallback_backoff outside [0.001, 3600] or above
+ * fallback_backoff_max, fallback_backoff_max outside [0.001, 86400].
+ *
+ * Opening opens both. A primary that is unreachable then (TRAFFIC_EUNAVAILABLE or
+ * TRAFFIC_ETIMEDOUT) does not fail the open: the handle starts on the fallback and opens the
+ * primary when a probe finds it back (so a misspelt host serves from the fallback for ever;
+ * stats.serving tells). Any other failure of either store fails the open.
+ *
+ * The circuit breaker. After a failure the primary is skipped - calls go straight to the
+ * fallback, at its speed, without waiting on the primary - for a back-off interval: the n-th
+ * failure in a row waits min(fallback_backoff_max, fallback_backoff * 2^(n-1)) times a
+ * random factor in [0.5, 1) (jitter, so that hosts do not probe in step). When the interval
+ * is over, ONE call - the first to claim the probe - is sent to the primary; the others keep
+ * going to the fallback meanwhile. If the primary answers it, the breaker closes and every
+ * call goes to the primary again; if not, the call is answered by the fallback and the next
+ * interval begins. The failure count is kept when the breaker closes and forgotten after the
+ * primary has served for 2 x fallback_backoff_max, so a primary that comes and goes backs off
+ * further each time. (A Redis primary keeps its own reconnect back-off per process, up to
+ * 1 s: a process whose last connect failed moments before the breaker closed fails its next
+ * call at once, without waiting, and that call opens the breaker for one more interval.)
+ * The breaker is one per primary store (for a Cluster, one for all its nodes: a node lost
+ * sends every key to the fallback for the interval).
+ *
+ * Where the breaker lives. When the fallback is a memory table, the breaker's state is in
+ * that table, so every process of the host that opens the same pair shares it: the first
+ * process that sees the primary fail sends all of them to the fallback, and there is one
+ * probe per interval for the host, not one timeout per worker per call. It is four keys
+ * named "traffic:breaker:<16 hex digits>:" + state (24 bytes; no TTL), probe (a counter that
+ * elects the prober, TTL 10 s: a prober killed mid-call delays the next probe by that much),
+ * switches and probes (counters). The hex digits hash the primary URL without its query, so
+ * two spellings of one server are two breakers. Each call reads the state (one lookup; while
+ * the breaker is open a process reads it once per interval); only the prober or the process
+ * that first sees a failure writes it. The table's LRU eviction is unlikely to take these
+ * keys, being read so often; if it does, the next call tries the primary and the breaker
+ * opens again from its first interval. A traffic_clear answered by the fallback writes the
+ * state back (the two counters restart). With any other fallback
+ * (SQLite, Redis), the state is in a small anonymous memory table the handle opens for it:
+ * shared with the processes forked after the open, per process otherwise.
+ *
+ * What moves back when the primary returns: nothing. The state gathered in the fallback
+ * during the outage (decisions, counters, values) is not merged into the primary, and the
+ * primary's own state is not brought up to date: decisions restart from whatever the primary
+ * holds (what it held before the outage, if it kept it, or nothing after a restart without
+ * persistence). The fallback keeps its state too, until its TTLs run out. Why this is
+ * bounded: each store by itself never lets a key through more than its rule allows, and each
+ * keeps its state across switches, so over any window a key admits at most what the rule
+ * allows from the primary (for all hosts) plus what it allows from this host's fallback -
+ * never more than twice the rule on one host, however often the breaker switches - and a
+ * window with no switch in it is decided by one store alone, within the rule. Counters
+ * (traffic_increment) likewise continue in the primary from the value they had there. An
+ * increment or decision that failed with TRAFFIC_EUNAVAILABLE may still have run on the
+ * primary before it was answered by the fallback (counted in both, as one call may be).
+ *
+ * Reads follow the same route: during an outage traffic_get, exists and ttl see the
+ * fallback's keys only. traffic_limit_at passes its instant to whichever store decides,
+ * whose clocks differ (Redis TIME, memory CLOCK_MONOTONIC). traffic_start_cleanup starts the
+ * cleanup of each store that has one (TRAFFIC_ENOTSUP if neither has); stop stops both.
+ * traffic_stats reports the serving store's figures (stats.backend names it) and the
+ * breaker's: serving, serving_since_ms, switches, probes, primary_failures; the JSON has
+ * them as "serving" ("primary" / "fallback"; null for a store without fallback),
+ * "serving_since_ms", "switches", "probes" and "primary_failures". */
 
 #ifdef __cplusplus
 }
