@@ -708,8 +708,18 @@ static PyObject *limit_apply(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long long t, k;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &t, &k)) {
+        /* (t_us, n) pairs: tuples, or lists as a JSON round trip gives them back */
+        PyObject *pair = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, i), "a log entry must be a (t_us, n) pair");
+        long long t = -1, k = -1;
+        int ok = pair && PySequence_Fast_GET_SIZE(pair) == 2;
+        if (ok) {
+            t = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(pair, 0));
+            k = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(pair, 1));
+            ok = !PyErr_Occurred();
+        }
+        Py_XDECREF(pair);
+        if (!ok) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a log entry must be a (t_us, n) pair");
             PyMem_Free(entries);
             Py_DECREF(seq);
             return NULL;
