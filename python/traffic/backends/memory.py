@@ -9,7 +9,7 @@ or when gunicorn does not preload the app.
 
 The wrong choice is easy to make and silent in tests (one process behaves the same either
 way), so an anonymous table created in a process that is itself a server's worker - spawned
-by multiprocessing, or a gunicorn worker that imported the app after the fork - warns
+by multiprocessing, or a gunicorn worker after the fork - warns
 (PerProcessLimitWarning): each worker would get its own table and the limit would multiply by
 the number of workers.
 
@@ -18,7 +18,6 @@ waits for another process (an insert into a full table waits at most 200 ms for 
 """
 
 import json
-import os
 import sys
 import warnings
 
@@ -39,14 +38,16 @@ def _worker_origin():
             return "a process started by multiprocessing (uvicorn --workers spawns its workers so)"
     except Exception:  # pragma: no cover - multiprocessing unavailable
         pass
-    if "gunicorn" in sys.modules:
-        try:
-            with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-                parent = f.read()
-        except OSError:
-            parent = b""
-        if b"gunicorn" in parent:
-            return "a gunicorn worker that imported the app after the fork (no --preload)"
+    # A gunicorn worker: some frame up the stack runs a gunicorn Worker's method (init_process
+    # loading the app without --preload, or run() serving a request). The master loading the
+    # app with --preload runs the Arbiter's, and its children then inherit the table.
+    workers = sys.modules.get("gunicorn.workers.base")
+    if workers is not None:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if isinstance(frame.f_locals.get("self"), workers.Worker):
+                return "a gunicorn worker, after the fork (the app is not preloaded)"
+            frame = frame.f_back
     return None
 
 
