@@ -31,7 +31,6 @@ from .limiter import (
     Algorithm,
     RateLimitConfig,
     RateLimitInfo,
-    decision_headers,
     default_key_extractor,
     fit_key,
     get_limiter,
@@ -186,11 +185,13 @@ def rate_limit(
             else:
                 result = await run_in_threadpool(func, *args, **kwargs)
             if info is not None and config.include_headers:
-                headers = info.headers()
                 if isinstance(result, Response):
-                    result.headers.update(headers)
+                    result.headers.update(info.headers())
                 elif response is not None:
-                    response.headers.update(headers)
+                    if response_name:  # the endpoint's own: it may have set these already
+                        response.headers.update(info.headers())
+                    else:  # FastAPI's fresh one, whose headers FastAPI copies to the reply
+                        response.raw_headers.extend(info.raw_headers())
             return result
 
         wrapper.__signature__ = sig.replace(parameters=_ordered(params))
@@ -260,7 +261,7 @@ class RateLimitMiddleware:
             return await reply(scope, receive, send)
         if info is None or not self.config.include_headers:
             return await self.app(scope, receive, send)
-        raw = [(k.lower().encode(), v.encode()) for k, v in decision_headers(info, info.now).items()]
+        raw = info.raw_headers()
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":

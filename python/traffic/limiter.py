@@ -133,6 +133,8 @@ def forwarded_key_extractor(trusted_proxies):
 
 def fit_key(key):
     """A store key of at most 250 bytes: longer ones keep their start and end a hash."""
+    if len(key) <= _traffic.KEY_MAX // 4:  # at most 4 UTF-8 bytes a character: fits
+        return key
     raw = key.encode()
     if len(raw) <= _traffic.KEY_MAX:
         return key
@@ -197,6 +199,17 @@ class RateLimitInfo:
 
     def headers(self):
         return decision_headers(self, self.now)
+
+    def raw_headers(self):
+        """The same headers as ASGI wants them: a list of lower-case (name, value) bytes."""
+        raw = [
+            (b"x-ratelimit-limit", b"%d" % self.limit),
+            (b"x-ratelimit-remaining", b"%d" % max(self.remaining, 0)),
+            (b"x-ratelimit-reset", b"%d" % math.ceil(self.now + self.reset_after)),
+        ]
+        if not self.allowed and self.retry_after >= 0:
+            raw.append((b"retry-after", b"%d" % max(math.ceil(self.retry_after), 1)))
+        return raw
 
     def __repr__(self):
         return (f"RateLimitInfo(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
