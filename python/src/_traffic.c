@@ -32,9 +32,9 @@
 #include <traffic/backend.h>
 #include <traffic/traffic.h>
 
-#define GET_STACK_BUF 512   /* a get first tries a buffer on the stack; most states are < 100 bytes */
+#define GET_STACK_BUF   512  /* a get first tries a buffer on the stack; most states are < 100 bytes */
 #define STATS_STACK_BUF 4096 /* the stats JSON of any backend fits */
-#define CLOSE_WAIT_US 1000  /* close() polls for calls in flight this often */
+#define CLOSE_WAIT_US   1000 /* close() polls for calls in flight this often */
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -238,8 +238,8 @@ static PyObject *decision_repr(Decision *self)
     char buf[256];
     PyOS_snprintf(buf, sizeof buf,
                   "Decision(allowed=%s, limit=%lld, remaining=%lld, reset_after=%.6f, retry_after=%.6f, delay=%.6f)",
-                  self->allowed ? "True" : "False", self->limit, self->remaining, self->reset_after,
-                  self->retry_after, self->delay);
+                  self->allowed ? "True" : "False", self->limit, self->remaining, self->reset_after, self->retry_after,
+                  self->delay);
     return PyUnicode_FromString(buf);
 }
 
@@ -268,7 +268,6 @@ typedef struct {
     PyObject_HEAD traffic_backend *b; /* NULL once closed */
     int nogil;                        /* release the GIL around each call */
     int inflight;                     /* calls running without the GIL; read and written under the GIL */
-    pid_t pid;                        /* the process that opened it (fork is fine: for the Python side) */
 } Store;
 
 static PyTypeObject StoreType;
@@ -281,9 +280,9 @@ static PyTypeObject StoreType;
     do {                                                                                                               \
         if ((s)->nogil) {                                                                                              \
             (s)->inflight++;                                                                                           \
-            Py_BEGIN_ALLOW_THREADS                                                                                     \
+            PyThreadState *ts_ = PyEval_SaveThread();                                                                  \
             call;                                                                                                      \
-            Py_END_ALLOW_THREADS                                                                                       \
+            PyEval_RestoreThread(ts_);                                                                                 \
             (s)->inflight--;                                                                                           \
         } else {                                                                                                       \
             call;                                                                                                      \
@@ -308,7 +307,6 @@ static PyObject *store_wrap(traffic_backend *b, int nogil)
     s->b = b;
     s->nogil = nogil;
     s->inflight = 0;
-    s->pid = getpid();
     return (PyObject *)s;
 }
 
@@ -318,14 +316,14 @@ static void store_close_handle(Store *s)
     if (!b) return;
     s->b = NULL; /* no new call starts from here on */
     while (s->inflight > 0) {
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *ts = PyEval_SaveThread();
         usleep(CLOSE_WAIT_US);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(ts);
     }
     if (s->nogil) {
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *ts = PyEval_SaveThread();
         traffic_close(b);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(ts);
     } else {
         traffic_close(b);
     }
@@ -580,10 +578,9 @@ static PyMethodDef store_methods[] = {
     {"close", (PyCFunction)store_close, METH_NOARGS, "close(): waits for calls in flight"},
     {NULL}};
 
-static PyGetSetDef store_getset[] = {
-    {"closed", (getter)store_get_closed, NULL, "True once closed", NULL},
-    {"nogil", (getter)store_get_nogil, NULL, "True if calls release the GIL", NULL},
-    {NULL}};
+static PyGetSetDef store_getset[] = {{"closed", (getter)store_get_closed, NULL, "True once closed", NULL},
+                                     {"nogil", (getter)store_get_nogil, NULL, "True if calls release the GIL", NULL},
+                                     {NULL}};
 
 static PyTypeObject StoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "traffic._traffic.Store",
@@ -607,9 +604,9 @@ static PyObject *open_url(PyObject *self, PyObject *args)
     traffic_backend *b = NULL;
     int rc;
     if (nogil) {
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *ts = PyEval_SaveThread();
         rc = traffic_open(url, &b);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(ts);
     } else {
         rc = traffic_open(url, &b);
     }
@@ -642,15 +639,13 @@ static PyObject *open_sqlite(PyObject *self, PyObject *args)
     (void)self;
     traffic_sqlite_options o = {0};
     PyObject *path;
-    if (!PyArg_ParseTuple(args, "O&dId", PyUnicode_FSConverter, &path, &o.cleanup_interval, &o.pool_size,
-                          &o.timeout))
+    if (!PyArg_ParseTuple(args, "O&dId", PyUnicode_FSConverter, &path, &o.cleanup_interval, &o.pool_size, &o.timeout))
         return NULL;
     o.path = PyBytes_AS_STRING(path);
     traffic_backend *b = NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = traffic_sqlite_open(&o, &b);
-    Py_END_ALLOW_THREADS
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = traffic_sqlite_open(&o, &b);
+    PyEval_RestoreThread(ts);
     Py_DECREF(path);
     if (rc != TRAFFIC_OK) return raise_status(NULL, rc);
     return store_wrap(b, 1);
@@ -667,10 +662,9 @@ static PyObject *open_redis(PyObject *self, PyObject *args)
         return NULL;
     o.mode = (traffic_redis_mode)mode;
     traffic_backend *b = NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = traffic_redis_open(&o, &b);
-    Py_END_ALLOW_THREADS
+    PyThreadState *ts = PyEval_SaveThread();
+    int rc = traffic_redis_open(&o, &b);
+    PyEval_RestoreThread(ts);
     if (rc != TRAFFIC_OK) return raise_status(NULL, rc);
     return store_wrap(b, 1);
 }
@@ -737,8 +731,10 @@ static PyObject *limit_apply(PyObject *self, PyObject *args)
         PyObject *newlog = PyTuple_New((Py_ssize_t)st.nlog);
         for (size_t i = 0; newlog && i < st.nlog; i++) {
             PyObject *pair = Py_BuildValue("(LL)", (long long)st.log[i].t_us, (long long)st.log[i].n);
-            if (!pair) Py_CLEAR(newlog);
-            else PyTuple_SET_ITEM(newlog, (Py_ssize_t)i, pair);
+            if (!pair)
+                Py_CLEAR(newlog);
+            else
+                PyTuple_SET_ITEM(newlog, (Py_ssize_t)i, pair);
         }
         PyObject *dec = newlog ? decision_new(&d) : NULL;
         if (dec)
@@ -785,9 +781,9 @@ static PyMethodDef module_methods[] = {
     {"algorithm_name", algorithm_name, METH_O, "algorithm_name(n) -> str or None"},
     {NULL}};
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, .m_name = "traffic._traffic",
-    .m_doc = "libtraffic bindings; use the traffic package above it.", .m_size = -1, .m_methods = module_methods};
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, .m_name = "traffic._traffic",
+                                        .m_doc = "libtraffic bindings; use the traffic package above it.", .m_size = -1,
+                                        .m_methods = module_methods};
 
 PyMODINIT_FUNC PyInit__traffic(void)
 {
