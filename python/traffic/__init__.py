@@ -20,7 +20,11 @@ Redis), and each decision is one atomic step inside it.
 
 The FastAPI/Starlette parts (rate_limit, RateLimitMiddleware, RateLimitDependency,
 RateLimitExceeded) are imported on first use, so the backends work without Starlette.
+traffic.limits_storage offers the `limits` package (flask-limiter, slowapi) the URIs
+traffic+memory://NAME, traffic+sqlite://PATH and traffic+redis://...
 """
+
+import sys
 
 from . import _traffic
 from ._traffic import Decision, Rule
@@ -56,6 +60,9 @@ from .limiter import (
 )
 
 __version__ = "0.1.0"
+
+if "limits" in sys.modules:  # limits was imported first: offer it the traffic+ URIs now
+    from . import limits_storage  # noqa: F401
 
 _INTEGRATION = {"rate_limit", "RateLimitMiddleware", "RateLimitDependency", "RateLimitExceeded"}
 

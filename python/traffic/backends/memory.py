@@ -29,25 +29,41 @@ class PerProcessLimitWarning(RuntimeWarning):
     """An anonymous MemoryBackend made in a worker: the limit will not be shared."""
 
 
+def _frames():
+    frame = sys._getframe(2)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
 def _worker_origin():
-    """Why this process looks like a worker that was not forked from the app's process, or None."""
+    """Why this process looks like one of several workers that do not share an anonymous table
+    made here, or None. Read from the call stack, which runs the server's own code."""
     try:
         import multiprocessing
 
-        if multiprocessing.parent_process() is not None:
-            return "a process started by multiprocessing (uvicorn --workers spawns its workers so)"
+        spawned = multiprocessing.parent_process() is not None
     except Exception:  # pragma: no cover - multiprocessing unavailable
-        pass
+        spawned = False
+    if spawned:
+        # uvicorn runs each worker as subprocess_started(config, ...); with --reload alone
+        # there is one worker, and its own table is the whole server's.
+        config_type = getattr(sys.modules.get("uvicorn.config"), "Config", None)
+        for frame in _frames():
+            config = frame.f_locals.get("config")
+            if config_type is not None and isinstance(config, config_type):
+                if getattr(config, "workers", 1) <= 1:
+                    return None
+                return f"a worker of uvicorn --workers {config.workers} (each one a new process)"
+        return "a process started by multiprocessing (a worker of a server that spawns them)"
     # A gunicorn worker: some frame up the stack runs a gunicorn Worker's method (init_process
     # loading the app without --preload, or run() serving a request). The master loading the
     # app with --preload runs the Arbiter's, and its children then inherit the table.
     workers = sys.modules.get("gunicorn.workers.base")
     if workers is not None:
-        frame = sys._getframe(1)
-        while frame is not None:
+        for frame in _frames():
             if isinstance(frame.f_locals.get("self"), workers.Worker):
                 return "a gunicorn worker, after the fork (the app is not preloaded)"
-            frame = frame.f_back
     return None
 
 
