@@ -251,3 +251,16 @@ class _Decision:
     def __init__(self, allowed, limit, remaining, reset_after, retry_after, delay=0.0):
         self.allowed, self.limit, self.remaining = allowed, limit, remaining
         self.reset_after, self.retry_after, self.delay = reset_after, retry_after, delay
+
+
+def test_custom_backend_across_event_loops():
+    """A custom backend used from two event loops in turn (asyncio.run twice) still decides."""
+    backend = DictBackend()
+    lim = RateLimiter(backend)
+    config = RateLimitConfig(limit=3, window_size=60, algorithm=Algorithm.FIXED_WINDOW)
+
+    async def burst():
+        return [d.allowed for d in await asyncio.gather(*(lim.hit("loops", config) for _ in range(2)))]
+
+    assert asyncio.run(burst()) == [True, True]
+    assert asyncio.run(burst()) == [True, False]

@@ -16,6 +16,7 @@ import abc
 import asyncio
 import math
 import time
+import weakref
 
 from .. import _traffic
 from ..errors import WrongTypeError
@@ -70,9 +71,15 @@ class Backend(abc.ABC):
         This default keeps the state as ``{"algorithm": ..., "a": ..., "b": ..., "c": ...,
         "log": [[t_us, n], ...]}`` through get and set, on the wall clock in microseconds.
         """
-        lock = self.__dict__.get("_traffic_decide_lock")
+        # One lock per event loop (an asyncio.Lock belongs to the loop it first waits in, and a
+        # backend may outlive a loop: tests, or asyncio.run called twice).
+        locks = self.__dict__.get("_traffic_decide_locks")
+        if locks is None:
+            locks = self.__dict__["_traffic_decide_locks"] = weakref.WeakKeyDictionary()
+        loop = asyncio.get_running_loop()
+        lock = locks.get(loop)
         if lock is None:
-            lock = self.__dict__["_traffic_decide_lock"] = asyncio.Lock()
+            lock = locks[loop] = asyncio.Lock()
         async with lock:
             name = _algorithm_name(rule)
             stored = await self.get(key)
