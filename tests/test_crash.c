@@ -643,14 +643,14 @@ END_TEST
 
 START_TEST(broken_limit_store_short_is_caught)
 {
-    struct result r = run(MODE_SHORT, 20.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
+    struct result r = run(MODE_SHORT, 8.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
     ck_assert_msg(r.excess > 0, "short windows: deciding with a plain store went unnoticed");
 }
 END_TEST
 
 START_TEST(broken_limit_store_is_caught)
 {
-    struct result r = run(MODE_LIMIT, 20.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
+    struct result r = run(MODE_LIMIT, 8.0, 0, SHM_BROKEN_LIMIT_STORE, 0);
     ck_assert_msg(r.excess > 0, "deciding with a plain store instead of a compare-and-swap went unnoticed");
 }
 END_TEST
