@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages traffic builds and tests with, if any is missing.
 # Runs apt-get update first, as root or through sudo; does nothing when all are present.
+#   scripts/deps.sh --fuzz   also clang and its libFuzzer runtime, for fuzz/run.sh
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburcu-dev libsqlite3-dev libhiredis-dev check
       redis-server redis-sentinel)
+if [ "${1:-}" = --fuzz ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
