@@ -63,10 +63,22 @@ static void must(int rc, const char *what)
     if (rc != TRAFFIC_OK) fuzz_fail("building the template: %s: %s (%s)", what, traffic_strerror(rc), traffic_errmsg(NULL));
 }
 
+/* The hash seed is random per table; the template's is fixed, so that where each key lives,
+ * and therefore what an input's writes hit, is the same in every process (a crash found by
+ * one fuzzing run replays in the next). */
+#define FIXED_SEED UINT64_C(0x5eed5eed5eed5eed)
+
 static void build_template(void)
 {
     traffic_backend *b;
     traffic_memory_unlink(name);
+    must(traffic_open(url, &b), url);
+    must(traffic_close(b), "close");
+    uint64_t seed = FIXED_SEED;
+    int sfd = open(path, O_RDWR | O_CLOEXEC);
+    if (sfd < 0 || pwrite(sfd, &seed, sizeof seed, offsetof(struct shm_header, hash_seed)) != sizeof seed)
+        fuzz_fail("set the hash seed of %s", path);
+    close(sfd);
     must(traffic_open(url, &b), url);
     traffic_decision d;
     char v64[64];
@@ -96,13 +108,17 @@ static void build_template(void)
     close(fd);
     traffic_memory_unlink(name);
     memcpy(&geo, tmpl, sizeof geo);
-    /* This thread still holds participant record 0 (until its next call into the library):
-     * in the template, give it record 1's pristine, unlocked mutex, so that every input
-     * starts from a table nobody is attached to. */
+    /* This thread still holds a participant record (until its next call into the library):
+     * in the template, records of this process get the pristine, unlocked mutex of the last
+     * record, so that every input starts from a table nobody is attached to. */
     struct shm_part *parts = (struct shm_part *)(tmpl + geo.parts_off);
-    memcpy(&parts[0].lock, &parts[1].lock, sizeof parts[0].lock);
-    atomic_store(&parts[0].pid, 0);
-    atomic_store(&parts[0].epoch, 0);
+    for (uint32_t i = 0; i + 1 < SHM_MAX_PARTS && i < 8; i++)
+        if (atomic_load(&parts[i].pid) == getpid()) {
+            memcpy(&parts[i].lock, &parts[SHM_MAX_PARTS - 1].lock, sizeof parts[i].lock);
+            atomic_store(&parts[i].pid, 0);
+            atomic_store(&parts[i].epoch, 0);
+        }
+    if (geo.hash_seed != FIXED_SEED) fuzz_fail("the template's hash seed did not stay fixed");
     for (size_t pg = 0; pg * PAGE < tmpl_size; pg++)
         for (size_t i = pg * PAGE; i < tmpl_size && i < (pg + 1) * PAGE && !tmpl_used[pg]; i++)
             tmpl_used[pg] = tmpl[i] != 0;
