@@ -322,7 +322,6 @@ int traffic_limit(traffic_backend *b, const char *key, const traffic_rule *rule,
 
 /* 2^52 µs (142 years): with B I <= 2^51 too, every time a backend computes stays below 2^53,
  * exact in Lua's doubles. */
-#define LIMIT_NOW_MAX (INT64_C(1) << 52)
 
 int traffic_limit_at(traffic_backend *b, const char *key, const traffic_rule *rule, int64_t cost, int64_t now_us,
                      traffic_decision *out)

@@ -263,7 +263,7 @@ static int decide_fn(void *ctx, int present, uint64_t old_word, const void *old_
     }
     int64_t reset_us;
     int changed = limit_apply(&x->r, &st, x->now_us, x->cost, x->d, &reset_us);
-    if (changed < 0) return changed;
+    if (changed < 0) return SHM_ECORRUPT; /* the rule and now are checked: only the stored state is refused */
     u->denied = !x->d->allowed;
     if (changed) {
         u->store = 1;
@@ -308,7 +308,7 @@ static int m_limit(traffic_backend *b, const char *key, size_t klen, const traff
     if (rc == SHM_EINVAL)
         return traffic_backend_fail(b, rc, "sliding_window: \"%.64s\" would log requests 2^40 us apart", key);
     if (rc == SHM_ECORRUPT)
-        return traffic_backend_fail(b, rc, "the sliding_window log of \"%.64s\" is damaged", key);
+        return traffic_backend_fail(b, rc, "the %s state of \"%.64s\" is damaged", limit_algo_name(x.r.algo), key);
     return rc ? explain(b, rc, key, klen, 0) : rc;
 }
 

@@ -371,10 +371,39 @@ static void leaky_bucket(const limit_rule *r, traffic_limit_state *st, int64_t n
     o->reset_us = max64(st->a - now, 0);
 }
 
+/* Could decisions have left this state? A state comes from a store, and a store can be
+ * damaged (a SQLite row rewritten, a shared mapping scribbled on): the arithmetic above adds
+ * and multiplies its numbers, and overflowed on some of them (found by fuzz/fuzz_limit.c: a
+ * sliding window counter's window number of 2^33). Refused are the numbers no decision
+ * leaves and that the arithmetic cannot take: times of a magnitude of LIMIT_TIME_MAX or more
+ * (decisions store times below 2^53), window counts outside [0, TRAFFIC_WINDOW_LIMIT_MAX]
+ * (N + cost <= L; kept when a rule's limit is lowered), log entries of fewer than 1 or more
+ * than TRAFFIC_SLIDING_WINDOW_LIMIT_MAX requests, and a sliding window counter's window
+ * number whose window ends beyond LIMIT_TIME_MAX. That number may be negative: the memory
+ * backend reads a stored one as the nearest to now's, which can lie before window 0. */
+static int state_sane(const limit_rule *r, const traffic_limit_state *st)
+{
+    switch (r->algo) {
+    case TRAFFIC_FIXED_WINDOW:
+        return st->a > -LIMIT_TIME_MAX && st->a < LIMIT_TIME_MAX && st->b >= 0 && st->b <= TRAFFIC_WINDOW_LIMIT_MAX;
+    case TRAFFIC_SLIDING_WINDOW_COUNTER:
+        return st->a > -LIMIT_TIME_MAX && st->a < LIMIT_TIME_MAX / r->window_us && st->b >= 0 &&
+               st->b <= TRAFFIC_WINDOW_LIMIT_MAX && st->c >= 0 && st->c <= TRAFFIC_WINDOW_LIMIT_MAX;
+    case TRAFFIC_SLIDING_WINDOW:
+        if (st->nlog > st->log_cap || (st->nlog && !st->log)) return 0;
+        for (size_t i = 0; i < st->nlog; i++)
+            if (st->log[i].t_us < 0 || st->log[i].t_us >= LIMIT_TIME_MAX || st->log[i].n < 1 ||
+                st->log[i].n > TRAFFIC_SLIDING_WINDOW_LIMIT_MAX)
+                return 0;
+        return 1;
+    default: return st->a > -LIMIT_TIME_MAX && st->a < LIMIT_TIME_MAX; /* the buckets' T */
+    }
+}
+
 int traffic_limit_apply(const traffic_rule *rule, traffic_limit_state *st, int64_t now, int64_t cost,
                         traffic_decision *out)
 {
-    if (traffic_limit_check(rule, NULL, 0) != TRAFFIC_OK || !st || !out || cost < 0 || now < 0) return TRAFFIC_EINVAL;
+    if (traffic_limit_check(rule, NULL, 0) != TRAFFIC_OK || !st || !out || cost < 0) return TRAFFIC_EINVAL;
     limit_rule r;
     limit_rule_derive(rule, &r);
     return limit_apply(&r, st, now, cost, out, NULL);
@@ -384,6 +413,7 @@ int limit_apply(const limit_rule *rp, traffic_limit_state *st, int64_t now, int6
                 int64_t *reset_us)
 {
     const limit_rule r = *rp;
+    if (now < 0 || now >= LIMIT_TIME_MAX || !state_sane(&r, st)) return TRAFFIC_EINVAL;
     struct outcome o = {0};
     int peek = cost == 0;
     switch (r.algo) {

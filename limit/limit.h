@@ -29,8 +29,18 @@ const limit_rule *limit_rule_accept(const traffic_rule *r, char *msg, size_t msg
 /* The derived form of a rule already checked, through the same cache. */
 const limit_rule *limit_rule_cached(const traffic_rule *r);
 
-/* traffic_limit_apply on a derived rule (no checks: rule checked, cost >= 0, now >= 0), also
- * giving reset_after in µs (reset_us may be NULL), which a backend needs for the TTL. */
+/* Instants. traffic_limit_at takes now below LIMIT_NOW_MAX (the wall clock reaches it in 2112),
+ * so decisions store times below 2^53 (now + B I, B I <= 2^52). traffic_limit_apply takes any
+ * now and stored time of a magnitude below LIMIT_TIME_MAX, where its sums (a time plus a
+ * window, plus B I, a window's end) cannot overflow. */
+#define LIMIT_NOW_MAX  (INT64_C(1) << 52)
+#define LIMIT_TIME_MAX (INT64_C(1) << 62)
+
+/* traffic_limit_apply on a derived rule (no checks of the rule: checked, cost >= 0), also
+ * giving reset_after in µs (reset_us may be NULL), which a backend needs for the TTL.
+ * TRAFFIC_EINVAL for now outside [0, LIMIT_TIME_MAX), and for a state whose numbers no
+ * decision could have left (a damaged store: see state_sane in limit.c), which a backend
+ * reports as TRAFFIC_ECORRUPT. */
 int limit_apply(const limit_rule *r, traffic_limit_state *st, int64_t now, int64_t cost, traffic_decision *out,
                 int64_t *reset_us);
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages traffic builds and tests with, if any is missing.
 # Runs apt-get update first, as root or through sudo; does nothing when all are present.
+#   scripts/deps.sh --fuzz   also clang and its libFuzzer runtime, for fuzz/run.sh
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburcu-dev libsqlite3-dev libhiredis-dev check
       redis-server redis-sentinel
       # the Python package (python/) and its tests: Debian's python3 and python3-* only
       python3-dev python3-pytest python3-pytest-asyncio python3-fastapi python3-uvicorn gunicorn
       python3-httpx python3-redis python3-limits wrk)
+if [ "${1:-}" = --fuzz ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -83,7 +83,11 @@ TRAFFIC_API int traffic_limit_check(const traffic_rule *rule, char *msg, size_t 
 
 /* Decides a request of `cost` at now_us on state *st under a checked rule: fills *out and
  * updates *st. Returns 1 if *st changed and must be stored, 0 if not (a denial, a peek or a
- * state that only aged), or TRAFFIC_EINVAL (a log state with log_cap < limit, negative now). */
+ * state that only aged), or TRAFFIC_EINVAL: a log state with log_cap < limit, now_us outside
+ * [0, 2^62), or a state that no decision could have left, as a damaged store may hand over
+ * (a time outside (-2^62, 2^62), a window count outside [0, TRAFFIC_WINDOW_LIMIT_MAX], a log
+ * entry of fewer than 1 or more than TRAFFIC_SLIDING_WINDOW_LIMIT_MAX requests; a backend
+ * reports it as TRAFFIC_ECORRUPT). */
 TRAFFIC_API int traffic_limit_apply(const traffic_rule *rule, traffic_limit_state *st, int64_t now_us, int64_t cost,
                                     traffic_decision *out);
 
