@@ -15,7 +15,8 @@
 
 _Static_assert(SHM_ENOTFOUND == TRAFFIC_ENOTFOUND && SHM_EINVAL == TRAFFIC_EINVAL && SHM_ETOOBIG == TRAFFIC_ETOOBIG &&
                    SHM_EFULL == TRAFFIC_EFULL && SHM_ETYPE == TRAFFIC_ETYPE && SHM_EOVERFLOW == TRAFFIC_EOVERFLOW &&
-                   SHM_EIO == TRAFFIC_EIO && SHM_ECORRUPT == TRAFFIC_ECORRUPT && SHM_ENOMEM == TRAFFIC_ENOMEM &&
+                   SHM_EIO == TRAFFIC_EIO && SHM_ETIMEDOUT == TRAFFIC_ETIMEDOUT && SHM_ECORRUPT == TRAFFIC_ECORRUPT &&
+                   SHM_ENOMEM == TRAFFIC_ENOMEM &&
                    SHM_ERANGE == TRAFFIC_ERANGE && SHM_EPERM == TRAFFIC_EPERM,
                "shm statuses must equal the public ones");
 _Static_assert(SHM_KEY_LIMIT == TRAFFIC_KEY_MAX && SHM_VALUE_LIMIT == TRAFFIC_MEMORY_VALUE_MAX_LIMIT,
@@ -53,6 +54,11 @@ static int explain(traffic_backend *b, int rc, const char *key, size_t klen, siz
                                     key);
     case SHM_EOVERFLOW: return traffic_backend_fail(b, rc, "incrementing \"%.64s\" would overflow int64", key);
     case SHM_ENOTFOUND: return traffic_backend_fail(b, rc, "\"%.64s\" not found or expired", key);
+    case SHM_ETIMEDOUT:
+        return traffic_backend_fail(b, rc,
+                                    "\"%.64s\": a live process has held its home latch or its slot for 2 s "
+                                    "(stopped, or a damaged participant record)",
+                                    key);
     default: return rc;
     }
 }

@@ -30,7 +30,7 @@ const limit_rule *limit_rule_accept(const traffic_rule *r, char *msg, size_t msg
 const limit_rule *limit_rule_cached(const traffic_rule *r);
 
 /* Instants. traffic_limit_at takes now below LIMIT_NOW_MAX (the wall clock reaches it in 2112),
- * so decisions store times below 2^53 (now + B I, B I <= 2^52). traffic_limit_apply takes any
+ * so decisions store times below 2^53 (now + 2 B I at most, B I <= 2^51). traffic_limit_apply takes any
  * now and stored time of a magnitude below LIMIT_TIME_MAX, where its sums (a time plus a
  * window, plus B I, a window's end) cannot overflow. */
 #define LIMIT_NOW_MAX  (INT64_C(1) << 52)

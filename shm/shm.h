@@ -24,6 +24,7 @@ enum {
     SHM_ETYPE = -5,
     SHM_EOVERFLOW = -6,
     SHM_EIO = -7,
+    SHM_ETIMEDOUT = -9,
     SHM_ECORRUPT = -10,
     SHM_ENOMEM = -11,
     SHM_ERANGE = -12,

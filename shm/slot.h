@@ -23,6 +23,10 @@
 #define SPIN_BEFORE_CHECK 128  /* busy-waits before a liveness check of the slot's owner */
 #define INSERT_WAIT_MS    200  /* how long an insert waits for a stalled epoch before EFULL */
 #define REAP_BATCH        1024 /* slots per pinned stretch of a reaper pass */
+/* How long an operation waits for a live owner of a latch or of a WRITING slot before it
+ * gives up with SHM_ETIMEDOUT: a stopped process (SIGSTOP, a debugger) holds them, and so does
+ * a damaged participant record that reads as a live holder. Never a hang. */
+#define OWNER_WAIT_MS     2000
 
 static inline void cpu_relax(void)
 {
@@ -252,7 +256,8 @@ int tbl_retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uin
 /* Retires an entry found expired (control word c), 1 if done. For a word state it first
  * marks the expiry word dead (state.c explains why). */
 int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat);
-/* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl. */
+/* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl,
+ * or 0 (never a slot's word after WRITING) when a live owner held it for OWNER_WAIT_MS. */
 uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c);
 /* Inserts key as in->type unless a live unexpired entry of it exists: INS_DONE, INS_FOUND
  * (that entry in *found, *fctl; any type unless in->type is TYPE_BYTES, which replaces other

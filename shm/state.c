@@ -133,7 +133,7 @@ static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot
     for (;;) {
         unsigned st = CTL_STATE(c);
         if (st == ST_WRITING) { /* another decision is being written: wait for it (or undo it) */
-            c = tbl_wait_writer(t, me, s, c);
+            if (!(c = tbl_wait_writer(t, me, s, c))) return SHM_ETIMEDOUT;
             continue;
         }
         if (st != ST_LIVE) return AGAIN;

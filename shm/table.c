@@ -84,11 +84,14 @@ static int recover_slot(struct shm_table *t, struct shm_self *me, struct shm_slo
 /* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl. */
 uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c)
 {
+    int64_t deadline = 0;
     for (unsigned spins = 1;; spins++) {
         uint64_t now = ctl_load(s);
         if (now != c) return now;
         if (spins % SPIN_BEFORE_CHECK == 0) {
             if (recover_slot(t, me, s, c)) return ctl_load(s);
+            if (!deadline) deadline = shm_now_ms() + OWNER_WAIT_MS;
+            else if (spins % (64 * SPIN_BEFORE_CHECK) == 0 && shm_now_ms() > deadline) return 0;
             sched_yield();
         } else {
             cpu_relax();
@@ -98,11 +101,13 @@ uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_sl
 
 /* ---- home latch ------------------------------------------------------------------------------ */
 
-/* Returns 1 if the latch was taken from a dead owner (then probe_max may be stale: the dead
+/* Returns -1 if a live owner held it for OWNER_WAIT_MS (see slot.h), 1 if the latch was taken
+ * from a dead owner (then probe_max may be stale: the dead
  * owner never released, so nothing ordered its last stores before ours). */
 static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_slot *home)
 {
     if (shm_broken & SHM_BROKEN_NO_LATCH) return 0;
+    int64_t deadline = 0;
     for (unsigned spins = 1;; spins++) {
         uint32_t cur = 0;
         if (atomic_compare_exchange_weak_explicit(&home->latch, &cur, me->token, memory_order_acquire,
@@ -119,6 +124,8 @@ static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_sl
                 shm_stat_add(me, STAT_RECOVERED, 1);
                 return 1;
             }
+            if (!deadline) deadline = shm_now_ms() + OWNER_WAIT_MS;
+            else if (spins % (64 * SPIN_BEFORE_CHECK) == 0 && shm_now_ms() > deadline) return -1;
             sched_yield();
         } else {
             cpu_relax();
@@ -269,6 +276,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     if (shm_touched_mark(t, home) != SHM_OK) return SHM_EFULL; /* no backing for its page */
     atomic_thread_fence(memory_order_release);
     int stolen = latch_acquire(t, me, home);
+    if (stolen < 0) return SHM_ETIMEDOUT;
     shm_debug_crash(SHM_CRASH_HOLDING_LATCH);
     uint32_t bound = stolen ? MAX_PROBE : atomic_load_explicit(&home->probe_max, memory_order_acquire);
     if (bound > MAX_PROBE) bound = MAX_PROBE; /* damage (see lookup) */
@@ -284,12 +292,16 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
         }
         /* Expired, or a counter or state that a set replaces: retire it (a lost CAS means the entry
          * changed under us: look again). */
-        if (expired && CTL_STATE(c) == ST_WRITING) /* its write brings a new expiry: wait for it */
-            tbl_wait_writer(t, me, s, c);
-        else if (expired)
+        if (expired && CTL_STATE(c) == ST_WRITING) { /* its write brings a new expiry: wait for it */
+            if (!tbl_wait_writer(t, me, s, c)) {
+                latch_release(home);
+                return SHM_ETIMEDOUT;
+            }
+        } else if (expired) {
             tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
-        else
+        } else {
             tbl_retire(t, me, s, c, -1);
+        }
     }
 
     /* Reserve room; over max_size, evict one entry first. If no live entry can be found to
@@ -514,14 +526,15 @@ int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t
     return rc;
 }
 
-/* Writes a new value into a live bytes entry (I4). 0 done, -1 the entry is gone. */
+/* Writes a new value into a live bytes entry (I4). 0 done, -1 the entry is gone, -2 its
+ * writer held it for OWNER_WAIT_MS. */
 static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, const void *val,
                           size_t len, int64_t expires)
 {
     for (;;) {
         unsigned st = CTL_STATE(c);
         if (st == ST_WRITING) {
-            c = tbl_wait_writer(t, me, s, c);
+            if (!(c = tbl_wait_writer(t, me, s, c))) return -2;
             continue;
         }
         if (st != ST_LIVE) return -1;
@@ -557,8 +570,9 @@ int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t 
             rc = tbl_insert_retrying(t, me, &k, &in, &s, &c);
             if (rc != INS_FOUND) break;
         }
-        if (write_in_place(t, me, s, c, val, len, expires) == 0) {
-            rc = SHM_OK;
+        int w = write_in_place(t, me, s, c, val, len, expires);
+        if (w == 0 || w == -2) {
+            rc = w == 0 ? SHM_OK : SHM_ETIMEDOUT;
             break;
         }
     }
