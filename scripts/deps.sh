@@ -6,7 +6,7 @@ pkgs=(build-essential cmake pkg-config liburcu-dev libsqlite3-dev libhiredis-dev
       redis-server redis-sentinel
       # the Python package (python/) and its tests: Debian's python3 and python3-* only
       python3-dev python3-pytest python3-pytest-asyncio python3-fastapi python3-uvicorn gunicorn
-      python3-httpx python3-redis python3-limits wrk)
+      python3-httpx python3-redis python3-limits python3-flask-limiter wrk)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
