@@ -7,7 +7,7 @@ pkgs=(build-essential cmake pkg-config liburcu-dev libsqlite3-dev libhiredis-dev
       redis-server redis-sentinel
       # the Python package (python/) and its tests: Debian's python3 and python3-* only
       python3-dev python3-pytest python3-pytest-asyncio python3-fastapi python3-uvicorn gunicorn
-      python3-httpx python3-redis python3-limits wrk)
+      python3-httpx python3-redis python3-limits python3-flask-limiter wrk)
 if [ "${1:-}" = --fuzz ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -532,7 +532,9 @@ static PyObject *store_limit(Store *s, PyObject *const *args, Py_ssize_t nargs)
     return decision_new(&d);
 }
 
-/* limit_at(key, rule, cost, now_us) -> Decision: traffic_limit_at, for tests. */
+/* limit_at(key, rule, cost, now_us) -> Decision: traffic_limit_at. For tests, and for the
+ * `limits` package's elastic window (traffic/limits_storage.py), which decides every hit of a
+ * key at one fixed instant so that only the key's storage TTL, on the real clock, ends it. */
 static PyObject *store_limit_at(Store *s, PyObject *args)
 {
     PyObject *keyobj;
@@ -810,6 +812,9 @@ PyMODINIT_FUNC PyInit__traffic(void)
         {"EPERM", TRAFFIC_EPERM},
         {"ENOTSUP", TRAFFIC_ENOTSUP},
         {"KEY_MAX", TRAFFIC_KEY_MAX},
+        {"WINDOW_LIMIT_MAX", TRAFFIC_WINDOW_LIMIT_MAX},
+        {"SLIDING_WINDOW_LIMIT_MAX", TRAFFIC_SLIDING_WINDOW_LIMIT_MAX},
+        {"MEMORY_VALUE_MAX_LIMIT", TRAFFIC_MEMORY_VALUE_MAX_LIMIT},
         {"SLIDING_WINDOW_COUNTER", TRAFFIC_SLIDING_WINDOW_COUNTER},
         {"FIXED_WINDOW", TRAFFIC_FIXED_WINDOW},
         {"SLIDING_WINDOW", TRAFFIC_SLIDING_WINDOW},

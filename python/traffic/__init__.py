@@ -20,8 +20,9 @@ Redis), and each decision is one atomic step inside it.
 
 The FastAPI/Starlette parts (rate_limit, RateLimitMiddleware, RateLimitDependency,
 RateLimitExceeded) are imported on first use, so the backends work without Starlette.
-traffic.limits_storage offers the `limits` package (flask-limiter, slowapi) the URIs
-traffic+memory://NAME, traffic+sqlite://PATH and traffic+redis://...
+Importing traffic offers the `limits` package (flask-limiter, slowapi) the storage URIs
+traffic+memory://NAME, traffic+sqlite:///PATH, traffic+redis://... (traffic.limits_storage),
+whichever of the two is imported first.
 """
 
 import sys
@@ -61,8 +62,9 @@ from .limiter import (
 
 __version__ = "0.1.0"
 
-if "limits" in sys.modules:  # limits was imported first: offer it the traffic+ URIs now
-    from . import limits_storage  # noqa: F401
+from . import _limits_hook  # noqa: E402
+
+_limits_hook.register()  # the traffic+ URIs for the `limits` package: now, or when it is imported
 
 _INTEGRATION = {"rate_limit", "RateLimitMiddleware", "RateLimitDependency", "RateLimitExceeded"}
 

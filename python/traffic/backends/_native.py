@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import urllib.parse
 
 from .base import Backend
 
@@ -45,6 +46,37 @@ def decode_value(raw):
         return _loads(raw)
     except ValueError:
         return raw
+
+
+def quote(text):
+    """text as a URL component: every byte but unreserved ones percent-encoded, as libtraffic
+    decodes them (userinfo, paths, parameter values)."""
+    return urllib.parse.quote(str(text), safe="")
+
+
+def with_params(url, params):
+    """url with `name=value` parameters added (values percent-encoded); None values left out."""
+    pairs = [f"{name}={quote(value)}" for name, value in params if value is not None]
+    if not pairs:
+        return url
+    return url + ("&" if "?" in url else "?") + "&".join(pairs)
+
+
+def with_fallback(url, fallback=None, fallback_backoff=None, fallback_backoff_max=None):
+    """url with libtraffic's fallback= parameters (traffic.h, "When the store is down"): a store
+    that answers while this one is down, and the circuit breaker's back-off. The fallback's URL
+    is percent-encoded whole, so its own parameters stay its own."""
+    if fallback is None:
+        if fallback_backoff is not None or fallback_backoff_max is not None:
+            from .. import _traffic
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError("fallback_backoff and fallback_backoff_max need a fallback URL", _traffic.EINVAL)
+        return url
+    if not isinstance(fallback, str):
+        raise TypeError(f"fallback must be a store URL (str), not {type(fallback).__name__}")
+    return with_params(url, [("fallback", fallback), ("fallback_backoff", fallback_backoff),
+                             ("fallback_backoff_max", fallback_backoff_max)])
 
 
 def ttl_seconds(ttl):

@@ -22,7 +22,7 @@ import sys
 import warnings
 
 from .. import _traffic
-from ._native import NativeBackend, decode_value, encode_value, ttl_seconds
+from ._native import NativeBackend, decode_value, encode_value, ttl_seconds, with_fallback, with_params
 
 
 class PerProcessLimitWarning(RuntimeWarning):
@@ -77,11 +77,15 @@ class MemoryBackend(NativeBackend):
     :param value_max: longest value in bytes (default 256; a new table only).
     :param key_max: longest key in bytes (default 250; a new table only).
     :param mode: permission bits of a new named table (default 0o600).
+    :param fallback: the URL of a store that answers while this one is down (libtraffic's
+        fallback=, with fallback_backoff and fallback_backoff_max; see RedisBackend.from_url).
+        A memory table is never down, so this is for symmetry with the other backends.
     """
 
     _kind = "memory"
 
-    def __init__(self, max_size=10000, cleanup_interval=60, *, name=None, value_max=None, key_max=None, mode=None):
+    def __init__(self, max_size=10000, cleanup_interval=60, *, name=None, value_max=None, key_max=None, mode=None,
+                 fallback=None, fallback_backoff=None, fallback_backoff_max=None):
         super().__init__()
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
@@ -101,9 +105,19 @@ class MemoryBackend(NativeBackend):
                     PerProcessLimitWarning,
                     stacklevel=2,
                 )
-        self._store = _traffic.open_memory(
-            name, int(max_size), float(cleanup_interval), int(key_max or 0), int(value_max or 0), int(mode or 0)
-        )
+        if fallback is None and fallback_backoff is None and fallback_backoff_max is None:
+            self._store = _traffic.open_memory(
+                name, int(max_size), float(cleanup_interval), int(key_max or 0), int(value_max or 0), int(mode or 0)
+            )
+        else:
+            url = with_params(f"memory://{name or ''}", [
+                ("max_size", int(max_size)), ("cleanup_interval", float(cleanup_interval)),
+                ("key_max", int(key_max) if key_max else None), ("value_max", int(value_max) if value_max else None),
+                ("mode", f"{int(mode):o}" if mode else None)])
+            # A memory primary answers by itself (it never fails with EUNAVAILABLE or
+            # ETIMEDOUT), so its calls keep the GIL with or without a fallback.
+            self._store = _traffic.open_url(with_fallback(url, fallback, fallback_backoff, fallback_backoff_max),
+                                            False)
         # The limiter calls this directly, without a coroutine in between (see RateLimiter).
         self._limit_now = self._store.limit
 

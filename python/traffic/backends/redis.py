@@ -11,7 +11,7 @@ the seed's URL forms and libtraffic's own:
     redis+cluster://h1:p1,h2:p2                         Cluster (libtraffic's form)
 
 Query parameters: db, prefix, timeout, pool_size (and redis-py's socket_timeout,
-max_connections). Keyword arguments: password, username, db, timeout / socket_timeout /
+max_connections), and libtraffic's fallback, fallback_backoff, fallback_backoff_max. Keyword arguments: password, username, db, timeout / socket_timeout /
 socket_connect_timeout (seconds; the largest given wins), pool_size / max_connections;
 redis-py's decode_responses, encoding, health_check_interval and retry_on_timeout are accepted
 and have nothing to do here. rediss:// is refused: the hiredis this is built on has no TLS.
@@ -19,6 +19,15 @@ and have nothing to do here. rediss:// is refused: the hiredis this is built on 
 The seed's default key_prefix is "", so keys are stored under their own names; give one
 (``key_prefix="myapp:ratelimit:"``) to share a database with other data - clear() removes
 only the keys under it (SCAN + UNLINK, never FLUSHDB; with "" that is the whole database).
+
+``fallback="memory://myapp-fallback"`` (keyword or URL parameter) names a store that answers
+while Redis is down - libtraffic's fallback= (traffic.h, "When the store is down"): a call that
+Redis fails with UnavailableError or StoreTimeoutError is answered by the fallback, a circuit
+breaker shared by the host's processes (kept in the fallback's memory table) skips Redis for a
+back-off interval (fallback_backoff, default 0.05 s, doubling up to fallback_backoff_max, 5 s)
+and one probe per interval sees whether it is back. A Redis that cannot be reached at
+from_url() does not fail it: the backend starts on the fallback. get_stats() tells which store
+serves ("serving": "primary" or "fallback").
 
 Every call runs in a thread pool with the GIL released: a server that is slow or frozen
 (SIGSTOP) costs a worker thread up to ``timeout`` (1 s by default), never the event loop.
@@ -29,7 +38,7 @@ import urllib.parse
 
 from .. import _traffic
 from ..errors import InvalidArgumentError
-from ._native import NativeBackend
+from ._native import NativeBackend, quote, with_fallback, with_params
 
 # redis-py keyword arguments that configure its client, not the store: accepted, unused.
 _IGNORED_KWARGS = {"decode_responses", "encoding", "encoding_errors", "health_check_interval", "retry_on_timeout",
@@ -74,7 +83,8 @@ def redis_options(url, key_prefix="", sentinel_master=None, **kwargs):
         raise _invalid(f"unknown URL scheme {parts.scheme!r} (want redis://, unix://, redis+sentinel://, ...)")
     user, password, hosts = _split_hosts(parts.netloc)
     opts = {"mode": _traffic.REDIS_TCP, "hosts": None, "path": None, "master": None, "user": user,
-            "password": password, "db": 0, "prefix": None, "timeout": 0.0, "pool_size": 0}
+            "password": password, "db": 0, "prefix": None, "timeout": 0.0, "pool_size": 0,
+            "fallback": None, "fallback_backoff": None, "fallback_backoff_max": None}
     path = urllib.parse.unquote(parts.path)
     if scheme in ("unix", "redis+unix"):
         opts["mode"] = _traffic.REDIS_UNIX
@@ -123,6 +133,10 @@ def redis_options(url, key_prefix="", sentinel_master=None, **kwargs):
                 opts["pool_size"] = int(value)
             elif name in ("password", "username", "user"):
                 opts["password" if name == "password" else "user"] = value
+            elif name == "fallback":
+                opts["fallback"] = value
+            elif name in ("fallback_backoff", "fallback_backoff_max"):
+                opts[name] = float(value)
             else:
                 raise _invalid(f"{url}: unknown parameter {name!r}")
         except ValueError as e:
@@ -143,6 +157,12 @@ def redis_options(url, key_prefix="", sentinel_master=None, **kwargs):
         elif name in ("pool_size", "max_connections"):
             if value is not None:
                 opts["pool_size"] = int(value)
+        elif name == "fallback":
+            if value is not None:
+                opts["fallback"] = value
+        elif name in ("fallback_backoff", "fallback_backoff_max"):
+            if value is not None:
+                opts[name] = float(value)
         elif name in _IGNORED_KWARGS:
             pass
         else:
@@ -161,6 +181,27 @@ def redis_options(url, key_prefix="", sentinel_master=None, **kwargs):
     return opts
 
 
+def redis_url(opts):
+    """libtraffic's URL for the typed options of redis_options() (with fallback= when given):
+    the form traffic_open parses back into the same options (traffic.h, "Redis backend")."""
+    auth = ""
+    if opts["password"] is not None:
+        auth = (quote(opts["user"]) if opts["user"] else "") + ":" + quote(opts["password"]) + "@"
+    mode = opts["mode"]
+    if mode == _traffic.REDIS_UNIX:
+        url = f"redis+unix://{auth}{urllib.parse.quote(opts['path'], safe='/')}?db={opts['db']}"
+    elif mode == _traffic.REDIS_SENTINEL:
+        url = f"redis+sentinel://{auth}{opts['hosts']}/{quote(opts['master'])}/{opts['db']}"
+    elif mode == _traffic.REDIS_CLUSTER:
+        url = f"redis+cluster://{auth}{opts['hosts']}"
+    else:
+        url = f"redis://{auth}{opts['hosts'] or '127.0.0.1:6379'}/{opts['db']}"
+    # The prefix always: the seed's default is "", libtraffic's "traffic:".
+    url = with_params(url, [("prefix", opts["prefix"]), ("timeout", opts["timeout"] or None),
+                            ("pool_size", opts["pool_size"] or None)])
+    return with_fallback(url, opts["fallback"], opts["fallback_backoff"], opts["fallback_backoff_max"])
+
+
 class RedisBackend(NativeBackend):
     """Redis storage backend for distributed rate limiting. Make one with ``await from_url(...)``."""
 
@@ -177,6 +218,11 @@ class RedisBackend(NativeBackend):
         """Connects (to every master of a cluster), authenticates and loads the Lua script."""
         opts = redis_options(url, key_prefix, sentinel_master, **kwargs)
         loop = asyncio.get_running_loop()
+        if opts["fallback"] is not None:
+            store = await loop.run_in_executor(None, _traffic.open_url, redis_url(opts), True)
+            return cls(store, url=url, key_prefix=opts["prefix"])
+        if opts["fallback_backoff"] is not None or opts["fallback_backoff_max"] is not None:
+            raise _invalid("fallback_backoff and fallback_backoff_max need a fallback URL")
         store = await loop.run_in_executor(
             None,
             _traffic.open_redis,
