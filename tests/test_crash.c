@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../shm/shm.h"
+#include "../shm/layout.h"
 #include "testutil.h"
 
 #define WORKERS   4
@@ -269,6 +269,12 @@ static int64_t short_violations(struct scratch *sc)
             if (n > SHORT_LOG) n = SHORT_LOG;
             struct admission *v = sc->shortlog[a][k];
             qsort(v, n, sizeof *v, cmp_admission);
+            /* entries counted but not yet written (a copy taken while the workers run, or a
+             * worker killed in between) are zeros: they sort first; skip them */
+            while (n && v[0].s == 0) {
+                v++;
+                n--;
+            }
             int N = short_algos[a] == TRAFFIC_SLIDING_WINDOW ? SHORT_L + 1 : 2 * SHORT_L + 1;
             int64_t need = short_algos[a] == TRAFFIC_TOKEN_BUCKET ? (N - SHORT_L) * (SHORT_W_US / SHORT_L) : SHORT_W_US;
             for (uint32_t i = 0; i + (uint32_t)N <= n; i++) {
@@ -424,6 +430,18 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     struct scratch *sc = tu_shared(sizeof *sc);
     traffic_backend *b;
     TU_OK(NULL, traffic_open(url, &b));
+    if (mode == MODE_FRESH) {
+        /* Every page of heads reserved and marked up front: the first insert into a page
+         * otherwise pays a fallocate (layout.h), which spreads the lockstep workers apart and
+         * makes the races the latch prevents (and broken_no_latch_is_caught must see) rare. */
+        shm_params fp = {.name = name};
+        shm_table *ft;
+        char ferr[128];
+        ck_assert_int_eq(shm_open_table(&fp, &ft, ferr, sizeof ferr), SHM_OK);
+        for (uint64_t i = 0; i < ft->capacity; i += 1u << (SHM_CHUNK_SHIFT - ft->head_shift))
+            ck_assert_int_eq(shm_touched_mark(ft, shm_slot_at(ft, i)), SHM_OK);
+        shm_close_table(ft);
+    }
     pid_t pids[WORKERS];
     for (int w = 0; w < WORKERS; w++)
         pids[w] = spawn(url, sc, w, mode);
