@@ -447,7 +447,8 @@ typedef int (*traffic_scan_fn)(void *ctx, const char *key, size_t klen, int kind
  *           under this handle's prefix, reported without it
  *   fallback= the store serving (see "When the store is down"); a scan that the primary fails
  *           after it reported keys is not replayed on the fallback (that would mix two stores'
- *           keys): it fails with the primary's status
+ *           keys): it fails with the primary's status. A memory fallback's own keys include
+ *           the breaker's (traffic:breaker:...), listed like any other
  * @retval TRAFFIC_OK      every matching key was reported
  * @retval other           fn's non-zero return value, when fn stopped the scan
  * @retval TRAFFIC_EINVAL  NULL handle or fn, a glob over TRAFFIC_GLOB_MAX bytes
