@@ -59,8 +59,9 @@ int shm_scan_batch(shm_table *t, uint64_t *cursor, shm_scan_entry *out, size_t *
         uint64_t c = (i << t->head_shift) >> SHM_CHUNK_SHIFT;
         work++;
         /* acquire: pairs with shm_touched_mark's release, after which the page has backing */
-        if (!(atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & (1ull << (c % 64)))) {
-            i = (c + 1) * per_chunk; /* never held an entry: skip the page unread */
+        uint64_t word = atomic_load_explicit(&t->touched[c / 64], memory_order_acquire);
+        if (!(word & (1ull << (c % 64)))) { /* never held an entry: skip the page unread */
+            i = (word ? c + 1 : (c / 64 + 1) * 64) * per_chunk; /* or the word's 64 pages at once */
             continue;
         }
         *n += (size_t)copy_entry(t, shm_slot_at(t, i), now_ms, &out[*n]);
