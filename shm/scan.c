@@ -60,8 +60,10 @@ int shm_scan_batch(shm_table *t, uint64_t *cursor, shm_scan_entry *out, size_t *
         work++;
         /* acquire: pairs with shm_touched_mark's release, after which the page has backing */
         uint64_t word = atomic_load_explicit(&t->touched[c / 64], memory_order_acquire);
-        if (!(word & (1ull << (c % 64)))) { /* never held an entry: skip the page unread */
-            i = (word ? c + 1 : (c / 64 + 1) * 64) * per_chunk; /* or the word's 64 pages at once */
+        if (!(word & (1ull << (c % 64)))) {
+            /* never held an entry: skip the page unread (and with it the word's other 63 if
+             * none of them did either) */
+            i = (word ? c + 1 : (c / 64 + 1) * 64) * per_chunk;
             continue;
         }
         *n += (size_t)copy_entry(t, shm_slot_at(t, i), now_ms, &out[*n]);
