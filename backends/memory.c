@@ -403,7 +403,9 @@ static int m_scan(traffic_backend *b, const char *glob, traffic_scan_fn fn, void
 
 static int m_reap(traffic_backend *b, uint64_t *removed)
 {
-    int rc = shm_reap_pass(T(b), removed);
+    uint64_t n = 0;
+    int rc = shm_reap_pass(T(b), &n);
+    *removed += n;
     return rc ? traffic_backend_fail(b, rc, "reap: %u threads are attached to this table already",
                                      TRAFFIC_MEMORY_MAX_PARTICIPANTS)
               : rc;
