@@ -217,7 +217,7 @@ static void breaker_probed(fallback_backend *f, int rc)
 
 /* ---- calls ------------------------------------------------------------------------------- */
 
-enum op { OP_GET, OP_SET, OP_DEL, OP_EXISTS, OP_INCR, OP_TTL, OP_CLEAR, OP_STATS, OP_LIMIT };
+enum op { OP_GET, OP_SET, OP_DEL, OP_EXISTS, OP_INCR, OP_TTL, OP_CLEAR, OP_STATS, OP_LIMIT, OP_SCAN };
 
 /* One call of the vtable, replayable on either store. */
 typedef struct call {
@@ -233,10 +233,22 @@ typedef struct call {
     int64_t cost, now_us;
     traffic_decision *dec;
     struct traffic_stats *stats;
-    int by_fallback; /* set by dispatch: which store answered */
+    const char *glob; /* OP_SCAN */
+    traffic_scan_fn fn;
+    void *ctx;
+    uint64_t reported; /* OP_SCAN: keys passed to fn so far */
+    int by_fallback;   /* set by dispatch: which store answered */
 } call;
 
-static int run(traffic_backend *t, const call *c)
+/* OP_SCAN's fn, counting what the caller was shown. */
+static int scan_relay(void *ctx, const char *key, size_t klen, int kind, double ttl)
+{
+    call *c = ctx;
+    c->reported++;
+    return c->fn(c->ctx, key, klen, kind, ttl);
+}
+
+static int run(traffic_backend *t, call *c)
 {
     switch (c->op) {
     case OP_GET: return t->ops->get(t, c->key, c->klen, c->buf, c->cap, c->len);
@@ -251,6 +263,10 @@ static int run(traffic_backend *t, const call *c)
         if (!t->ops->limit)
             return traffic_backend_fail(t, TRAFFIC_ENOTSUP, "the %s backend has no rate-limit decisions", t->ops->name);
         return t->ops->limit(t, c->key, c->klen, c->rule, c->cost, c->now_us, c->dec);
+    case OP_SCAN:
+        if (!t->ops->scan)
+            return traffic_backend_fail(t, TRAFFIC_ENOTSUP, "the %s backend cannot list its keys", t->ops->name);
+        return t->ops->scan(t, c->glob, scan_relay, (void *)c);
     }
     return traffic_backend_fail(t, TRAFFIC_EINVAL, "unknown operation %d", (int)c->op);
 }
@@ -306,7 +322,9 @@ static int dispatch(fallback_backend *f, call *c)
     else if (is_outage(rc))
         breaker_trip(f);
     if (rc == FB_BUSY) return on_fallback(f, c);
-    if (!is_outage(rc)) return p ? relay(f, p, rc, "") : rc;
+    /* A scan that showed the caller some of the primary's keys is not replayed on the fallback:
+     * the caller would get the keys of two stores mixed. */
+    if (!is_outage(rc) || c->reported) return p ? relay(f, p, rc, "") : rc;
     atomic_fetch_add_explicit(&f->primary_failures, 1, memory_order_relaxed);
     return on_fallback(f, c);
 }
@@ -360,6 +378,28 @@ static int fb_limit(traffic_backend *b, const char *key, size_t klen, const traf
 {
     call c = {.op = OP_LIMIT, .key = key, .klen = klen, .rule = rule, .cost = cost, .now_us = now_us, .dec = out};
     return dispatch(FB(b), &c);
+}
+
+static int fb_scan(traffic_backend *b, const char *glob, traffic_scan_fn fn, void *ctx)
+{
+    call c = {.op = OP_SCAN, .glob = glob, .fn = fn, .ctx = ctx};
+    return dispatch(FB(b), &c);
+}
+
+/* A cleanup pass in each store that has one, as the cleanup threads (below). */
+static int fb_reap(traffic_backend *b, uint64_t *removed)
+{
+    fallback_backend *f = FB(b);
+    traffic_backend *t[2] = {f->fallback, atomic_load_explicit(&f->primary, memory_order_acquire)};
+    int reaped = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!t[i] || !t[i]->ops->reap) continue;
+        int rc = t[i]->ops->reap(t[i], removed);
+        if (rc == TRAFFIC_ENOTSUP) continue;
+        if (rc) return relay(f, t[i], rc, i ? "" : "fallback: ");
+        reaped = 1;
+    }
+    return reaped ? TRAFFIC_OK : traffic_backend_fail(b, TRAFFIC_ENOTSUP, "neither store has a cleanup pass");
 }
 
 /* The serving store's figures (it names itself in out->backend), then the breaker's. */
@@ -438,6 +478,8 @@ static const traffic_backend_ops fallback_ops = {
     .start_cleanup = fb_start_cleanup,
     .stop_cleanup = fb_stop_cleanup,
     .limit = fb_limit,
+    .scan = fb_scan,
+    .reap = fb_reap,
 };
 
 /* ---- opening ----------------------------------------------------------------------------- */

@@ -367,6 +367,56 @@ out:
     return rc;
 }
 
+/* ---- listing keys, cleanup on demand --------------------------------------------------------
+ * shm_scan_batch copies a batch of entries while pinned; the glob and fn run here, unpinned
+ * (shm.h), so that fn may take its time and call the table itself. */
+
+static int kind_of(unsigned type)
+{
+    if (type == SHM_TYPE_BYTES) return TRAFFIC_KIND_BYTES;
+    if (type == SHM_TYPE_COUNTER) return TRAFFIC_KIND_COUNTER;
+    /* state_type: the kind of a state entry is its algorithm */
+    if (type >= SHM_TYPE_WORD(0) && type < SHM_TYPE_WORD(SHM_STATE_KINDS))
+        return TRAFFIC_KIND_LIMIT + (int)(type - SHM_TYPE_WORD(0));
+    if (type >= SHM_TYPE_BLOB(0) && type < SHM_TYPE_BLOB(SHM_STATE_KINDS))
+        return TRAFFIC_KIND_LIMIT + (int)(type - SHM_TYPE_BLOB(0));
+    return TRAFFIC_KIND_OTHER;
+}
+
+static int m_scan(traffic_backend *b, const char *glob, traffic_scan_fn fn, void *ctx)
+{
+    shm_scan_entry *batch = malloc(SHM_SCAN_BATCH * sizeof *batch);
+    if (!batch) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "no memory for a scan batch");
+    uint64_t cursor = 0;
+    int rc = 0, done = 0;
+    while (!rc && !done) {
+        size_t n = 0;
+        done = shm_scan_batch(T(b), &cursor, batch, &n);
+        if (done < 0) {
+            rc = traffic_backend_fail(b, done, "scan: %u threads are attached to this table already",
+                                      TRAFFIC_MEMORY_MAX_PARTICIPANTS);
+            break;
+        }
+        for (size_t i = 0; i < n && !rc; i++) {
+            const shm_scan_entry *e = &batch[i];
+            if (traffic_glob_match(glob, e->key, e->klen))
+                rc = fn(ctx, e->key, e->klen, kind_of(e->type), e->ttl_ms < 0 ? -1.0 : (double)e->ttl_ms / 1000.0);
+        }
+    }
+    free(batch);
+    return rc;
+}
+
+static int m_reap(traffic_backend *b, uint64_t *removed)
+{
+    uint64_t n = 0;
+    int rc = shm_reap_pass(T(b), &n);
+    *removed += n;
+    return rc ? traffic_backend_fail(b, rc, "reap: %u threads are attached to this table already",
+                                     TRAFFIC_MEMORY_MAX_PARTICIPANTS)
+              : rc;
+}
+
 static const traffic_backend_ops memory_ops = {
     .name = "memory",
     .close = m_close,
@@ -381,6 +431,8 @@ static const traffic_backend_ops memory_ops = {
     .start_cleanup = m_start_cleanup,
     .stop_cleanup = m_stop_cleanup,
     .limit = m_limit,
+    .scan = m_scan,
+    .reap = m_reap,
 };
 
 int traffic_memory_open(const traffic_memory_options *o, traffic_backend **out)

@@ -260,21 +260,6 @@ static int r_increment(traffic_backend *b, const char *key, size_t klen, int64_t
 
 /* ---- clear and stats: every master, keys under the prefix ------------------------------ */
 
-/* The SCAN pattern matching exactly the keys that start with the prefix: glob-escaped + "*". */
-static char *prefix_pattern(const rx_handle *h)
-{
-    char *p = malloc(2 * h->cfg.prefix_len + 2), *w = p;
-    if (!p) return NULL;
-    for (size_t i = 0; i < h->cfg.prefix_len; i++) {
-        char ch = h->cfg.prefix[i];
-        if (ch == '*' || ch == '?' || ch == '[' || ch == ']' || ch == '\\') *w++ = '\\';
-        *w++ = ch;
-    }
-    *w++ = '*';
-    *w = '\0';
-    return p;
-}
-
 typedef struct scan_job {
     const char *pattern;
     int unlink;    /* 1: UNLINK what the scan finds (clear); 0: only count (stats) */
@@ -329,7 +314,7 @@ static int scan_node(rx_handle *h, rx_conn *c, void *arg)
 static int r_clear(traffic_backend *b)
 {
     rx_handle *h = H(b);
-    scan_job job = {.pattern = prefix_pattern(h), .unlink = 1};
+    scan_job job = {.pattern = rx_scan_pattern(h, NULL), .unlink = 1};
     if (!job.pattern) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
     int rc = rx_each_master(h, scan_node, &job);
     free((char *)job.pattern);
@@ -370,7 +355,7 @@ static int stats_node(rx_handle *h, rx_conn *c, void *arg)
 static int r_stats(traffic_backend *b, struct traffic_stats *o)
 {
     rx_handle *h = H(b);
-    stats_job job = {.out = o, .scan.pattern = prefix_pattern(h)};
+    stats_job job = {.out = o, .scan.pattern = rx_scan_pattern(h, NULL)};
     if (!job.scan.pattern) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
     int rc = rx_each_master(h, stats_node, &job);
     free((char *)job.scan.pattern);
@@ -424,6 +409,8 @@ static const traffic_backend_ops redis_ops = {
     .stats = r_stats,
     .limit = rx_limit,
     /* no cleanup thread: Redis expires keys itself */
+    .scan = rx_scan,
+    .reap = rx_reap,
 };
 
 static int load_script(rx_handle *h, rx_conn *c, void *arg)

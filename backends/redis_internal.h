@@ -6,6 +6,7 @@
  *   redis_conn.c     connections and their pools, reconnect backoff, fork(), Sentinel discovery,
  *                    and rx_run: one command, routed, redirected and retried until it has a reply
  *   redis_cluster.c  CRC16 slot routing and the slot map, published to reader threads by RCU
+ *   redis_scan.c     listing keys (traffic_scan): SCAN MATCH on every master
  *
  * Ownership, from the handle down (see each struct for who may touch which field):
  *   rx_handle (one per traffic_open) -> rx_proc (one per process using the handle: a child after
@@ -167,6 +168,14 @@ int rx_limit(traffic_backend *b, const char *key, size_t klen, const traffic_rul
  * limit_state_json prints it, into buf (cap bytes), its length in *len (TRAFFIC_ERANGE when
  * cap is too small, as for any value). TRAFFIC_ECORRUPT if v is not a well-formed state. */
 int rx_limit_json(rx_handle *h, const char *key, const char *v, size_t n, void *buf, size_t cap, size_t *len);
+
+/* ---- redis_scan.c ---------------------------------------------------------------------- */
+
+/* The SCAN pattern of the keys under the prefix whose rest matches glob (NULL: all of them):
+ * the prefix glob-escaped, then glob. malloc'd; NULL: out of memory. */
+char *rx_scan_pattern(const rx_handle *h, const char *glob);
+int rx_scan(traffic_backend *b, const char *glob, traffic_scan_fn fn, void *ctx);
+int rx_reap(traffic_backend *b, uint64_t *removed); /* TRAFFIC_ENOTSUP: Redis expires keys itself */
 
 /* ---- redis_conn.c ---------------------------------------------------------------------- */
 

@@ -800,6 +800,8 @@ static const traffic_backend_ops sqlite_ops = {
     .start_cleanup = sq_start_cleanup,
     .stop_cleanup = sq_stop_cleanup,
     .limit = sq_limit,
+    .scan = sq_scan,
+    .reap = sq_reap,
 };
 
 /* ---- opening: the file's identity and schema ------------------------------------------- */

@@ -53,7 +53,7 @@ static void lease_drop(sqlite_backend *s, sq_pool *p)
 }
 
 /* Deletes up to SQ_SWEEP_BATCH expired rows in one transaction; returns how many, or < 0. */
-static int sweep_batch(sqlite_backend *s)
+int sq_sweep_batch(sqlite_backend *s)
 {
     sq_conn *c;
     CHECK(sq_pool_get(s, &c));
@@ -90,7 +90,7 @@ static int reaper_sweep(sqlite_backend *s, sq_pool *p)
     int64_t end = sq_mono_ns() + (int64_t)SQ_SWEEP_PASS_MS * 1000000;
     int n;
     do {
-        n = sweep_batch(s);
+        n = sq_sweep_batch(s);
         if (n > 0) atomic_fetch_add_explicit(&s->n.expirations, (uint64_t)n, memory_order_relaxed);
         sched_yield(); /* let waiting writers take the lock between batches */
     } while (n == SQ_SWEEP_BATCH && sq_mono_ns() < end && !atomic_load(&p->reaper_stop));

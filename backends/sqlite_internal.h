@@ -7,6 +7,7 @@
  *   sqlite_ops.c      the operations: get, set, delete, exists, increment, ttl, clear, stats
  *   sqlite_cleanup.c  the cleanup thread: the lease, the sweep, the periodic checkpoint
  *   sqlite_limit.c    rate-limit decisions (traffic_limit): one transaction each
+ *   sqlite_scan.c     listing keys (traffic_scan) and the cleanup pass on demand (traffic_reap)
  *
  * Ownership, from the handle down (see each struct for who may touch which field):
  *   sqlite_backend (one per traffic_open) -> sq_pool (one per process using the handle: a
@@ -194,6 +195,13 @@ int sq_start_cleanup(traffic_backend *b);
 int sq_stop_cleanup(traffic_backend *b);
 /* Stops this process's cleanup thread, if it runs, and hands the lease back at once. */
 void sq_reaper_stop(sqlite_backend *s, sq_pool *p);
+/* Deletes up to SQ_SWEEP_BATCH expired rows in one transaction; returns how many, or < 0. */
+int sq_sweep_batch(sqlite_backend *s);
+
+/* ---- sqlite_scan.c ----------------------------------------------------------------------- */
+
+int sq_scan(traffic_backend *b, const char *glob, traffic_scan_fn fn, void *ctx);
+int sq_reap(traffic_backend *b, uint64_t *removed);
 
 /* ---- sqlite_limit.c ---------------------------------------------------------------------- */
 

@@ -116,6 +116,22 @@ int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, 
 int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, uint64_t *word, void *buf, size_t cap,
                   size_t *len);
 
+/* ---- listing entries (scan.c) -------------------------------------------------------------
+ * A pass over the table, a batch at a time: start with *cursor = 0 and call shm_scan_batch
+ * until it returns 1. Each call visits at most SHM_SCAN_BATCH slots (pinned for that long
+ * only), copies their live unexpired entries into out[] (room for SHM_SCAN_BATCH), sets *n
+ * and returns 0 (more to come), 1 (the pass is over) or SHM_EFULL (no participant record
+ * free). An entry live and of one type for the whole pass is copied exactly once. */
+#define SHM_SCAN_BATCH 1024
+enum { SHM_TYPE_BYTES = 1, SHM_TYPE_COUNTER = 2 }; /* besides SHM_TYPE_WORD(k), SHM_TYPE_BLOB(k) */
+typedef struct shm_scan_entry {
+    unsigned type; /* SHM_TYPE_BYTES, SHM_TYPE_COUNTER, SHM_TYPE_WORD(k) or SHM_TYPE_BLOB(k) */
+    uint32_t klen;
+    int64_t ttl_ms;              /* remaining, >= 1; -1: no expiry */
+    char key[SHM_KEY_LIMIT + 1]; /* NUL-terminated */
+} shm_scan_entry;
+int shm_scan_batch(shm_table *t, uint64_t *cursor, shm_scan_entry *out, size_t *n);
+
 /* Reaper: a thread of this process that, while elected, reclaims expired slots. */
 int shm_reaper_start(shm_table *t);
 int shm_reaper_stop(shm_table *t);

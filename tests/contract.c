@@ -1118,5 +1118,6 @@ Suite *contract_suite(const contract_backend *cb)
     suite_add_tcase(s, o);
 
     contract_limit_tcases(s, cb);
+    contract_scan_tcases(s, cb);
     return s;
 }

@@ -33,5 +33,7 @@ Suite *contract_suite(const contract_backend *cb);
 
 /* The rate-limit part of the contract (contract_limit.c), which contract_suite adds to s. */
 void contract_limit_tcases(Suite *s, const contract_backend *cb);
+/* Listing keys and the cleanup pass (contract_scan.c), which contract_suite adds to s. */
+void contract_scan_tcases(Suite *s, const contract_backend *cb);
 
 #endif

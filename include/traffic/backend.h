@@ -52,6 +52,20 @@ typedef struct traffic_backend_ops {
      *   - answer TRAFFIC_ETYPE for a key holding bytes, a counter or another algorithm's state. */
     int (*limit)(traffic_backend *b, const char *key, size_t klen, const traffic_rule *rule, int64_t cost,
                  int64_t now_us, traffic_decision *out);
+    /* Lists keys (traffic_scan). May be NULL: TRAFFIC_ENOTSUP. glob is NULL (every key) or a
+     * pattern of at most TRAFFIC_GLOB_MAX bytes; fn is non-NULL. A backend must:
+     *   - call fn once for each key live for the whole scan whose name matches glob as
+     *     traffic_glob_match says (at least once if the store cannot promise more, as Redis),
+     *     never for a key that was not live at some moment of the scan, never for an expired
+     *     one; with the kind and the remaining TTL that traffic_ttl would have given;
+     *   - stop as soon as fn returns non-zero, and return that value;
+     *   - call fn holding nothing that a writer of the store, or a call of fn on this handle,
+     *     could wait for (a lock, a read transaction, a pinned epoch, a pooled connection),
+     *     and hold any of them only for a bounded batch of work. */
+    int (*scan)(traffic_backend *b, const char *glob, traffic_scan_fn fn, void *ctx);
+    /* One cleanup pass now (traffic_reap). May be NULL: TRAFFIC_ENOTSUP. removed is non-NULL
+     * and 0 on entry: add the entries reclaimed. */
+    int (*reap)(traffic_backend *b, uint64_t *removed);
 } traffic_backend_ops;
 
 struct traffic_backend {
@@ -90,6 +104,11 @@ TRAFFIC_API int traffic_limit_check(const traffic_rule *rule, char *msg, size_t 
  * reports it as TRAFFIC_ECORRUPT). */
 TRAFFIC_API int traffic_limit_apply(const traffic_rule *rule, traffic_limit_state *st, int64_t now_us, int64_t cost,
                                     traffic_decision *out);
+
+/* 1 if the bytes s[0..len) match glob (NUL-terminated; traffic_scan's syntax, which is
+ * Redis's MATCH), else 0. The matcher of the memory and SQLite backends' scans, for custom
+ * backends to share. */
+TRAFFIC_API int traffic_glob_match(const char *glob, const char *s, size_t len);
 
 /* Fills in the common part of a new handle. */
 TRAFFIC_API void traffic_backend_init(traffic_backend *b, const traffic_backend_ops *ops);

@@ -383,6 +383,79 @@ TRAFFIC_API int traffic_stats_json(traffic_backend *b, char *buf, size_t cap);
 TRAFFIC_API int traffic_start_cleanup(traffic_backend *b);
 TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 
+/* Runs one cleanup pass now, in the calling thread, whether or not a cleanup thread runs or
+ * another process is elected: the memory backend reclaims every expired entry and undoes the
+ * half-done inserts and writes of dead processes (the reaper's pass, in bounded batches);
+ * SQLite deletes every expired row, SQ_SWEEP_BATCH (256) per short transaction. *removed
+ * (may be NULL) gets the number of entries reclaimed. A fallback= store reaps each of its
+ * stores that can.
+ * @retval TRAFFIC_ENOTSUP Redis, which expires keys itself, and a custom backend without it */
+TRAFFIC_API int traffic_reap(traffic_backend *b, uint64_t *removed);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Listing keys                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+/* What a key holds, as traffic_scan reports it. A rate-limit state is TRAFFIC_KIND_LIMIT plus
+ * its traffic_algorithm: TRAFFIC_KIND_IS_LIMIT(k), then TRAFFIC_KIND_ALGORITHM(k).
+ * TRAFFIC_KIND_OTHER is Redis only: a key under the prefix that is no entry of this library
+ * (a hash, a list, ... written by another client). */
+#define TRAFFIC_KIND_BYTES        1  /* a value stored by traffic_set */
+#define TRAFFIC_KIND_COUNTER      2  /* a counter made by traffic_increment */
+#define TRAFFIC_KIND_OTHER        3  /* not an entry of this library (Redis) */
+#define TRAFFIC_KIND_LIMIT        16 /* + a traffic_algorithm: that algorithm's rate-limit state */
+#define TRAFFIC_KIND_IS_LIMIT(k)  ((k) >= TRAFFIC_KIND_LIMIT && (k) < TRAFFIC_KIND_LIMIT + 16)
+#define TRAFFIC_KIND_ALGORITHM(k) ((traffic_algorithm)((k)-TRAFFIC_KIND_LIMIT))
+
+#define TRAFFIC_GLOB_MAX 1024 /* bytes in a traffic_scan pattern */
+
+/* "bytes", "counter", "other", or for every rate-limit state "limit" (traffic_algorithm_name
+ * names its algorithm); NULL for an unknown value. */
+TRAFFIC_API const char *traffic_kind_name(int kind);
+
+/* Called by traffic_scan for each key. key is NUL-terminated and valid during the call only;
+ * klen is its length (on Redis a key that another client wrote under the prefix may be
+ * longer than TRAFFIC_KEY_MAX). kind is a TRAFFIC_KIND_ value; ttl_seconds the remaining
+ * TTL (millisecond resolution), or -1 for a key without expiry. Return 0 to go on; any other
+ * value stops the scan, and traffic_scan returns it. */
+typedef int (*traffic_scan_fn)(void *ctx, const char *key, size_t klen, int kind, double ttl_seconds);
+
+/* Calls fn for each live key of the store whose name matches glob (NULL: every key).
+ *
+ * The glob is Redis's MATCH syntax, on bytes, case-sensitive: `*` any run of bytes, `?` any
+ * one byte, `[abc]` one of a set, `[^abc]` one not in it, `[a-z]` a range (ranges compare
+ * bytes as unsigned values; Redis on x86 compares them as signed chars, which differs for
+ * bytes >= 0x80), `\` takes the next byte literally. traffic_glob_match (backend.h) is the
+ * matcher. Over the keys of a Redis store, the glob applies to the key without the prefix.
+ *
+ * Guarantees: a key that is live for the whole scan, and keeps its kind, is reported exactly
+ * once (Redis: at least once, as SCAN promises; a key may come twice). A key created,
+ * deleted, expired, evicted or changed to another kind during the scan (a traffic_set over
+ * a counter makes a new entry) may be reported once, twice or not at all. An expired key is
+ * never reported. The order is unspecified.
+ *
+ * The work is done in bounded batches, and fn runs between them, holding nothing a writer
+ * could wait for (no pinned epoch, read transaction or pooled connection): fn may take its
+ * time, and may call the library on this handle (delete the key it is given, ...).
+ *   memory  one pass over the table's slots, visiting only pages that ever held an entry:
+ *           1024 slots at a time, the reclamation epoch pinned only while a batch is copied
+ *   sqlite  keys in byte order, 256 rows per read statement (keyset pagination: each batch
+ *           resumes after the last key of the one before; a glob that starts with a literal
+ *           prefix reads only that range of the key index)
+ *   redis   SCAN 0 MATCH <prefix><glob> COUNT 1000 on every master (each node of a Cluster),
+ *           and the kind and TTL of each batch's keys in one pipelined round trip; only keys
+ *           under this handle's prefix, reported without it
+ *   fallback= the store serving (see "When the store is down"); a scan that the primary fails
+ *           after it reported keys is not replayed on the fallback (that would mix two stores'
+ *           keys): it fails with the primary's status. A memory fallback's own keys include
+ *           the breaker's (traffic:breaker:...), listed like any other
+ * @retval TRAFFIC_OK      every matching key was reported
+ * @retval other           fn's non-zero return value, when fn stopped the scan
+ * @retval TRAFFIC_EINVAL  NULL handle or fn, a glob over TRAFFIC_GLOB_MAX bytes
+ * @retval TRAFFIC_ENOTSUP a custom backend without scan
+ * and the store's own failures (TRAFFIC_EUNAVAILABLE, ...). */
+TRAFFIC_API int traffic_scan(traffic_backend *b, const char *glob, traffic_scan_fn fn, void *ctx);
+
 /* ---------------------------------------------------------------------------------------- */
 /* SQLite backend                                                                           */
 /*                                                                                          */
