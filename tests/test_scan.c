@@ -73,7 +73,7 @@ static keyset scan_set(traffic_backend *b, const char *glob, int unique)
 {
     keyset s = {0};
     TU_OK(b, traffic_scan(b, glob, keyset_fn, &s));
-    qsort(s.k, s.n, sizeof *s.k, cmp_str);
+    if (s.n) qsort(s.k, s.n, sizeof *s.k, cmp_str); /* an empty set has no array: qsort(NULL) is UB */
     if (unique) { /* Redis may report a key twice */
         size_t w = 0;
         for (size_t i = 0; i < s.n; i++)
