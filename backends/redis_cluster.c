@@ -244,14 +244,16 @@ static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline,
     rc = rx_conn_command_until(h, c, deadline, 2, argv, argvlen, &r);
     rx_conn_release(c, rc == TRAFFIC_OK);
     if (rc) return rc;
+    atomic_store_explicit(&n->suspect, 0, memory_order_relaxed); /* it answers */
     rc = map_build(h, p, r, host, out);
     freeReplyObject(r);
     return rc;
 }
 
 /* Asks hint, then the node that gave the current map, then the other masters, then the seeds,
- * each node once, until deadline. Each node gets an equal share of the time left, so that one
- * that accepts connections and never answers (stopped, hung) cannot use it all: the try
+ * each node once, until deadline; suspect nodes (one that timed out may be frozen, and is
+ * perhaps why we reload) come last. Each node gets an equal share of the time left, so that
+ * one that accepts connections and never answers (stopped, hung) cannot use it all: the try
  * order is the same every time, and a node that times out is not backed off. Holds
  * refresh_mu. */
 static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, int64_t deadline, rx_map **out)
@@ -271,6 +273,16 @@ static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, 
         while (k < n && order[k] != x)
             k++;
         if (x && k == n) order[n++] = x; /* a seed is usually one of the masters */
+    }
+    for (size_t i = 0, moved = 0; i + moved < n;) { /* stable: suspect nodes to the end */
+        rx_node *x = order[i];
+        if (!atomic_load_explicit(&x->suspect, memory_order_relaxed)) {
+            i++;
+            continue;
+        }
+        memmove(&order[i], &order[i + 1], (n - i - 1) * sizeof *order);
+        order[n - 1] = x;
+        moved++;
     }
     char last[RX_ERR_LEN] = "no node to ask";
     for (size_t i = 0; i < n && !rc; i++) {

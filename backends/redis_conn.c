@@ -409,9 +409,11 @@ rx_node *rx_node_get(rx_handle *h, rx_proc *p, const char *host, int port)
     return n;
 }
 
-/* A broken connection or READONLY: a Sentinel master is asked for again before reconnecting. */
+/* A broken or timed-out connection, or READONLY: a Sentinel master is asked for again before
+ * reconnecting; a cluster node's slots are looked up again before the next call to it. */
 static void node_suspect(rx_handle *h, rx_node *n)
 {
+    if (h->cfg.mode == RX_CLUSTER) atomic_store_explicit(&n->suspect, 1, memory_order_relaxed);
     if (h->cfg.mode != RX_SENTINEL) return;
     pthread_mutex_lock(&n->mu);
     n->stale = 1;
@@ -626,6 +628,7 @@ typedef struct run_state {
     unsigned slot;   /* CLUSTER: the key's */
     rx_node *target; /* set by MOVED / ASK / NOSCRIPT: the node of the next try, else routed */
     uint64_t epoch;  /* of the slot map the route came from */
+    int rerouted;    /* CLUSTER: the map was reloaded because the routed node was suspect */
     int asking;      /* send ASKING first */
     int use_eval;    /* NOSCRIPT seen: send EVAL with the body */
     int waits, down_retries;
@@ -720,11 +723,14 @@ static int redirect_target(run_state *st, const redisReply *r, rx_node *from, rx
     return *out ? TRAFFIC_OK : traffic_backend_fail(&st->h->base, TRAFFIC_ENOMEM, "out of memory");
 }
 
-/* A node could not be reached or its connection broke before the command ran. */
-static int after_failure(run_state *st, int rc, int from_acquire)
+/* Node n could not be reached, or its connection broke or timed out before the command ran. A
+ * cluster node that timed out is suspect: the next call routed to it reloads the slot map
+ * (there is no time left in this one). */
+static int after_failure(run_state *st, rx_node *n, int rc, int from_acquire)
 {
     rx_handle *h = st->h;
     remember(st, rc, traffic_errmsg(&h->base));
+    if (rc == TRAFFIC_ETIMEDOUT) node_suspect(h, n);
     if (rc == TRAFFIC_ETIMEDOUT || rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM || rc == TRAFFIC_EINVAL) return rc;
     st->target = NULL;
     st->asking = 0;
@@ -797,16 +803,26 @@ static int run_once(run_state *st, redisReply **out)
     rx_handle *h = st->h;
     rx_node *n = st->target;
     int rc;
-    if (!n && h->cfg.mode == RX_CLUSTER && (rc = rx_cluster_route(h, st->p, st->slot, st->deadline, &n, &st->epoch)))
-        return rc;
+    if (!n && h->cfg.mode == RX_CLUSTER) {
+        if ((rc = rx_cluster_route(h, st->p, st->slot, st->deadline, &n, &st->epoch))) return rc;
+        /* A node that timed out or broke: perhaps failed over meanwhile. Look again, once. */
+        if (atomic_load_explicit(&n->suspect, memory_order_relaxed) && !st->rerouted) {
+            st->rerouted = 1;
+            if (rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline) == TRAFFIC_OK &&
+                (rc = rx_cluster_route(h, st->p, st->slot, st->deadline, &n, &st->epoch)))
+                return rc;
+        }
+    }
     if (!n) n = st->p->master;
     rx_conn *c;
-    if ((rc = rx_conn_acquire(h, st->p, n, st->deadline, &c))) return after_failure(st, rc, 1);
+    if ((rc = rx_conn_acquire(h, st->p, n, st->deadline, &c))) return after_failure(st, n, rc, 1);
     rc = send_command(st, c);
     int sent = rc == TRAFFIC_OK;
     redisReply *r = NULL;
     if (!rc) rc = read_reply(st, c, &r);
     rx_conn_release(c, rc == TRAFFIC_OK);
+    if (!rc && atomic_load_explicit(&n->suspect, memory_order_relaxed)) /* it answers again */
+        atomic_store_explicit(&n->suspect, 0, memory_order_relaxed);
     if (rc) {
         node_suspect(h, n);
         if (sent && !st->cmd->idempotent && rc != TRAFFIC_ENOMEM) {
@@ -815,7 +831,7 @@ static int run_once(run_state *st, redisReply **out)
             return traffic_backend_fail(&h->base, rc == TRAFFIC_ETIMEDOUT ? rc : TRAFFIC_EUNAVAILABLE,
                                         "%s; the command may or may not have run", msg);
         }
-        return after_failure(st, rc, 0);
+        return after_failure(st, n, rc, 0);
     }
     return r->type == REDIS_REPLY_ERROR ? on_error_reply(st, r, n, out) : (*out = r, TRAFFIC_OK);
 }

@@ -81,7 +81,12 @@ typedef struct rx_node {
     int backoff_ms;      /* 0: the last connect worked */
     int last_rc;         /* status of the last failed connect */
     char last_err[RX_ERR_LEN];
-    unsigned waiting;     /* threads waiting for a free slot */
+    unsigned waiting; /* threads waiting for a free slot */
+    /* CLUSTER: a call to this node timed out or its connection broke, so the slot map may be
+     * stale (a master that stops answering is failed over without refusing anything): the
+     * next call routed here reloads the map first. Not under mu: any thread sets it, a reply
+     * from the node clears it; relaxed, a hint that costs at most one reload when stale. */
+    atomic_int suspect;
     rx_conn *conns;       /* pool_size slots */
     struct rx_node *next; /* the proc's node list; written once, under the proc's nodes_mu */
 } rx_node;

@@ -1,0 +1,293 @@
+/*
+ * test_redis_faults.c — the Redis backend under the faults of issue 16: a cluster master that
+ * freezes and is failed over, UNLINKs the server refuses, a cluster that grew a node, sentinels
+ * that lie or hang, a timer signal during a frozen server, slot-map reload storms, a primary
+ * that turned replica behind one address, a full server, ports that are not ports, Redis 6's
+ * INFO.
+ *
+ * Real redis-server, Sentinel and Cluster processes on loopback ports (redis_harness.c), each
+ * test starting its own. Where a real server cannot misbehave the way a test needs (a sentinel
+ * that names a stale master, one that names port 0, a server that speaks like Redis 6), a
+ * small fake RESP server runs in a thread of the test (fake_* below). Bounds on time are
+ * generous: the tests assert what happens, not how fast.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "redis_harness.h"
+#include "testutil.h"
+
+/* White-box: the backend's slot function (backends/redis_cluster.c). */
+unsigned rx_key_slot(const char *key, size_t len);
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+static traffic_backend *open_url(const char *url)
+{
+    traffic_backend *b = NULL;
+    int rc = traffic_open(url, &b);
+    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
+    return b;
+}
+
+/* "127.0.0.1:p1,127.0.0.1:p2,..." of the masters of c, in a static buffer. */
+static const char *cluster_hosts(const rh_cluster *c)
+{
+    static char buf[512];
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < c->n; i++)
+        if (c->master_of[i] < 0)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s127.0.0.1:%d", n ? "," : "", c->nodes[i].port);
+    return buf;
+}
+
+/* A key (written into buf) whose prefixed form lies in a slot node `owner` of c serves. */
+static const char *key_on(const rh_cluster *c, const char *prefix, int owner, const char *tag, char *buf, size_t cap)
+{
+    for (int i = 0;; i++) {
+        char full[128];
+        snprintf(buf, cap, "%s%d", tag, i);
+        snprintf(full, sizeof full, "%s%s", prefix, buf);
+        if (rh_cluster_owner(c, (int)rx_key_slot(full, strlen(full))) == owner) return buf;
+    }
+}
+
+/* The number of calls of command `name` ("cluster|slots", "set") s has served, from INFO
+ * commandstats; `field` "calls=" or "rejected_calls=". */
+__attribute__((unused)) static long long cmdstat(const rh_server *s, const char *name, const char *field)
+{
+    redisReply *r = rh_cmd(s, "INFO commandstats");
+    ck_assert_msg(r && r->type == REDIS_REPLY_STRING, "INFO commandstats on %d", s->port);
+    char want[64];
+    snprintf(want, sizeof want, "cmdstat_%s:", name);
+    const char *line = strstr(r->str, want), *f = NULL;
+    if (line) {
+        const char *end = strchr(line, '\n');
+        f = strstr(line, field);
+        if (end && f > end) f = NULL;
+    }
+    long long v = f ? atoll(f + strlen(field)) : 0;
+    freeReplyObject(r);
+    return v;
+}
+
+/* ---- a fake RESP server ---------------------------------------------------------------- *
+ *
+ * Listens on a loopback port. FAKE_HUNG never accepts (the kernel completes connections into
+ * the backlog, so a client connects and then waits for replies forever); FAKE_ANSWER accepts
+ * in a thread and answers each command with what `answer` returns (a complete RESP reply). */
+
+enum { FAKE_HUNG, FAKE_ANSWER };
+#define FAKE_CLIENTS 16
+#define FAKE_BUF     4096
+
+typedef struct fake_server fake_server;
+typedef const char *(*fake_answer_fn)(fake_server *f, int argc, char **argv);
+
+struct fake_server {
+    int fd, port;
+    fake_answer_fn answer;
+    void *arg;
+    pthread_t tid;
+    atomic_int stop, commands;
+    char reply[1024]; /* scratch for answer functions */
+};
+
+/* Parses one command at buf[0..len): its arguments (NUL-terminated in place) into argv, the
+ * bytes it used, or 0 when it is not complete yet; -1 when it is not RESP. */
+static long fake_parse(char *buf, size_t len, int *argc, char **argv, int max)
+{
+    char *p = buf, *end = buf + len, *nl;
+    if (len == 0) return 0;
+    if (*p != '*') return -1;
+    if (!(nl = memchr(p, '\n', (size_t)(end - p)))) return 0;
+    int n = atoi(p + 1);
+    p = nl + 1;
+    *argc = 0;
+    for (int i = 0; i < n; i++) {
+        if (p >= end) return 0;
+        if (*p != '$') return -1;
+        if (!(nl = memchr(p, '\n', (size_t)(end - p)))) return 0;
+        long l = atol(p + 1);
+        p = nl + 1;
+        if (end - p < l + 2) return 0;
+        if (*argc < max) argv[(*argc)++] = p;
+        p[l] = '\0';
+        p += l + 2;
+    }
+    return p - buf;
+}
+
+static void *fake_main(void *arg)
+{
+    fake_server *f = arg;
+    struct {
+        int fd;
+        size_t len;
+        char buf[FAKE_BUF];
+    } *cl = calloc(FAKE_CLIENTS, sizeof *cl);
+    for (int i = 0; i < FAKE_CLIENTS; i++)
+        cl[i].fd = -1;
+    while (!atomic_load(&f->stop)) {
+        struct pollfd pf[FAKE_CLIENTS + 1];
+        pf[0] = (struct pollfd){.fd = f->fd, .events = POLLIN};
+        for (int i = 0; i < FAKE_CLIENTS; i++)
+            pf[i + 1] = (struct pollfd){.fd = cl[i].fd, .events = POLLIN};
+        if (poll(pf, FAKE_CLIENTS + 1, 50) <= 0) continue;
+        if (pf[0].revents & POLLIN) {
+            int fd = accept(f->fd, NULL, NULL);
+            for (int i = 0; fd >= 0 && i < FAKE_CLIENTS; i++)
+                if (cl[i].fd < 0) {
+                    cl[i].fd = fd, cl[i].len = 0, fd = -1;
+                }
+            if (fd >= 0) close(fd);
+        }
+        for (int i = 0; i < FAKE_CLIENTS; i++) {
+            if (cl[i].fd < 0 || !(pf[i + 1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t n = read(cl[i].fd, cl[i].buf + cl[i].len, FAKE_BUF - 1 - cl[i].len);
+            if (n <= 0) {
+                close(cl[i].fd);
+                cl[i].fd = -1;
+                continue;
+            }
+            cl[i].len += (size_t)n;
+            for (;;) {
+                int argc = 0;
+                char *argv[16];
+                long used = fake_parse(cl[i].buf, cl[i].len, &argc, argv, 16);
+                if (used < 0) {
+                    close(cl[i].fd);
+                    cl[i].fd = -1;
+                    break;
+                }
+                if (used == 0) break;
+                atomic_fetch_add(&f->commands, 1);
+                const char *r = f->answer(f, argc, argv);
+                if (r && send(cl[i].fd, r, strlen(r), MSG_NOSIGNAL) < 0) {
+                }
+                memmove(cl[i].buf, cl[i].buf + used, cl[i].len - (size_t)used);
+                cl[i].len -= (size_t)used;
+            }
+        }
+    }
+    for (int i = 0; i < FAKE_CLIENTS; i++)
+        if (cl[i].fd >= 0) close(cl[i].fd);
+    free(cl);
+    return NULL;
+}
+
+__attribute__((unused)) static void fake_start(fake_server *f, int mode, fake_answer_fn answer, void *arg)
+{
+    memset(f, 0, sizeof *f);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    f->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(f->fd, 0);
+    ck_assert_int_eq(bind(f->fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(f->fd, 64), 0);
+    ck_assert_int_eq(getsockname(f->fd, (struct sockaddr *)&a, &alen), 0);
+    f->port = ntohs(a.sin_port);
+    f->answer = answer;
+    f->arg = arg;
+    if (mode == FAKE_ANSWER) ck_assert_int_eq(pthread_create(&f->tid, NULL, fake_main, f), 0);
+}
+
+__attribute__((unused)) static void fake_stop(fake_server *f)
+{
+    if (f->answer) {
+        atomic_store(&f->stop, 1);
+        pthread_join(f->tid, NULL);
+    }
+    close(f->fd);
+}
+
+/* ---- 1. a cluster follows the failover of a master that stops answering ---------------- */
+
+START_TEST(t_cluster_frozen_master_failover)
+{
+    /* 3 masters and a replica of the master of our key's slot; the master is SIGSTOPped (it
+     * accepts connections and never answers: timeouts, not refusals). The cluster promotes the
+     * replica in ~2 s; the client must then reach the slot there while the old master stays
+     * frozen. Before: every call kept timing out on the frozen node (no slot-map reload after
+     * a timeout), for as long as it stayed frozen. */
+    rh_cluster cl;
+    ck_assert_int_eq(rh_cluster_start_timeout(&cl, 3, 1000), 0);
+    const char *prefix = "fz:";
+    char key[32], other[32], full[64];
+    key_on(&cl, prefix, 0, "k", key, sizeof key);
+    key_on(&cl, prefix, 1, "o", other, sizeof other);
+    int replica = rh_cluster_add(&cl, 0);
+    ck_assert_int_ge(replica, 0);
+    traffic_backend *b = open_url(rh_url("redis+cluster://%s?prefix=%s&timeout=0.5", cluster_hosts(&cl), prefix));
+    int64_t v = 0;
+    TU_OK(b, traffic_increment(b, key, 10, 0, &v));
+    TU_OK(b, traffic_increment(b, other, 1, 0, &v));
+    ck_assert_int_eq(rh_wait_synced(&cl.nodes[0], &cl.nodes[replica], 10000), 0);
+
+    rh_pause(&cl.nodes[0], 1);
+    int64_t t0 = tu_now_ms();
+    int rc = TRAFFIC_EUNAVAILABLE, failures = 0;
+    while (tu_now_ms() < t0 + 20000) {
+        rc = traffic_increment(b, key, 1, 0, &v);
+        if (rc == TRAFFIC_OK) break;
+        ck_assert_msg(rc == TRAFFIC_ETIMEDOUT || rc == TRAFFIC_EUNAVAILABLE, "during the failover: %s (%s)",
+                      traffic_strerror(rc), traffic_errmsg(b));
+        failures++;
+        tu_sleep_ms(50);
+    }
+    ck_assert_msg(rc == TRAFFIC_OK, "the failover of a frozen master was never followed: %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(b));
+    ck_assert_int_gt(failures, 0);
+    /* on the promoted replica: the 10 written before, and this one (the failed ones went to
+     * the frozen node, which never runs them: it is killed below without resuming) */
+    ck_assert_int_eq(v, 11);
+    snprintf(full, sizeof full, "%s%s", prefix, key);
+    char raw[32];
+    ck_assert_int_eq(rh_str(&cl.nodes[replica], raw, sizeof raw, "GET %s", full), 0);
+    ck_assert_str_eq(raw, "11");
+    ck_assert_int_eq(tu_counter(b, key), 11);
+    ck_assert_int_eq(tu_counter(b, other), 1);
+    fprintf(stderr, "frozen master's failover followed in %lld ms (%d failed calls)\n", (long long)(tu_now_ms() - t0),
+            failures);
+    TU_OK(b, traffic_close(b));
+    rh_cluster_stop(&cl);
+}
+END_TEST
+
+/* ---- the suite ------------------------------------------------------------------------- */
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("redis_faults");
+    struct {
+        const char *name;
+        const TTest *test;
+    } cases[] = {
+        {"cluster_frozen_master", t_cluster_frozen_master_failover},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    return tu_run(s);
+}
