@@ -86,6 +86,9 @@ int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key
                                       key, r->str);
         else if (strncmp(r->str, "OOM", 3) == 0)
             rc = traffic_backend_fail(&h->base, TRAFFIC_EFULL, "%s \"%.64s\": %s", what, key, r->str);
+        else if (rx_transient_error(r->str))
+            rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "%s \"%.64s\": redis replied: %s", what, key,
+                                      r->str);
         else
             rc = traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EIO),
                                       "%s \"%.64s\": redis replied: %s", what, key, r->str);
@@ -283,7 +286,9 @@ typedef struct scan_job {
 
 /* UNLINKs the keys of one SCAN reply, one command per key (in a cluster a node holds many
  * slots, and a multi-key UNLINK must stay within one), all sent at once. A key that moved to
- * another node meanwhile answers MOVED, which is ignored: that node's scan finds it. */
+ * another node meanwhile answers MOVED or ASK, which is ignored: that node's scan finds it.
+ * Any other error (READONLY from a replica, NOPERM, CLUSTERDOWN, OOM...) fails the clear with
+ * the first one, once every reply has been read (the connection stays in step). */
 static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
 {
     char *buf = NULL;
@@ -296,9 +301,24 @@ static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
     }
     if (!rc) rc = rx_conn_send(h, c, buf, len);
     free(buf);
+    redisReply *refused = NULL;
+    size_t refused_at = 0;
     for (size_t i = 0; !rc && i < keys->elements; i++) {
         redisReply *r;
-        if (!(rc = rx_conn_read(h, c, &r))) freeReplyObject(r);
+        if ((rc = rx_conn_read(h, c, &r))) break;
+        if (r->type == REDIS_REPLY_INTEGER || refused || strncmp(r->str, "MOVED ", 6) == 0 ||
+            strncmp(r->str, "ASK ", 4) == 0) {
+            freeReplyObject(r);
+            continue;
+        }
+        refused = r, refused_at = i;
+    }
+    if (refused && rc) freeReplyObject(refused);
+    if (refused && !rc) {
+        char key[80];
+        const redisReply *k = keys->element[refused_at];
+        snprintf(key, sizeof key, "%.*s", k->len < 64 ? (int)k->len : 64, k->str);
+        return rx_unexpected(h, refused, "clear: UNLINK", key);
     }
     return rc;
 }

@@ -179,6 +179,16 @@ int rx_refusal_status(const char *err, int otherwise)
     return strncmp(err, "NOAUTH", 6) == 0 || strncmp(err, "NOPERM", 6) == 0 ? TRAFFIC_EPERM : otherwise;
 }
 
+int rx_transient_error(const char *err)
+{
+    static const char *const words[] = {"READONLY", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "MOVED", "ASK"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        size_t n = strlen(words[i]);
+        if (strncmp(err, words[i], n) == 0 && (err[n] == ' ' || err[n] == '\0')) return 1;
+    }
+    return 0;
+}
+
 /* The replies to conn_setup's pipeline, in order. */
 static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
 {

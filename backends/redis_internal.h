@@ -158,7 +158,8 @@ static inline void rx_count(_Atomic uint64_t *c)
 
 /* Frees r, a reply of an unexpected type or a server error nobody handled, and returns its
  * status with a message: WRONGTYPE is TRAFFIC_ETYPE, OOM TRAFFIC_EFULL, NOAUTH / NOPERM
- * TRAFFIC_EPERM, anything else TRAFFIC_EIO with the server's text. */
+ * TRAFFIC_EPERM, a transient refusal (rx_transient_error) TRAFFIC_EUNAVAILABLE, anything
+ * else TRAFFIC_EIO with the server's text. */
 int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key);
 
 /* ---- redis_limit.c --------------------------------------------------------------------- */
@@ -203,6 +204,9 @@ int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const
 /* The status of a refusal by the server: TRAFFIC_EPERM for NOAUTH and NOPERM (a missing or
  * insufficient login, an ACL), else `otherwise`. */
 int rx_refusal_status(const char *err, int otherwise);
+/* An error reply that says the server cannot do it now, not that the command is wrong: READONLY
+ * (a replica), CLUSTERDOWN, TRYAGAIN, LOADING, MASTERDOWN, MOVED, ASK. */
+int rx_transient_error(const char *err);
 int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
                           const size_t *argvlen, redisReply **out);
 

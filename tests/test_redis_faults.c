@@ -272,6 +272,54 @@ START_TEST(t_cluster_frozen_master_failover)
 }
 END_TEST
 
+/* ---- 2. clear reports the UNLINKs the server refused ----------------------------------- */
+
+START_TEST(t_clear_refused)
+{
+    /* A clear aimed at a replica (READONLY) or by a user who may not UNLINK (NOPERM) deletes
+     * nothing: it must say so (before: TRAFFIC_OK, every reply freed unread). */
+    rh_server m = {0}, r = {0};
+    snprintf(m.password, sizeof m.password, "adminpw");
+    snprintf(r.password, sizeof r.password, "adminpw");
+    const char *acl = "user default on >adminpw ~* &* +@all\n"
+                      "user app on >apppw ~cl:* +@all -unlink\n";
+    ck_assert_int_eq(rh_start(&m, acl), 0);
+    char extra[512];
+    snprintf(extra, sizeof extra, "%smasterauth adminpw\nreplicaof 127.0.0.1 %d\n", acl, m.port);
+    ck_assert_int_eq(rh_start(&r, extra), 0);
+    traffic_backend *b = open_url(rh_url("redis://:adminpw@127.0.0.1:%d?prefix=cl:", m.port));
+    char key[16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        TU_OK(b, traffic_set(b, key, "v", 1, 0));
+    }
+    ck_assert_int_eq(rh_wait_synced(&m, &r, 10000), 0);
+
+    traffic_backend *rb = open_url(rh_url("redis://:adminpw@127.0.0.1:%d?prefix=cl:", r.port));
+    int rc = traffic_clear(rb);
+    ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "clear on a replica -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(rb));
+    ck_assert_msg(strstr(traffic_errmsg(rb), "READONLY"), "message: %s", traffic_errmsg(rb));
+    TU_OK(rb, traffic_close(rb));
+
+    traffic_backend *ab = open_url(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=cl:", m.port));
+    rc = traffic_clear(ab);
+    ck_assert_msg(rc == TRAFFIC_EPERM, "clear without UNLINK -> %s (%s)", traffic_strerror(rc), traffic_errmsg(ab));
+    ck_assert_msg(strstr(traffic_errmsg(ab), "NOPERM"), "message: %s", traffic_errmsg(ab));
+    ck_assert_int_eq(rh_int(&m, "DBSIZE"), 20); /* and nothing was deleted */
+    /* the connection stayed in step: the next calls read their own replies */
+    ck_assert_int_eq(traffic_exists(ab, "k3"), 1);
+    TU_OK(ab, traffic_set(ab, "k3", "w", 1, 0));
+    TU_OK(ab, traffic_close(ab));
+
+    TU_OK(b, traffic_clear(b));
+    ck_assert_int_eq(rh_int(&m, "DBSIZE"), 0);
+    TU_OK(b, traffic_close(b));
+    rh_kill(&r);
+    rh_kill(&m);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -283,6 +331,7 @@ int main(void)
         const TTest *test;
     } cases[] = {
         {"cluster_frozen_master", t_cluster_frozen_master_failover},
+        {"clear_refused", t_clear_refused},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */
