@@ -360,24 +360,29 @@ int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, 
 
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n)
 {
-    for (int pass = 0; pass < 2; pass++) {
-        int rc = rx_rcu_read_enter(h);
-        if (rc) return rc;
-        rx_map *m = rcu_dereference(p->map);
-        rx_node **copy = m ? malloc(m->nmasters * sizeof *copy) : NULL;
-        if (copy) {
-            memcpy(copy, m->masters, m->nmasters * sizeof *copy);
-            *n = m->nmasters;
-        }
-        rx_rcu_read_leave();
-        if (copy) {
-            *out = copy;
-            return TRAFFIC_OK;
-        }
-        if (m) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, 0, deadline))) return rc;
+    /* clear and stats visit every master: a map that predates a node added and slots
+     * resharded onto it would skip that node, and nothing (no MOVED) would tell. So they
+     * reload it first; they are rare next to keyed calls, and one CLUSTER SLOTS is cheap. */
+    int rc = rx_rcu_read_enter(h);
+    if (rc) return rc;
+    rx_map *m = rcu_dereference(p->map);
+    uint64_t seen = m ? m->epoch : 0;
+    rx_rcu_read_leave();
+    if ((rc = rx_cluster_refresh(h, p, NULL, seen, deadline))) return rc;
+    if ((rc = rx_rcu_read_enter(h))) return rc;
+    m = rcu_dereference(p->map);
+    rx_node **copy = m ? malloc(m->nmasters * sizeof *copy) : NULL;
+    if (copy) {
+        memcpy(copy, m->masters, m->nmasters * sizeof *copy);
+        *n = m->nmasters;
     }
-    return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "the cluster has no slot map");
+    rx_rcu_read_leave();
+    if (copy) {
+        *out = copy;
+        return TRAFFIC_OK;
+    }
+    return m ? traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory")
+             : traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "the cluster has no slot map");
 }
 
 void rx_cluster_free_map(rx_proc *p)

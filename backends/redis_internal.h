@@ -230,7 +230,7 @@ int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, 
  * with a share of the time left) unless a map newer than seen_epoch was published meanwhile;
  * gives up at deadline, waiting for another thread's reload included. */
 int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline);
-/* A malloc'd copy of the current map's masters. */
+/* A malloc'd copy of the masters of a map loaded for this call (clear, stats, open). */
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);
 /* Frees p's map (p is being freed: no reader is left). */
 void rx_cluster_free_map(rx_proc *p);

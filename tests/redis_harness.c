@@ -496,6 +496,17 @@ int rh_cluster_add(rh_cluster *c, int replica_of)
         }
         tu_sleep_ms(50);
     }
+    for (;;) { /* it has learnt who serves every slot */
+        redisReply *r = rh_cmd(&c->nodes[i], "CLUSTER INFO");
+        int ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:ok");
+        if (r) freeReplyObject(r);
+        if (ok) break;
+        if (tu_now_ms() > deadline) {
+            fprintf(stderr, "redis harness: node %d never reached cluster_state:ok\n", c->nodes[i].port);
+            return -1;
+        }
+        tu_sleep_ms(50);
+    }
     if (replica_of < 0) return i;
     char buf[256];
     while (rh_str(&c->nodes[i], buf, sizeof buf, "CLUSTER REPLICATE %s", c->ids[replica_of])) {

@@ -320,6 +320,52 @@ START_TEST(t_clear_refused)
 }
 END_TEST
 
+/* ---- 3. cluster clear and stats see every master, also one added since ----------------- */
+
+START_TEST(t_cluster_grown)
+{
+    /* A node joins and a slot holding keys is resharded onto it while the handle makes no
+     * keyed call (so no MOVED tells it): stats must count those keys and clear delete them
+     * (before: the handle's old map skipped the new master, stats undercounted and clear
+     * returned OK leaving its keys). */
+    rh_cluster cl;
+    ck_assert_int_eq(rh_cluster_start(&cl, 3), 0);
+    traffic_backend *b = open_url(rh_url("redis+cluster://%s?prefix=gr:", cluster_hosts(&cl)));
+    enum { N = 200 };
+    char key[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        TU_OK(b, traffic_set(b, key, "v", 1, 0));
+    }
+    struct traffic_stats st = tu_stats(b);
+    ck_assert_uint_eq(st.keys, N);
+    int fresh = rh_cluster_add(&cl, -1);
+    ck_assert_int_ge(fresh, 0);
+    int moved = 0;
+    for (int i = 0; i < N && moved < 10; i++) { /* the slots of a few keys of node 0 */
+        char full[40];
+        snprintf(full, sizeof full, "gr:k%d", i);
+        int slot = (int)rx_key_slot(full, strlen(full));
+        if (rh_cluster_owner(&cl, slot) != 0) continue;
+        int n = rh_cluster_move_slot(&cl, slot, 0, fresh, NULL, NULL);
+        ck_assert_int_ge(n, 1);
+        moved += n;
+    }
+    ck_assert_int_eq(rh_int(&cl.nodes[fresh], "DBSIZE"), moved);
+    st = tu_stats(b);
+    ck_assert_msg(st.keys == N, "stats count %llu keys of %d (%d on the new node)", (unsigned long long)st.keys, N,
+                  moved);
+    TU_OK(b, traffic_clear(b));
+    for (int i = 0; i < cl.n; i++)
+        ck_assert_msg(rh_int(&cl.nodes[i], "DBSIZE") == 0, "node %d keeps %lld keys after clear", i,
+                      rh_int(&cl.nodes[i], "DBSIZE"));
+    st = tu_stats(b);
+    ck_assert_uint_eq(st.keys, 0);
+    TU_OK(b, traffic_close(b));
+    rh_cluster_stop(&cl);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -332,6 +378,7 @@ int main(void)
     } cases[] = {
         {"cluster_frozen_master", t_cluster_frozen_master_failover},
         {"clear_refused", t_clear_refused},
+        {"cluster_grown", t_cluster_grown},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */
