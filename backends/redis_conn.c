@@ -189,8 +189,9 @@ int rx_transient_error(const char *err)
     return 0;
 }
 
-/* The replies to conn_setup's pipeline, in order. */
-static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
+/* The replies to conn_setup's pipeline, in order. *not_master: ROLE said the server is not a
+ * master (Sentinel). */
+static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int *not_master)
 {
     const rx_config *cf = &h->cfg;
     redisReply *r;
@@ -219,6 +220,7 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
             rc = traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EIO), "ROLE on %s: %s", addr, r->str);
         else if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
                  strcmp(r->element[0]->str, "master") != 0)
+            *not_master = 1,
             rc = traffic_backend_fail(
                 &h->base, TRAFFIC_EUNAVAILABLE,
                 "%s, named master \"%s\" by the sentinels, is a %s (failover in progress?)", addr, cf->master,
@@ -230,7 +232,7 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr)
 }
 
 /* AUTH, SELECT and, for a Sentinel master, ROLE: pipelined, one round trip. */
-static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr)
+static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr, int *not_master)
 {
     const rx_config *cf = &h->cfg;
     char *buf = NULL, db[16];
@@ -253,13 +255,16 @@ static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr)
     }
     if (!rc && len) rc = ctx_send(h, ctx, addr, buf, len);
     free(buf);
-    return rc || !len ? rc : setup_replies(h, ctx, addr);
+    return rc || !len ? rc : setup_replies(h, ctx, addr, not_master);
 }
 
-/* A new, set-up connection to host:port (port 0: the unix socket host), connecting within ms. */
-static int conn_open(rx_handle *h, const char *host, int port, int ms, const char *addr, redisContext **out)
+/* A new, set-up connection to host:port (port 0: the unix socket host), connecting within ms.
+ * *not_master (set to 0 first): a Sentinel master's ROLE said it is not one. */
+static int conn_open(rx_handle *h, const char *host, int port, int ms, const char *addr, int *not_master,
+                     redisContext **out)
 {
     int64_t deadline = rx_now_ms() + ms;
+    *not_master = 0;
     struct timeval tv = tv_of_ms(ms);
     errno = 0;
     redisContext *ctx = port ? redisConnectWithTimeout(host, port, tv) : redisConnectUnixWithTimeout(host, tv);
@@ -274,7 +279,7 @@ static int conn_open(rx_handle *h, const char *host, int port, int ms, const cha
         if (redisSetTimeout(ctx, tv_of_ms(left < 1 ? 1 : (int)left)) != REDIS_OK)
             rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
     }
-    if (!rc) rc = conn_setup(h, ctx, addr);
+    if (!rc) rc = conn_setup(h, ctx, addr, not_master);
     if (!rc && redisSetTimeout(ctx, tv_of_ms(h->cfg.timeout_ms)) != REDIS_OK)
         rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
     if (rc) {
@@ -287,9 +292,11 @@ static int conn_open(rx_handle *h, const char *host, int port, int ms, const cha
 
 /* ---- Sentinel -------------------------------------------------------------------------- */
 
-/* Asks one sentinel where the master is: host (cap bytes) and *port. */
-static int ask_sentinel(rx_handle *h, const rx_addr *s, int ms, char *host, size_t cap, int *port)
+/* Asks one sentinel where the master is, by deadline: host (cap bytes) and *port. */
+static int ask_sentinel(rx_handle *h, const rx_addr *s, int64_t deadline, char *host, size_t cap, int *port)
 {
+    int64_t left = deadline - rx_now_ms();
+    int ms = left < 1 ? 1 : (int)left;
     char addr[RX_ADDR_LEN];
     addr_of(addr, s->host, s->port);
     errno = 0;
@@ -297,7 +304,9 @@ static int ask_sentinel(rx_handle *h, const rx_addr *s, int ms, char *host, size
     if (!ctx) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory connecting to %s", addr);
     int rc = ctx->err ? ctx_fail(h, ctx, errno, "connecting to sentinel", addr) : TRAFFIC_OK;
     redisReply *r = NULL;
-    if (!rc && redisSetTimeout(ctx, tv_of_ms(ms)) != REDIS_OK) rc = ctx_fail(h, ctx, errno, "timeout on", addr);
+    left = deadline - rx_now_ms();
+    if (!rc && redisSetTimeout(ctx, tv_of_ms(left < 1 ? 1 : (int)left)) != REDIS_OK)
+        rc = ctx_fail(h, ctx, errno, "timeout on", addr);
     if (!rc) {
         char *buf = NULL;
         size_t len = 0;
@@ -325,45 +334,130 @@ static int ask_sentinel(rx_handle *h, const rx_addr *s, int ms, char *host, size
     return rc;
 }
 
-/* Asks the sentinels in turn for the master's address if n is stale; one thread at a time. */
-static int sentinel_discover(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline)
+/* A Sentinel master's address is believed only once the server there says ROLE master: a
+ * sentinel can be stale (partitioned, or not yet told of a failover) and name the demoted
+ * master, and the honest ones listed after it must then be asked. So discovery asks the
+ * sentinels in turn and connects to each answer until one is a master, giving each sentinel
+ * an equal share of the time left for its question and that connect: a hung sentinel, or a
+ * stale one naming a frozen server, cannot use up the call's timeout (the cluster's slot-map
+ * reload splits its time the same way). One discovery at a time (refresh_mu); a thread that
+ * waited for another's finds the node fresh and connects to the address found. */
+
+/* Connects to the address n holds now. */
+static int node_connect(rx_handle *h, rx_node *n, int64_t deadline, int *not_master, redisContext **ctx, uint64_t *gen,
+                        char *addr)
 {
-    pthread_mutex_lock(&p->refresh_mu);
+    char host[256];
     pthread_mutex_lock(&n->mu);
-    int need = n->stale || !n->host;
+    snprintf(host, sizeof host, "%s", n->host ? n->host : "");
+    int port = n->port;
+    *gen = n->gen;
+    addr_of(addr, n->host, n->port);
     pthread_mutex_unlock(&n->mu);
-    int rc = TRAFFIC_OK;
-    char host[256], last[RX_ERR_LEN] = "";
-    int port = 0;
-    for (size_t i = 0; need && i < h->cfg.nseeds; i++) {
-        int64_t left = deadline - rx_now_ms();
-        rc = ask_sentinel(h, &h->cfg.seeds[i], left < 1 ? 1 : (int)left, host, sizeof host, &port);
-        if (!rc) break;
+    int64_t left = deadline - rx_now_ms();
+    return conn_open(h, host, port, left < 1 ? 1 : (int)left, addr, not_master, ctx);
+}
+
+/* Makes host:port n's address (connections to another one close when next seen). */
+static int node_move(rx_handle *h, rx_node *n, const char *host, int port, uint64_t *gen)
+{
+    pthread_mutex_lock(&n->mu);
+    int same = n->host && strcmp(n->host, host) == 0 && n->port == port;
+    char *copy = same ? n->host : strdup(host);
+    if (copy && !same) {
+        free(n->host);
+        n->host = copy;
+        n->port = port;
+        n->gen++;
+    }
+    if (copy) n->stale = 0, n->discovered++;
+    *gen = n->gen;
+    pthread_mutex_unlock(&n->mu);
+    return copy ? TRAFFIC_OK : traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
+}
+
+/* Takes p->refresh_mu, waiting no later than deadline. */
+static int refresh_lock(rx_handle *h, rx_proc *p, int64_t deadline)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* pthread_mutex_timedlock's clock */
+    int64_t left = deadline - rx_now_ms();
+    if (left < 0) left = 0;
+    until.tv_sec += (time_t)(left / 1000);
+    until.tv_nsec += (long)(left % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    if (pthread_mutex_timedlock(&p->refresh_mu, &until) == 0) return TRAFFIC_OK;
+    return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
+                                "another thread's search for the master \"%s\" outlasted the call's timeout",
+                                h->cfg.master);
+}
+
+/* Asks the sentinels for a master that answers as one and connects to it (*ctx). seen: n's
+ * count of discoveries when the caller found it stale or not a master. */
+static int sentinel_discover(rx_handle *h, rx_proc *p, rx_node *n, uint64_t seen, int64_t deadline, redisContext **ctx,
+                             uint64_t *gen, char *addr)
+{
+    int rc = refresh_lock(h, p, deadline), not_master;
+    if (rc) return rc;
+    pthread_mutex_lock(&n->mu);
+    int found = !n->stale && n->discovered != seen; /* by the thread we waited for */
+    pthread_mutex_unlock(&n->mu);
+    if (found) {
+        pthread_mutex_unlock(&p->refresh_mu);
+        return node_connect(h, n, deadline, &not_master, ctx, gen, addr);
+    }
+    const size_t ns = h->cfg.nseeds;
+    char host[256], tried[4][256 + 8], last[RX_ERR_LEN] = "no time left";
+    size_t ntried = 0;
+    rc = TRAFFIC_ETIMEDOUT;
+    for (size_t i = 0; i < ns; i++) {
+        int64_t now = rx_now_ms(), left = deadline - now;
+        if (left <= 0) break;
+        int64_t until = now + left / (int64_t)(ns - i) + (left < (int64_t)(ns - i));
+        int port = 0;
+        rc = ask_sentinel(h, &h->cfg.seeds[i], until, host, sizeof host, &port);
+        if (rc == TRAFFIC_OK) {
+            char key[256 + 8];
+            snprintf(key, sizeof key, "%s %d", host, port);
+            size_t k = 0;
+            while (k < ntried && strcmp(tried[k], key) != 0)
+                k++;
+            if (k < ntried) continue; /* an answer already connected to (and not a master) */
+            if (ntried < sizeof tried / sizeof tried[0]) snprintf(tried[ntried++], sizeof tried[0], "%s", key);
+            addr_of(addr, host, port);
+            int64_t share = until - rx_now_ms();
+            rc = conn_open(h, host, port, share < 1 ? 1 : (int)share, addr, &not_master, ctx);
+            if (rc == TRAFFIC_OK) {
+                rc = node_move(h, n, host, port, gen);
+                if (rc) redisFree(*ctx);
+                break;
+            }
+        }
+        if (rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM) break; /* the next sentinel changes nothing */
         snprintf(last, sizeof last, "%s", traffic_errmsg(&h->base));
     }
-    if (need && !rc) {
-        char *copy = NULL;
-        pthread_mutex_lock(&n->mu);
-        if (!n->host || strcmp(n->host, host) != 0 || n->port != port) {
-            if ((copy = strdup(host)) != NULL) {
-                free(n->host);
-                n->host = copy;
-                n->port = port;
-                n->gen++; /* connections to the old master close when next seen */
-            }
-        } else {
-            copy = n->host;
-        }
-        if (copy) n->stale = 0;
-        pthread_mutex_unlock(&n->mu);
-        if (!copy) rc = traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-    } else if (need) {
-        rc = traffic_backend_fail(&h->base, rc == TRAFFIC_ENOMEM ? rc : TRAFFIC_EUNAVAILABLE,
-                                  "no sentinel (of %zu) named the master \"%s\"; last: %s", h->cfg.nseeds,
-                                  h->cfg.master, last);
-    }
     pthread_mutex_unlock(&p->refresh_mu);
-    return rc;
+    if (rc == TRAFFIC_OK || rc == TRAFFIC_ENOMEM || rc == TRAFFIC_EPERM) return rc;
+    return traffic_backend_fail(&h->base, rc == TRAFFIC_ETIMEDOUT ? rc : TRAFFIC_EUNAVAILABLE,
+                                "no sentinel (of %zu) named a reachable master \"%s\"; last: %s", ns, h->cfg.master,
+                                last);
+}
+
+/* A connection to the Sentinel master n: to the address it holds, unless stale or no longer
+ * a master; then to the one discovery finds. */
+static int sentinel_connect(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline, redisContext **ctx, uint64_t *gen,
+                            char *addr)
+{
+    pthread_mutex_lock(&n->mu);
+    int stale = n->stale || !n->host;
+    uint64_t seen = n->discovered;
+    pthread_mutex_unlock(&n->mu);
+    if (!stale) {
+        int not_master;
+        int rc = node_connect(h, n, deadline, &not_master, ctx, gen, addr);
+        if (rc == TRAFFIC_OK || !not_master) return rc;
+    }
+    return sentinel_discover(h, p, n, seen, deadline, ctx, gen, addr);
 }
 
 /* ---- nodes and their pools ------------------------------------------------------------- */
@@ -484,17 +578,11 @@ static int pool_pick(rx_handle *h, rx_node *n, int64_t deadline, rx_conn **ready
 /* Connects the empty slot c of n (marked busy by the caller, n->mu not held). */
 static int pool_connect(rx_handle *h, rx_proc *p, rx_node *n, rx_conn *c, int64_t deadline)
 {
-    int rc = h->cfg.mode == RX_SENTINEL ? sentinel_discover(h, p, n, deadline) : TRAFFIC_OK;
-    char host[256], addr[RX_ADDR_LEN];
-    pthread_mutex_lock(&n->mu);
-    snprintf(host, sizeof host, "%s", n->host ? n->host : "");
-    int port = n->port;
-    uint64_t gen = n->gen;
-    addr_of(addr, n->host, n->port);
-    pthread_mutex_unlock(&n->mu);
     redisContext *ctx = NULL;
-    int64_t left = deadline - rx_now_ms();
-    if (!rc) rc = conn_open(h, host, port, left < 1 ? 1 : (int)left, addr, &ctx);
+    uint64_t gen = 0;
+    char addr[RX_ADDR_LEN];
+    int not_master, rc = h->cfg.mode == RX_SENTINEL ? sentinel_connect(h, p, n, deadline, &ctx, &gen, addr)
+                                                    : node_connect(h, n, deadline, &not_master, &ctx, &gen, addr);
     pthread_mutex_lock(&n->mu);
     if (rc) {
         node_failed(h, n, rc);

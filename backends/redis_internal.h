@@ -77,6 +77,7 @@ typedef struct rx_node {
     int port;          /* 0 for a UNIX node */
     uint64_t gen;
     int stale;           /* SENTINEL: ask the sentinels again before connecting */
+    uint64_t discovered; /* SENTINEL: discoveries that found a master (a waiting thread uses it) */
     int64_t retry_at_ms; /* no new connection before this (backoff after a failed connect) */
     int backoff_ms;      /* 0: the last connect worked */
     int last_rc;         /* status of the last failed connect */

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -194,7 +195,7 @@ static void *fake_main(void *arg)
     return NULL;
 }
 
-__attribute__((unused)) static void fake_start(fake_server *f, int mode, fake_answer_fn answer, void *arg)
+static void fake_start(fake_server *f, int mode, fake_answer_fn answer, void *arg)
 {
     memset(f, 0, sizeof *f);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -210,7 +211,7 @@ __attribute__((unused)) static void fake_start(fake_server *f, int mode, fake_an
     if (mode == FAKE_ANSWER) ck_assert_int_eq(pthread_create(&f->tid, NULL, fake_main, f), 0);
 }
 
-__attribute__((unused)) static void fake_stop(fake_server *f)
+static void fake_stop(fake_server *f)
 {
     if (f->answer) {
         atomic_store(&f->stop, 1);
@@ -366,6 +367,103 @@ START_TEST(t_cluster_grown)
 }
 END_TEST
 
+/* ---- 4, 5. Sentinel: a stale sentinel listed first, a hung one ------------------------- */
+
+/* A fake sentinel's answer: the address in f->arg ("host port"), for any master name. */
+static const char *sentinel_answer(fake_server *f, int argc, char **argv)
+{
+    if (argc == 3 && !strcasecmp(argv[0], "SENTINEL") && !strcasecmp(argv[1], "get-master-addr-by-name")) {
+        char host[256], port[32];
+        if (sscanf((const char *)f->arg, "%255s %31s", host, port) != 2) return "-ERR bad fake\r\n";
+        snprintf(f->reply, sizeof f->reply, "*2\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n", strlen(host), host, strlen(port),
+                 port);
+        return f->reply;
+    }
+    return "-ERR unknown command\r\n";
+}
+
+START_TEST(t_sentinel_stale_first)
+{
+    /* The first sentinel listed names the replica (stale: it missed the failover). The
+     * client must not stay pinned there ("... is a slave" on every call) while the honest
+     * sentinel after it is never asked. */
+    rh_sentinel_set set;
+    ck_assert_int_eq(rh_sentinel_start(&set, 1, NULL), 0);
+    char stale[64];
+    snprintf(stale, sizeof stale, "127.0.0.1 %d", set.replica.port);
+    fake_server liar;
+    fake_start(&liar, FAKE_ANSWER, sentinel_answer, stale);
+    const char *url = rh_url("redis+sentinel://127.0.0.1:%d,127.0.0.1:%d/mymaster?prefix=st:&timeout=1", liar.port,
+                             set.sentinels[0].port);
+    traffic_backend *b = NULL;
+    int rc = traffic_open(url, &b);
+    ck_assert_msg(rc == TRAFFIC_OK, "open with a stale sentinel first -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    int64_t v = 0;
+    TU_OK(b, traffic_increment(b, "c", 5, 0, &v));
+    ck_assert_int_eq(v, 5);
+    char raw[32];
+    ck_assert_int_eq(rh_str(&set.master, raw, sizeof raw, "GET st:c"), 0); /* on the real master */
+    ck_assert_str_eq(raw, "5");
+    ck_assert_int_gt(atomic_load(&liar.commands), 0); /* it was asked, and not believed */
+    /* a fresh process discovers again, and gets there too */
+    pid_t pid = fork();
+    if (pid == 0) _exit(traffic_increment(b, "c", 1, 0, NULL) == TRAFFIC_OK ? 0 : 1);
+    ck_assert_int_eq(tu_wait(pid), 0);
+    ck_assert_int_eq(tu_counter(b, "c"), 6);
+    TU_OK(b, traffic_close(b));
+    fake_stop(&liar);
+    rh_sentinel_stop(&set);
+}
+END_TEST
+
+/* A slow but honest sentinel: sentinel_answer after 20 ms. */
+static const char *slow_sentinel_answer(fake_server *f, int argc, char **argv)
+{
+    tu_sleep_ms(20);
+    return sentinel_answer(f, argc, argv);
+}
+
+START_TEST(t_sentinel_hung_first)
+{
+    /* The first sentinel accepts connections and never answers; the next one answers, in
+     * 20 ms. Before: the hung one used the whole timeout and the next got ~1 ms, so open
+     * failed. */
+    rh_server m = {0};
+    ck_assert_int_eq(rh_start(&m, NULL), 0);
+    char master[64];
+    snprintf(master, sizeof master, "127.0.0.1 %d", m.port);
+    fake_server hung, hung2, honest;
+    fake_start(&hung, FAKE_HUNG, NULL, NULL);
+    fake_start(&hung2, FAKE_HUNG, NULL, NULL);
+    fake_start(&honest, FAKE_ANSWER, slow_sentinel_answer, master);
+    const char *url =
+        rh_url("redis+sentinel://127.0.0.1:%d,127.0.0.1:%d/mymaster?prefix=hs:&timeout=1", hung.port, honest.port);
+    traffic_backend *b = NULL;
+    int rc = traffic_open(url, &b);
+    ck_assert_msg(rc == TRAFFIC_OK, "open with a hung sentinel first -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    TU_OK(b, traffic_set(b, "k", "v", 1, 0));
+    /* two hung ones of three: the last still gets a third of the time */
+    url = rh_url("redis+sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/mymaster?prefix=hs:&timeout=1.5", hung.port,
+                 hung2.port, honest.port);
+    traffic_backend *b2 = NULL;
+    rc = traffic_open(url, &b2);
+    ck_assert_msg(rc == TRAFFIC_OK, "open with two hung sentinels first -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    size_t len = 0;
+    char buf[8];
+    TU_OK(b2, traffic_get(b2, "k", buf, sizeof buf, &len));
+    ck_assert_int_eq(atomic_load(&honest.commands), 2); /* once per handle */
+    TU_OK(b2, traffic_close(b2));
+    TU_OK(b, traffic_close(b));
+    fake_stop(&honest);
+    fake_stop(&hung2);
+    fake_stop(&hung);
+    rh_kill(&m);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -379,6 +477,8 @@ int main(void)
         {"cluster_frozen_master", t_cluster_frozen_master_failover},
         {"clear_refused", t_clear_refused},
         {"cluster_grown", t_cluster_grown},
+        {"sentinel_stale_first", t_sentinel_stale_first},
+        {"sentinel_hung_first", t_sentinel_hung_first},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

@@ -539,16 +539,21 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* open in the child until it exits).                                                       */
 /*                                                                                          */
 /* Sentinel: the sentinels are asked in turn (SENTINEL get-master-addr-by-name, without     */
-/* AUTH), and the answer is checked with ROLE. A broken connection, READONLY or a master    */
-/* that reports another role makes the next connect ask again, which follows a failover.    */
+/* AUTH), each with an equal share of what is left of the call's timeout (a hung sentinel   */
+/* cannot use it all), and an answer is believed only when ROLE there says master; else the */
+/* next sentinel is asked (a stale one listed first cannot pin the client on a demoted      */
+/* master). A broken connection, READONLY or a master that reports another role makes the   */
+/* next connect ask again, which follows a failover.                                        */
 /*                                                                                          */
 /* Cluster: keys go to the master of their hash slot (CRC16, {hashtag}s honoured) from a    */
 /* slot map loaded with CLUSTER SLOTS and reloaded on MOVED; ASK is followed with ASKING;   */
-/* TRYAGAIN and CLUSTERDOWN are retried within `timeout`. A reload asks each known node    */
+/* TRYAGAIN and CLUSTERDOWN are retried within `timeout`. A reload asks each known node     */
 /* once, each with a share of what is left of the calling operation's `timeout` (waiting    */
-/* for another thread's reload counts against it too). Stats and clear visit every          */
-/* master. The map is shared by the threads of a process through liburcu (urcu-memb): a     */
-/* thread is registered with urcu_memb_register_thread on its first cluster call (unless    */
+/* for another thread's reload counts against it too). A node that timed out is suspect:    */
+/* the next call routed to it reloads the map first, which follows the failover of a master */
+/* that stopped answering rather than refusing. Stats and clear reload the map, then visit  */
+/* every master. The map is shared by the threads of a process through liburcu (urcu-memb): */
+/* a thread is registered with urcu_memb_register_thread on its first cluster call (unless  */
 /* the application registered it already, and then must keep it registered while it makes   */
 /* traffic calls) and unregistered when it exits; threads that make no cluster call are     */
 /* never registered. An application that uses urcu-memb itself must not hold an RCU read    */
