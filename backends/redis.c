@@ -299,13 +299,14 @@ static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
         size_t argvlen[2] = {6, keys->element[i]->len};
         rc = rx_append_cmd(h, &buf, &len, 2, argv, argvlen);
     }
-    if (!rc) rc = rx_conn_send(h, c, buf, len);
+    int64_t deadline = rx_now_ms() + h->cfg.timeout_ms;
+    if (!rc) rc = rx_conn_send(h, c, buf, len, deadline);
     free(buf);
     redisReply *refused = NULL;
     size_t refused_at = 0;
     for (size_t i = 0; !rc && i < keys->elements; i++) {
         redisReply *r;
-        if ((rc = rx_conn_read(h, c, &r))) break;
+        if ((rc = rx_conn_read(h, c, deadline, &r))) break;
         if (r->type == REDIS_REPLY_INTEGER || refused || strncmp(r->str, "MOVED ", 6) == 0 ||
             strncmp(r->str, "ASK ", 4) == 0) {
             freeReplyObject(r);

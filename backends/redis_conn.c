@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,17 +84,48 @@ static int ctx_fail(rx_handle *h, const redisContext *ctx, int err_no, const cha
                                 ctx->err == REDIS_ERR_EOF ? "connection closed by the server" : ctx->errstr);
 }
 
-static int ctx_send(rx_handle *h, redisContext *ctx, const char *addr, const char *buf, size_t len)
+/* Marks ctx unusable (a reply may be half read, or a command half sent) and returns the
+ * timeout. */
+static int ctx_timed_out(rx_handle *h, redisContext *ctx, const char *what, const char *addr)
+{
+    ctx->err = REDIS_ERR_IO;
+    snprintf(ctx->errstr, sizeof ctx->errstr, "timed out");
+    return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT, "%s %s: no progress within the timeout (%d ms)", what,
+                                addr, h->cfg.timeout_ms);
+}
+
+/* Waits until fd is ready for events or deadline passes: 1 ready, 0 timed out, -1 error. The
+ * wait is against the call's deadline, not a socket timeout: a signal (a server's periodic
+ * timer, with SA_RESTART or not) interrupts poll, which then waits for what is left, where a
+ * read with SO_RCVTIMEO, retried after EINTR as hiredis does, would start a fresh timeout
+ * each time and, with a timer firing more often than that, never time out. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - rx_now_ms();
+        if (left <= 0) return 0;
+        struct pollfd pfd = {.fd = fd, .events = events};
+        int n = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n > 0) return 1;
+        if (n < 0 && errno != EINTR) return -1;
+    }
+}
+
+static int ctx_send(rx_handle *h, redisContext *ctx, const char *addr, const char *buf, size_t len, int64_t deadline)
 {
     while (len > 0) {
-        ssize_t n = send(ctx->fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = send(ctx->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { /* the socket's buffer is full */
+            int ready = wait_fd(ctx->fd, POLLOUT, deadline);
+            if (ready > 0) continue;
+            if (ready == 0) return ctx_timed_out(h, ctx, "sending to", addr);
+        }
         if (n <= 0) {
             int e = n < 0 ? errno : EPIPE;
             ctx->err = REDIS_ERR_IO; /* the context is unusable from now on */
             snprintf(ctx->errstr, sizeof ctx->errstr, "%s", strerror(e));
-            int rc = e == EAGAIN || e == EWOULDBLOCK ? TRAFFIC_ETIMEDOUT : TRAFFIC_EUNAVAILABLE;
-            return traffic_backend_fail(&h->base, rc, "sending to %s: %s", addr, strerror(e));
+            return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "sending to %s: %s", addr, strerror(e));
         }
         buf += n;
         len -= (size_t)n;
@@ -101,18 +133,27 @@ static int ctx_send(rx_handle *h, redisContext *ctx, const char *addr, const cha
     return TRAFFIC_OK;
 }
 
-static int ctx_read(rx_handle *h, redisContext *ctx, const char *addr, redisReply **out)
+/* The next reply on ctx, by deadline. hiredis only parses: a reply already buffered (the
+ * second of a pipeline) is taken at once, else we wait for the socket (wait_fd) and feed what
+ * one read() returns to its reader. */
+static int ctx_read(rx_handle *h, redisContext *ctx, const char *addr, int64_t deadline, redisReply **out)
 {
-    void *r = NULL;
-    errno = 0;
-    if (redisGetReply(ctx, &r) != REDIS_OK || !r) {
-        int e = errno;
-        if (r) freeReplyObject(r);
-        if (!ctx->err) ctx->err = REDIS_ERR_IO;
-        return ctx_fail(h, ctx, e, "reading from", addr);
+    for (;;) {
+        void *r = NULL;
+        if (redisGetReplyFromReader(ctx, &r) != REDIS_OK) return ctx_fail(h, ctx, 0, "reading from", addr);
+        if (r) {
+            *out = r;
+            return TRAFFIC_OK;
+        }
+        int ready = wait_fd(ctx->fd, POLLIN, deadline);
+        if (ready == 0) return ctx_timed_out(h, ctx, "reading from", addr);
+        errno = 0;
+        if (ready < 0 || redisBufferRead(ctx) != REDIS_OK) {
+            int e = errno;
+            if (!ctx->err) ctx->err = REDIS_ERR_IO, snprintf(ctx->errstr, sizeof ctx->errstr, "%s", strerror(e));
+            return ctx_fail(h, ctx, e, "reading from", addr);
+        }
     }
-    *out = r;
-    return TRAFFIC_OK;
 }
 
 int rx_append_cmd(rx_handle *h, char **buf, size_t *len, int argc, const char **argv, const size_t *argvlen)
@@ -131,37 +172,32 @@ int rx_append_cmd(rx_handle *h, char **buf, size_t *len, int argc, const char **
     return TRAFFIC_OK;
 }
 
-int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len)
+int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len, int64_t deadline)
 {
-    return ctx_send(h, c->ctx, c->addr, buf, len);
+    return ctx_send(h, c->ctx, c->addr, buf, len, deadline);
 }
 
-int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out)
+int rx_conn_read(rx_handle *h, rx_conn *c, int64_t deadline, redisReply **out)
 {
-    return ctx_read(h, c->ctx, c->addr, out);
-}
-
-int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    int rc = rx_append_cmd(h, &buf, &len, argc, argv, argvlen);
-    if (!rc) rc = rx_conn_send(h, c, buf, len);
-    free(buf);
-    return rc ? rc : rx_conn_read(h, c, out);
+    return ctx_read(h, c->ctx, c->addr, deadline, out);
 }
 
 int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
                           const size_t *argvlen, redisReply **out)
 {
-    int64_t left = deadline - rx_now_ms();
-    if (left <= 0)
+    if (deadline <= rx_now_ms())
         return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT, "%s: no time left for %s", c->addr, argv[0]);
-    int shortened = left < h->cfg.timeout_ms;
-    if (shortened) redisSetTimeout(c->ctx, tv_of_ms((int)left));
-    int rc = rx_conn_command(h, c, argc, argv, argvlen, out);
-    if (shortened && c->ctx) redisSetTimeout(c->ctx, tv_of_ms(h->cfg.timeout_ms));
-    return rc;
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = rx_append_cmd(h, &buf, &len, argc, argv, argvlen);
+    if (!rc) rc = rx_conn_send(h, c, buf, len, deadline);
+    free(buf);
+    return rc ? rc : rx_conn_read(h, c, deadline, out);
+}
+
+int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out)
+{
+    return rx_conn_command_until(h, c, rx_now_ms() + h->cfg.timeout_ms, argc, argv, argvlen, out);
 }
 
 static void addr_of(char *buf, const char *host, int port)
@@ -191,13 +227,13 @@ int rx_transient_error(const char *err)
 
 /* The replies to conn_setup's pipeline, in order. *not_master: ROLE said the server is not a
  * master (Sentinel). */
-static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int *not_master)
+static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int64_t deadline, int *not_master)
 {
     const rx_config *cf = &h->cfg;
     redisReply *r;
     int rc;
     if (cf->password) {
-        if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
+        if ((rc = ctx_read(h, ctx, addr, deadline, &r))) return rc;
         rc = r->type == REDIS_REPLY_ERROR
                  ? traffic_backend_fail(&h->base, TRAFFIC_EPERM, "AUTH%s%s%s on %s refused: %s",
                                         cf->user ? " as \"" : "", cf->user ? cf->user : "", cf->user ? "\"" : "", addr,
@@ -207,7 +243,7 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int 
         if (rc) return rc;
     }
     if (cf->db) {
-        if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
+        if ((rc = ctx_read(h, ctx, addr, deadline, &r))) return rc;
         rc = r->type == REDIS_REPLY_ERROR ? traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EINVAL),
                                                                  "SELECT %u on %s: %s", cf->db, addr, r->str)
                                           : TRAFFIC_OK;
@@ -215,7 +251,7 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int 
         if (rc) return rc;
     }
     if (cf->mode == RX_SENTINEL) {
-        if ((rc = ctx_read(h, ctx, addr, &r))) return rc;
+        if ((rc = ctx_read(h, ctx, addr, deadline, &r))) return rc;
         if (r->type == REDIS_REPLY_ERROR)
             rc = traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EIO), "ROLE on %s: %s", addr, r->str);
         else if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
@@ -232,7 +268,7 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int 
 }
 
 /* AUTH, SELECT and, for a Sentinel master, ROLE: pipelined, one round trip. */
-static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr, int *not_master)
+static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr, int64_t deadline, int *not_master)
 {
     const rx_config *cf = &h->cfg;
     char *buf = NULL, db[16];
@@ -253,35 +289,41 @@ static int conn_setup(rx_handle *h, redisContext *ctx, const char *addr, int *no
         size_t argvlen[1] = {4};
         rc = rx_append_cmd(h, &buf, &len, 1, argv, argvlen);
     }
-    if (!rc && len) rc = ctx_send(h, ctx, addr, buf, len);
+    if (!rc && len) rc = ctx_send(h, ctx, addr, buf, len, deadline);
     free(buf);
-    return rc || !len ? rc : setup_replies(h, ctx, addr, not_master);
+    return rc || !len ? rc : setup_replies(h, ctx, addr, deadline, not_master);
+}
+
+/* A connection to host:port (port 0: the unix socket host) by deadline, or a context whose err
+ * says why not (NULL: out of memory). hiredis waits for the connect with poll() and gives up
+ * when a signal interrupts it: then the connect starts again with the time left. */
+static redisContext *ctx_connect(const char *host, int port, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - rx_now_ms();
+        struct timeval tv = tv_of_ms(left < 1 ? 1 : (int)left);
+        errno = 0;
+        redisContext *ctx = port ? redisConnectWithTimeout(host, port, tv) : redisConnectUnixWithTimeout(host, tv);
+        if (!ctx || !ctx->err || !strstr(ctx->errstr, strerror(EINTR)) || rx_now_ms() >= deadline) return ctx;
+        redisFree(ctx);
+    }
 }
 
 /* A new, set-up connection to host:port (port 0: the unix socket host), connecting within ms.
- * *not_master (set to 0 first): a Sentinel master's ROLE said it is not one. */
+ * *not_master (set to 0 first): a Sentinel master's ROLE said it is not one. Reads and writes
+ * wait with poll() against each call's deadline (wait_fd), so no socket timeout is set. */
 static int conn_open(rx_handle *h, const char *host, int port, int ms, const char *addr, int *not_master,
                      redisContext **out)
 {
     int64_t deadline = rx_now_ms() + ms;
     *not_master = 0;
-    struct timeval tv = tv_of_ms(ms);
-    errno = 0;
-    redisContext *ctx = port ? redisConnectWithTimeout(host, port, tv) : redisConnectUnixWithTimeout(host, tv);
+    redisContext *ctx = ctx_connect(host, port, deadline);
     if (!ctx) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory connecting to %s", addr);
     int rc = TRAFFIC_OK;
     if (ctx->err) rc = ctx_fail(h, ctx, errno, "connecting to", addr);
-    /* The setup replies (AUTH, SELECT, ROLE) get what is left of this call's time, not a fresh
-     * timeout; the connection then gets the full timeout for the calls that reuse it. */
-    int64_t left = deadline - rx_now_ms();
-    if (!rc) {
-        fcntl(ctx->fd, F_SETFD, FD_CLOEXEC); /* a program this process execs does not inherit it */
-        if (redisSetTimeout(ctx, tv_of_ms(left < 1 ? 1 : (int)left)) != REDIS_OK)
-            rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
-    }
-    if (!rc) rc = conn_setup(h, ctx, addr, not_master);
-    if (!rc && redisSetTimeout(ctx, tv_of_ms(h->cfg.timeout_ms)) != REDIS_OK)
-        rc = ctx_fail(h, ctx, errno, "setting the timeout of", addr);
+    if (!rc) fcntl(ctx->fd, F_SETFD, FD_CLOEXEC); /* a program this process execs does not inherit it */
+    /* The setup replies (AUTH, SELECT, ROLE) get what is left of this call's time. */
+    if (!rc) rc = conn_setup(h, ctx, addr, deadline, not_master);
     if (rc) {
         redisFree(ctx);
         return rc;
@@ -295,27 +337,21 @@ static int conn_open(rx_handle *h, const char *host, int port, int ms, const cha
 /* Asks one sentinel where the master is, by deadline: host (cap bytes) and *port. */
 static int ask_sentinel(rx_handle *h, const rx_addr *s, int64_t deadline, char *host, size_t cap, int *port)
 {
-    int64_t left = deadline - rx_now_ms();
-    int ms = left < 1 ? 1 : (int)left;
     char addr[RX_ADDR_LEN];
     addr_of(addr, s->host, s->port);
-    errno = 0;
-    redisContext *ctx = redisConnectWithTimeout(s->host, s->port, tv_of_ms(ms));
+    redisContext *ctx = ctx_connect(s->host, s->port, deadline);
     if (!ctx) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory connecting to %s", addr);
     int rc = ctx->err ? ctx_fail(h, ctx, errno, "connecting to sentinel", addr) : TRAFFIC_OK;
     redisReply *r = NULL;
-    left = deadline - rx_now_ms();
-    if (!rc && redisSetTimeout(ctx, tv_of_ms(left < 1 ? 1 : (int)left)) != REDIS_OK)
-        rc = ctx_fail(h, ctx, errno, "timeout on", addr);
     if (!rc) {
         char *buf = NULL;
         size_t len = 0;
         const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", h->cfg.master};
         size_t argvlen[3] = {8, 23, strlen(h->cfg.master)};
         rc = rx_append_cmd(h, &buf, &len, 3, argv, argvlen);
-        if (!rc) rc = ctx_send(h, ctx, addr, buf, len);
+        if (!rc) rc = ctx_send(h, ctx, addr, buf, len, deadline);
         free(buf);
-        if (!rc) rc = ctx_read(h, ctx, addr, &r);
+        if (!rc) rc = ctx_read(h, ctx, addr, deadline, &r);
     }
     if (!rc) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
@@ -757,28 +793,21 @@ static int send_command(run_state *st, rx_conn *c)
     static const size_t asking_len[1] = {6};
     int rc = st->asking ? rx_append_cmd(st->h, &buf, &len, 1, asking, asking_len) : TRAFFIC_OK;
     if (!rc) rc = rx_append_cmd(st->h, &buf, &len, cmd->argc, argv, argvlen);
-    if (!rc) rc = rx_conn_send(st->h, c, buf, len);
+    if (!rc) rc = rx_conn_send(st->h, c, buf, len, st->deadline);
     free(buf);
     return rc;
 }
 
-/* Reads the command's reply(ies) within the call's deadline. A pooled connection reads with
- * the full timeout; when connecting or waiting for the pool used part of the call's time, the
- * socket's timeout is cut to what is left for these reads (one setsockopt, slow path only). */
+/* Reads the command's reply(ies) within the call's deadline. */
 static int read_reply(run_state *st, rx_conn *c, redisReply **out)
 {
-    int64_t left = st->deadline - rx_now_ms();
-    int shortened = left < st->h->cfg.timeout_ms;
-    if (shortened) redisSetTimeout(c->ctx, tv_of_ms(left < 1 ? 1 : (int)left));
     int rc = TRAFFIC_OK;
     if (st->asking) {
         redisReply *ok;
-        rc = rx_conn_read(st->h, c, &ok);
+        rc = rx_conn_read(st->h, c, st->deadline, &ok);
         if (!rc) freeReplyObject(ok);
     }
-    if (!rc) rc = rx_conn_read(st->h, c, out);
-    if (shortened && c->ctx) redisSetTimeout(c->ctx, tv_of_ms(st->h->cfg.timeout_ms));
-    return rc;
+    return rc ? rc : rx_conn_read(st->h, c, st->deadline, out);
 }
 
 enum { RE_REPLY, RE_NOSCRIPT, RE_MOVED, RE_ASK, RE_WAIT, RE_ROLE };

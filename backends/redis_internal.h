@@ -194,22 +194,23 @@ void rx_conn_release(rx_conn *c, int healthy);
 /* Appends one command, in the protocol's format, to *buf (a growing malloc'd buffer of *len
  * bytes): several make a pipeline for rx_conn_send. */
 int rx_append_cmd(rx_handle *h, char **buf, size_t *len, int argc, const char **argv, const size_t *argvlen);
-/* Sends the formatted command(s) buf[0..len) on c. On failure the server got at most a part:
- * a command cut short is never run, but earlier whole ones of a pipeline may have been. */
-int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len);
-/* Reads the next reply on c. */
-int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out);
-/* Sends one command on c and reads its reply (no routing, no retries). */
+/* Sends the formatted command(s) buf[0..len) on c by deadline (ms of rx_now_ms). On failure
+ * the server got at most a part: a command cut short is never run, but earlier whole ones of
+ * a pipeline may have been. */
+int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len, int64_t deadline);
+/* Reads the next reply on c by deadline. */
+int rx_conn_read(rx_handle *h, rx_conn *c, int64_t deadline, redisReply **out);
+/* Sends one command on c and reads its reply (no routing, no retries), within the timeout. */
 int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out);
-/* The same, reading for no longer than until deadline (ms of rx_now_ms). */
+/* The same, by deadline. */
+int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
+                          const size_t *argvlen, redisReply **out);
 /* The status of a refusal by the server: TRAFFIC_EPERM for NOAUTH and NOPERM (a missing or
  * insufficient login, an ACL), else `otherwise`. */
 int rx_refusal_status(const char *err, int otherwise);
 /* An error reply that says the server cannot do it now, not that the command is wrong: READONLY
  * (a replica), CLUSTERDOWN, TRYAGAIN, LOADING, MASTERDOWN, MOVED, ASK. */
 int rx_transient_error(const char *err);
-int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
-                          const size_t *argvlen, redisReply **out);
 
 /* Runs cmd for the key rkey (the prefixed key, which routes it in a cluster) and returns its
  * reply, which may be a server error the caller has to interpret. Handles the pool, NOSCRIPT,

@@ -464,6 +464,90 @@ START_TEST(t_sentinel_hung_first)
 }
 END_TEST
 
+/* ---- 6. a periodic signal during a frozen server -------------------------------------- */
+
+static void on_tick(int sig)
+{
+    (void)sig;
+}
+
+struct ticked_call {
+    traffic_backend *b;
+    const char *url; /* open this instead of calling on b */
+    int op;          /* TU_GET / TU_INCR */
+    int rc;
+    atomic_int done;
+};
+
+static void *ticked_main(void *arg)
+{
+    struct ticked_call *t = arg;
+    if (t->url) {
+        traffic_backend *b = NULL;
+        t->rc = traffic_open(t->url, &b);
+        if (b) traffic_close(b);
+    } else if (t->op == TU_INCR) {
+        t->rc = traffic_increment(t->b, "c", 1, 0, NULL);
+    } else {
+        char buf[8];
+        size_t len;
+        t->rc = traffic_get(t->b, "k", buf, sizeof buf, &len);
+    }
+    atomic_store(&t->done, 1);
+    return NULL;
+}
+
+/* Runs t in a thread that receives SIGUSR1 (SA_RESTART) every 100 ms, as a server's timer
+ * would send; returns whether it finished within 10 s (a 0.3 s timeout: no bound on speed,
+ * only against a hang). The server is resumed afterwards if it did not, so the thread ends. */
+static int ticked(struct ticked_call *t, rh_server *frozen)
+{
+    pthread_t tid;
+    ck_assert_int_eq(pthread_create(&tid, NULL, ticked_main, t), 0);
+    int64_t end = tu_now_ms() + 10000;
+    while (!atomic_load(&t->done) && tu_now_ms() < end) {
+        pthread_kill(tid, SIGUSR1);
+        tu_sleep_ms(100);
+    }
+    int finished = atomic_load(&t->done);
+    if (!finished) rh_pause(frozen, 0);
+    pthread_join(tid, NULL);
+    return finished;
+}
+
+START_TEST(t_signal_during_frozen_server)
+{
+    /* Before: hiredis retried the read after each EINTR with a fresh SO_RCVTIMEO, so with a
+     * timer firing more often than `timeout` a call on a frozen server never returned. */
+    struct sigaction sa = {.sa_handler = on_tick, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    ck_assert_int_eq(sigaction(SIGUSR1, &sa, NULL), 0);
+    rh_server s = {0};
+    ck_assert_int_eq(rh_start(&s, NULL), 0);
+    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=sig:&timeout=0.3&pool_size=1", s.port));
+    TU_OK(b, traffic_set(b, "k", "v", 1, 0));
+    rh_pause(&s, 1);
+    struct ticked_call get = {.b = b, .op = TU_GET};
+    ck_assert_msg(ticked(&get, &s), "a get on a frozen server under a 100 ms timer never returned");
+    ck_assert_msg(get.rc == TRAFFIC_ETIMEDOUT, "get -> %s (%s)", traffic_strerror(get.rc), traffic_errmsg(b));
+    struct ticked_call incr = {.b = b, .op = TU_INCR};
+    ck_assert_msg(ticked(&incr, &s), "an increment on a frozen server under a 100 ms timer never returned");
+    ck_assert_msg(incr.rc == TRAFFIC_ETIMEDOUT, "increment -> %s (%s)", traffic_strerror(incr.rc), traffic_errmsg(b));
+    /* a new connection: connect completes (the kernel's backlog), its first reply never comes */
+    struct ticked_call open = {.url = rh_url("redis://127.0.0.1:%d?timeout=0.3", s.port)};
+    ck_assert_msg(ticked(&open, &s), "open of a frozen server under a 100 ms timer never returned");
+    ck_assert_msg(open.rc == TRAFFIC_ETIMEDOUT, "open -> %s (%s)", traffic_strerror(open.rc), traffic_errmsg(NULL));
+    rh_pause(&s, 0);
+    int64_t deadline = tu_now_ms() + 5000;
+    int rc;
+    while ((rc = traffic_set(b, "k", "w", 1, 0)) != TRAFFIC_OK && tu_now_ms() < deadline)
+        tu_sleep_ms(20);
+    TU_OK(b, rc);
+    TU_OK(b, traffic_close(b));
+    rh_kill(&s);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -479,6 +563,7 @@ int main(void)
         {"cluster_grown", t_cluster_grown},
         {"sentinel_stale_first", t_sentinel_stale_first},
         {"sentinel_hung_first", t_sentinel_hung_first},
+        {"signal_frozen", t_signal_during_frozen_server},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

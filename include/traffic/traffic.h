@@ -521,18 +521,19 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* another algorithm's state is TRAFFIC_ETYPE, on a string that starts with '!' and is no   */
 /* well-formed state TRAFFIC_ECORRUPT (traffic_get too).                                    */
 /*                                                                                          */
-/* Connections: each process keeps up to pool_size connections per server; a call waits     */
-/* at most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is   */
+/* Connections: each process keeps up to pool_size connections per server; a call waits at  */
+/* most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is      */
 /* replaced; reconnecting backs off from 25 ms to at most 1 s between attempts, and during  */
 /* a back-off calls fail at once with TRAFFIC_EUNAVAILABLE (or the status of the failed     */
 /* connect, e.g. TRAFFIC_EPERM for a refused password). A server that stops answering gives */
-/* TRAFFIC_ETIMEDOUT within `timeout` (a call's reads are cut to what is left of it after a */
-/* connect or a wait for the pool). A server that answers, but each reply slowly, can make  */
-/* a call that opens a new connection take up to ~3 x `timeout` (AUTH, SELECT, ROLE are    */
-/* read one after another), and traffic_open, which also loads the script, ~4x. No call     */
-/* is retried when the server may have run it, except the idempotent ones: an increment     */
-/* whose connection broke after sending reports TRAFFIC_EUNAVAILABLE, and may or may not    */
-/* have counted. Calls recover by themselves once the server is back.                       */
+/* TRAFFIC_ETIMEDOUT within `timeout`: a call's connect, setup (AUTH, SELECT, ROLE), sends  */
+/* and reads all wait, with poll(), for what is left of one deadline set when the call      */
+/* starts, so a signal handler that runs meanwhile (a server's periodic timer, SA_RESTART   */
+/* or not) does not extend it; traffic_open, which connects to each master and loads two    */
+/* scripts there, takes up to ~3 x `timeout` per master. No call is retried when the server */
+/* may have run it, except the idempotent ones: an increment whose connection broke after   */
+/* sending reports TRAFFIC_EUNAVAILABLE, and may or may not have counted. Calls recover by  */
+/* themselves once the server is back.                                                      */
 /*                                                                                          */
 /* fork(): a child notices the new pid at its first call and opens its own connections; the */
 /* parent's are abandoned in the child (never sent on, never closed; their descriptors stay */
