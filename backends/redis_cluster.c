@@ -32,6 +32,13 @@
 
 #include "redis_internal.h"
 
+/* The shortest time between two slot-map reloads of a process that only suspect the map (a
+ * dead or silent master, CLUSTERDOWN): without it, every call to a dead master's slots
+ * reloaded it, and a call that kept meeting CLUSTERDOWN reloaded it a dozen times. A MOVED
+ * reply, which proves the map wrong, is never held back (a burst of them still costs one
+ * reload: see seen_epoch). go-redis waits 200 ms too. */
+#define RX_RELOAD_GAP_MS 200
+
 /* ---- slots ----------------------------------------------------------------------------- */
 
 /* CRC16-XMODEM (polynomial 0x1021, initial value 0), as the Redis Cluster spec defines. */
@@ -308,7 +315,7 @@ static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, 
     return rc;
 }
 
-int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline)
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int urgent, int64_t deadline)
 {
     /* Another thread's reload may be under way: wait for it no longer than this call may. */
     struct timespec until;
@@ -322,10 +329,13 @@ int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_ep
         return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
                                     "another thread's reload of the slot map outlasted the call's timeout");
     rx_map *cur = rcu_dereference(p->map), *m = NULL;
-    if (cur && cur->epoch != seen_epoch) { /* replaced since the caller looked */
+    int64_t now = rx_now_ms();
+    if ((cur && cur->epoch != seen_epoch) || /* replaced since the caller looked */
+        (cur && !urgent && !hint && now - p->reload_at_ms < RX_RELOAD_GAP_MS)) {
         pthread_mutex_unlock(&p->refresh_mu);
         return TRAFFIC_OK;
     }
+    p->reload_at_ms = now;
     int rc = map_load(h, p, hint, cur, deadline, &m);
     if (!rc) {
         m->epoch = (cur ? cur->epoch : 0) + 1;
@@ -353,7 +363,7 @@ int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, 
             *epoch = e;
             return TRAFFIC_OK;
         }
-        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, e, deadline))) return rc;
+        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, e, e == 0, deadline))) return rc; /* e 0: no map */
     }
     return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "no node of the cluster serves slot %u", slot);
 }
@@ -368,7 +378,7 @@ int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***ou
     rx_map *m = rcu_dereference(p->map);
     uint64_t seen = m ? m->epoch : 0;
     rx_rcu_read_leave();
-    if ((rc = rx_cluster_refresh(h, p, NULL, seen, deadline))) return rc;
+    if ((rc = rx_cluster_refresh(h, p, NULL, seen, 1, deadline))) return rc;
     if ((rc = rx_rcu_read_enter(h))) return rc;
     m = rcu_dereference(p->map);
     rx_node **copy = m ? malloc(m->nmasters * sizeof *copy) : NULL;

@@ -759,12 +759,13 @@ typedef struct run_state {
     rx_proc *p;
     const rx_cmd *cmd;
     int64_t deadline;
-    unsigned slot;   /* CLUSTER: the key's */
-    rx_node *target; /* set by MOVED / ASK / NOSCRIPT: the node of the next try, else routed */
-    uint64_t epoch;  /* of the slot map the route came from */
-    int rerouted;    /* CLUSTER: the map was reloaded because the routed node was suspect */
-    int asking;      /* send ASKING first */
-    int use_eval;    /* NOSCRIPT seen: send EVAL with the body */
+    unsigned slot;     /* CLUSTER: the key's */
+    rx_node *target;   /* set by MOVED / ASK / NOSCRIPT: the node of the next try, else routed */
+    uint64_t epoch;    /* of the slot map the route came from */
+    int rerouted;      /* CLUSTER: the map was reloaded because the routed node was suspect */
+    int down_reloaded; /* CLUSTER: the map was reloaded after CLUSTERDOWN */
+    int asking;        /* send ASKING first */
+    int use_eval;      /* NOSCRIPT seen: send EVAL with the body */
     int waits, down_retries;
     int last_rc; /* why the last try failed, if the command gives up */
     char last[RX_ERR_LEN];
@@ -863,7 +864,7 @@ static int after_failure(run_state *st, rx_node *n, int rc, int from_acquire)
     st->asking = 0;
     if (h->cfg.mode == RX_CLUSTER) { /* perhaps a failover moved its slots: reload the map once */
         if (st->down_retries++) return rc;
-        int r2 = rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline);
+        int r2 = rx_cluster_refresh(h, st->p, NULL, st->epoch, 0, st->deadline);
         return r2 ? rc : RX_AGAIN;
     }
     /* One server: a connect that just failed would fail again; a broken pooled connection
@@ -893,7 +894,7 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
         remember(st, TRAFFIC_EUNAVAILABLE, r->str);
         rc = redirect_target(st, r, n, &st->target);
         st->asking = kind == RE_ASK;
-        if (!rc && kind == RE_MOVED) rx_cluster_refresh(h, st->p, st->target, st->epoch, st->deadline);
+        if (!rc && kind == RE_MOVED) rx_cluster_refresh(h, st->p, st->target, st->epoch, 1, st->deadline);
         if (!rc) rc = RX_AGAIN;
         break;
     case RE_WAIT: {
@@ -903,7 +904,8 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
         st->waits++;
         if (ms > RX_WAIT_MAX_MS) ms = RX_WAIT_MAX_MS;
         if (left > 0) rx_sleep_ms(ms < left ? ms : (int)left);
-        if (cluster && is_error(r, "CLUSTERDOWN")) rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline);
+        if (cluster && is_error(r, "CLUSTERDOWN") && !st->down_reloaded++) /* once: the map is rarely why */
+            rx_cluster_refresh(h, st->p, NULL, st->epoch, 0, st->deadline);
         st->target = NULL;
         st->asking = 0;
         break;
@@ -911,7 +913,7 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
     case RE_ROLE: /* a master turned replica: find the new one */
         remember(st, TRAFFIC_EUNAVAILABLE, r->str);
         node_suspect(h, n);
-        if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline);
+        if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch, 0, st->deadline);
         st->target = NULL;
         st->asking = 0;
         break;
@@ -935,7 +937,7 @@ static int run_once(run_state *st, redisReply **out)
         /* A node that timed out or broke: perhaps failed over meanwhile. Look again, once. */
         if (atomic_load_explicit(&n->suspect, memory_order_relaxed) && !st->rerouted) {
             st->rerouted = 1;
-            if (rx_cluster_refresh(h, st->p, NULL, st->epoch, st->deadline) == TRAFFIC_OK &&
+            if (rx_cluster_refresh(h, st->p, NULL, st->epoch, 0, st->deadline) == TRAFFIC_OK &&
                 (rc = rx_cluster_route(h, st->p, st->slot, st->deadline, &n, &st->epoch)))
                 return rc;
         }

@@ -109,6 +109,7 @@ typedef struct rx_proc {
     rx_node *master;            /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
     pthread_mutex_t refresh_mu; /* one slot-map refresh or Sentinel discovery at a time */
     rx_node *map_source;        /* CLUSTER: the node that gave the current map, under refresh_mu */
+    int64_t reload_at_ms;       /* CLUSTER: when the last reload started (rx_now_ms), under refresh_mu */
     rx_map *map;                /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
                                  * replaced with rcu_assign_pointer under refresh_mu */
     struct rx_proc *parent;     /* the state inherited across fork(): never used nor closed here */
@@ -230,8 +231,11 @@ unsigned rx_key_slot(const char *key, size_t len);
 int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, rx_node **out, uint64_t *epoch);
 /* Loads the slot map from CLUSTER SLOTS (asking hint first, then each known node once, each
  * with a share of the time left) unless a map newer than seen_epoch was published meanwhile;
- * gives up at deadline, waiting for another thread's reload included. */
-int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline);
+ * gives up at deadline, waiting for another thread's reload included. A reload that only
+ * suspects the map (a dead or silent node, CLUSTERDOWN, READONLY) is skipped, returning
+ * TRAFFIC_OK, when the last one of the process started less than RX_RELOAD_GAP_MS ago;
+ * `urgent` ones are not (a MOVED reply: hint; clear and stats; a process without a map). */
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int urgent, int64_t deadline);
 /* A malloc'd copy of the masters of a map loaded for this call (clear, stats, open). */
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);
 /* Frees p's map (p is being freed: no reader is left). */

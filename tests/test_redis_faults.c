@@ -73,7 +73,7 @@ static const char *key_on(const rh_cluster *c, const char *prefix, int owner, co
 
 /* The number of calls of command `name` ("cluster|slots", "set") s has served, from INFO
  * commandstats; `field` "calls=" or "rejected_calls=". */
-__attribute__((unused)) static long long cmdstat(const rh_server *s, const char *name, const char *field)
+static long long cmdstat(const rh_server *s, const char *name, const char *field)
 {
     redisReply *r = rh_cmd(s, "INFO commandstats");
     ck_assert_msg(r && r->type == REDIS_REPLY_STRING, "INFO commandstats on %d", s->port);
@@ -548,6 +548,72 @@ START_TEST(t_signal_during_frozen_server)
 }
 END_TEST
 
+/* ---- 7. slot-map reloads are rate-limited ---------------------------------------------- */
+
+/* CLUSTER SLOTS served so far by the nodes of c other than `except`. */
+static long long slot_reloads(const rh_cluster *c, int except)
+{
+    long long n = 0;
+    for (int i = 0; i < c->n; i++)
+        if (i != except) n += cmdstat(&c->nodes[i], "cluster|slots", "calls=");
+    return n;
+}
+
+START_TEST(t_cluster_reload_storm)
+{
+    /* A dead master: before, every call to its slots reloaded the map (200 gets, 200
+     * CLUSTER SLOTS); a cluster that says CLUSTERDOWN: ~13 reloads per call. */
+    rh_cluster cl;
+    ck_assert_int_eq(rh_cluster_start_timeout(&cl, 3, 1000), 0);
+    char dead_key[32], live_key[32];
+    key_on(&cl, "rl:", 0, "d", dead_key, sizeof dead_key);
+    key_on(&cl, "rl:", 1, "l", live_key, sizeof live_key);
+    traffic_backend *b = open_url(rh_url("redis+cluster://%s?prefix=rl:&timeout=1", cluster_hosts(&cl)));
+    TU_OK(b, traffic_set(b, dead_key, "v", 1, 0));
+    TU_OK(b, traffic_set(b, live_key, "v", 1, 0));
+    rh_kill(&cl.nodes[0]);
+    long long before = slot_reloads(&cl, 0);
+    int64_t t0 = tu_now_ms();
+    enum { CALLS = 200 };
+    for (int i = 0; i < CALLS; i++) {
+        char buf[8];
+        size_t len;
+        int rc = traffic_get(b, dead_key, buf, sizeof buf, &len);
+        ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE || rc == TRAFFIC_ETIMEDOUT, "get on a dead master -> %s (%s)",
+                      traffic_strerror(rc), traffic_errmsg(b));
+    }
+    int64_t took = tu_now_ms() - t0;
+    long long reloads = slot_reloads(&cl, 0) - before;
+    /* at most one per 200 ms, and the first at once */
+    ck_assert_msg(reloads <= 2 + took / 200, "%d gets on a dead master's slot in %lld ms reloaded the map %lld times",
+                  CALLS, (long long)took, reloads);
+    fprintf(stderr, "%d gets on a dead master: %lld reloads in %lld ms\n", CALLS, reloads, (long long)took);
+
+    /* the cluster notices (node timeout 1 s) and refuses every slot with CLUSTERDOWN */
+    int64_t deadline = tu_now_ms() + 20000;
+    for (;;) {
+        redisReply *r = rh_cmd(&cl.nodes[1], "CLUSTER INFO");
+        int down = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:fail");
+        if (r) freeReplyObject(r);
+        if (down) break;
+        ck_assert_msg(tu_now_ms() < deadline, "the cluster never went down");
+        tu_sleep_ms(50);
+    }
+    tu_sleep_ms(300); /* past the gap of the reloads above */
+    before = slot_reloads(&cl, 0);
+    char buf[8];
+    size_t len;
+    int rc = traffic_get(b, live_key, buf, sizeof buf, &len);
+    ck_assert_msg(rc == TRAFFIC_ETIMEDOUT || rc == TRAFFIC_EUNAVAILABLE, "get under CLUSTERDOWN -> %s (%s)",
+                  traffic_strerror(rc), traffic_errmsg(b));
+    ck_assert_msg(strstr(traffic_errmsg(b), "CLUSTERDOWN"), "message: %s", traffic_errmsg(b));
+    reloads = slot_reloads(&cl, 0) - before;
+    ck_assert_msg(reloads <= 1, "one call under CLUSTERDOWN reloaded the map %lld times", reloads);
+    TU_OK(b, traffic_close(b));
+    rh_cluster_stop(&cl);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -564,6 +630,7 @@ int main(void)
         {"sentinel_stale_first", t_sentinel_stale_first},
         {"sentinel_hung_first", t_sentinel_hung_first},
         {"signal_frozen", t_signal_during_frozen_server},
+        {"cluster_reload_storm", t_cluster_reload_storm},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

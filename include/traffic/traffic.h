@@ -552,16 +552,18 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* once, each with a share of what is left of the calling operation's `timeout` (waiting    */
 /* for another thread's reload counts against it too). A node that timed out is suspect:    */
 /* the next call routed to it reloads the map first, which follows the failover of a master */
-/* that stopped answering rather than refusing. Stats and clear reload the map, then visit  */
-/* every master. The map is shared by the threads of a process through liburcu (urcu-memb): */
-/* a thread is registered with urcu_memb_register_thread on its first cluster call (unless  */
-/* the application registered it already, and then must keep it registered while it makes   */
-/* traffic calls) and unregistered when it exits; threads that make no cluster call are     */
-/* never registered. An application that uses urcu-memb itself must not hold an RCU read    */
-/* lock across a traffic call, nor run its own grace periods while forking: the first       */
-/* cluster open installs a pthread_atfork handler that makes fork() wait until no thread is */
-/* inside the library's read side or grace periods, so that a child's RCU never waits for a */
-/* thread that fork() left behind.                                                          */
+/* that stopped answering rather than refusing. Reloads that only suspect the map (a dead   */
+/* or silent node, CLUSTERDOWN, READONLY) happen at most once per 200 ms per process, and   */
+/* once per call for CLUSTERDOWN; a MOVED reply reloads it at once. Stats and clear reload  */
+/* the map, then visit every master. The map is shared by the threads of a process through  */
+/* liburcu (urcu-memb): a thread is registered with urcu_memb_register_thread on its first  */
+/* cluster call (unless the application registered it already, and then must keep it        */
+/* registered while it makes traffic calls) and unregistered when it exits; threads that    */
+/* make no cluster call are never registered. An application that uses urcu-memb itself     */
+/* must not hold an RCU read lock across a traffic call, nor run its own grace periods      */
+/* while forking: the first cluster open installs a pthread_atfork handler that makes       */
+/* fork() wait until no thread is inside the library's read side or grace periods, so that  */
+/* a child's RCU never waits for a thread that fork() left behind.                          */
 /* ---------------------------------------------------------------------------------------- */
 
 #define TRAFFIC_REDIS_VALUE_MAX 1048576 /* bytes in a value of the Redis backend (1 MiB) */
