@@ -560,6 +560,15 @@ static void node_suspect(rx_handle *h, rx_node *n)
     pthread_mutex_unlock(&n->mu);
 }
 
+/* Closes n's connections: idle ones when next picked, busy ones when released (their gen is
+ * older). */
+static void node_forget(rx_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->gen++;
+    pthread_mutex_unlock(&n->mu);
+}
+
 /* After a failed connect (n->mu held): start or lengthen the back-off, remember why. */
 static void node_failed(rx_handle *h, rx_node *n, int rc)
 {
@@ -764,6 +773,7 @@ typedef struct run_state {
     uint64_t epoch;    /* of the slot map the route came from */
     int rerouted;      /* CLUSTER: the map was reloaded because the routed node was suspect */
     int down_reloaded; /* CLUSTER: the map was reloaded after CLUSTERDOWN */
+    int role_retries;  /* READONLY seen: tried again once on a fresh connection */
     int asking;        /* send ASKING first */
     int use_eval;      /* NOSCRIPT seen: send EVAL with the body */
     int waits, down_retries;
@@ -872,7 +882,7 @@ static int after_failure(run_state *st, rx_node *n, int rc, int from_acquire)
     return from_acquire || st->down_retries++ ? rc : RX_AGAIN;
 }
 
-static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply **out)
+static int on_error_reply(run_state *st, redisReply *r, rx_node *n, const char *c_addr, redisReply **out)
 {
     rx_handle *h = st->h;
     int kind = classify(r), rc = RX_AGAIN, cluster = h->cfg.mode == RX_CLUSTER;
@@ -910,8 +920,13 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, redisReply *
         st->asking = 0;
         break;
     }
-    case RE_ROLE: /* a master turned replica: find the new one */
+    case RE_ROLE: /* a master turned replica: find the new one (the command did not run) */
         remember(st, TRAFFIC_EUNAVAILABLE, r->str);
+        if (st->role_retries++) { /* a fresh connection, map or discovery did not help */
+            rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "%s is not a master: %s", c_addr, r->str);
+            break;
+        }
+        node_forget(n); /* the name may lead elsewhere now (DNS, a virtual IP): reconnect */
         node_suspect(h, n);
         if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch, 0, st->deadline);
         st->target = NULL;
@@ -949,6 +964,8 @@ static int run_once(run_state *st, redisReply **out)
     int sent = rc == TRAFFIC_OK;
     redisReply *r = NULL;
     if (!rc) rc = read_reply(st, c, &r);
+    char addr[RX_ADDR_LEN]; /* for a message about an error reply: c is another thread's after release */
+    if (!rc && r->type == REDIS_REPLY_ERROR) memcpy(addr, c->addr, sizeof addr);
     rx_conn_release(c, rc == TRAFFIC_OK);
     if (!rc && atomic_load_explicit(&n->suspect, memory_order_relaxed)) /* it answers again */
         atomic_store_explicit(&n->suspect, 0, memory_order_relaxed);
@@ -962,7 +979,7 @@ static int run_once(run_state *st, redisReply **out)
         }
         return after_failure(st, n, rc, 0);
     }
-    return r->type == REDIS_REPLY_ERROR ? on_error_reply(st, r, n, out) : (*out = r, TRAFFIC_OK);
+    return r->type == REDIS_REPLY_ERROR ? on_error_reply(st, r, n, addr, out) : (*out = r, TRAFFIC_OK);
 }
 
 int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out)

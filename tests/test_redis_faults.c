@@ -614,6 +614,65 @@ START_TEST(t_cluster_reload_storm)
 }
 END_TEST
 
+/* ---- 8. READONLY: a fresh connection, and few retries --------------------------------- */
+
+START_TEST(t_readonly_follows_address)
+{
+    /* One address (here a unix socket's symlink, standing for a DNS name or a virtual IP)
+     * moves to the new primary while the old one lives on as a replica. Before: the pooled
+     * connection to the old primary was kept and every call retried READONLY on it, 16
+     * times back to back, for as long as the old primary lived. */
+    rh_server m = {.unixsocket = 1}, r = {.unixsocket = 1};
+    ck_assert_int_eq(rh_start(&m, NULL), 0);
+    char extra[128];
+    snprintf(extra, sizeof extra, "replicaof 127.0.0.1 %d\n", m.port);
+    ck_assert_int_eq(rh_start(&r, extra), 0);
+    char vip[RH_PATH + 16], tmp[RH_PATH + 16];
+    snprintf(vip, sizeof vip, "%s/vip.sock", rh_dir());
+    snprintf(tmp, sizeof tmp, "%s/vip.tmp", rh_dir());
+    ck_assert_int_eq(symlink(m.sock, vip), 0);
+    traffic_backend *b = open_url(rh_url("redis+unix://%s?prefix=vip:&pool_size=2", vip));
+    int64_t v = 0;
+    TU_OK(b, traffic_increment(b, "c", 5, 0, &v));
+    ck_assert_int_eq(rh_wait_synced(&m, &r, 10000), 0);
+
+    /* the failover: the replica is promoted, the old primary follows it, the address moves */
+    char buf[64];
+    ck_assert_int_eq(rh_str(&r, buf, sizeof buf, "REPLICAOF NO ONE"), 0);
+    snprintf(buf, sizeof buf, "%d", r.port);
+    redisReply *rep = rh_cmd(&m, "REPLICAOF 127.0.0.1 %s", buf);
+    ck_assert_ptr_nonnull(rep);
+    freeReplyObject(rep);
+    ck_assert_int_eq(symlink(r.sock, tmp), 0);
+    ck_assert_int_eq(rename(tmp, vip), 0);
+
+    long long rejected0 = cmdstat(&m, "evalsha", "rejected_calls=");
+    int rc = traffic_increment(b, "c", 1, 0, &v);
+    ck_assert_msg(rc == TRAFFIC_OK, "increment after the address moved -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(b));
+    ck_assert_int_eq(v, 6);
+    ck_assert_int_eq(rh_str(&r, buf, sizeof buf, "GET vip:c"), 0);
+    ck_assert_str_eq(buf, "6");
+    ck_assert_int_le(cmdstat(&m, "evalsha", "rejected_calls=") - rejected0, 1);
+    for (int i = 0; i < 5; i++) /* no connection to the old primary is left in the pool */
+        TU_OK(b, traffic_increment(b, "c", 1, 0, NULL));
+    ck_assert_int_eq(tu_counter(b, "c"), 11);
+    TU_OK(b, traffic_close(b));
+
+    /* aimed at a replica for good: a call gives up after two refusals, not sixteen */
+    traffic_backend *rb = open_url(rh_url("redis://127.0.0.1:%d?prefix=vip:", m.port));
+    long long rej0 = cmdstat(&m, "set", "rejected_calls=");
+    rc = traffic_set(rb, "k", "v", 1, 0);
+    ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "set on a replica -> %s (%s)", traffic_strerror(rc), traffic_errmsg(rb));
+    ck_assert_msg(strstr(traffic_errmsg(rb), "READONLY"), "message: %s", traffic_errmsg(rb));
+    long long rej = cmdstat(&m, "set", "rejected_calls=") - rej0;
+    ck_assert_msg(rej >= 1 && rej <= 2, "one set on a replica was refused %lld times", rej);
+    TU_OK(rb, traffic_close(rb));
+    rh_kill(&r);
+    rh_kill(&m);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -631,6 +690,7 @@ int main(void)
         {"sentinel_hung_first", t_sentinel_hung_first},
         {"signal_frozen", t_signal_during_frozen_server},
         {"cluster_reload_storm", t_cluster_reload_storm},
+        {"readonly_follows_address", t_readonly_follows_address},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

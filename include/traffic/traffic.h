@@ -530,7 +530,10 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* and reads all wait, with poll(), for what is left of one deadline set when the call      */
 /* starts, so a signal handler that runs meanwhile (a server's periodic timer, SA_RESTART   */
 /* or not) does not extend it; traffic_open, which connects to each master and loads two    */
-/* scripts there, takes up to ~3 x `timeout` per master. No call is retried when the server */
+/* scripts there, takes up to ~3 x `timeout` per master. READONLY (the server turned        */
+/* replica) closes every connection to it and the call tries once more on a new one, which  */
+/* resolves the name again and so follows a failover behind a DNS name or a virtual IP; a   */
+/* second READONLY fails it with TRAFFIC_EUNAVAILABLE. No call is retried when the server   */
 /* may have run it, except the idempotent ones: an increment whose connection broke after   */
 /* sending reports TRAFFIC_EUNAVAILABLE, and may or may not have counted. Calls recover by  */
 /* themselves once the server is back.                                                      */
