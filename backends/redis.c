@@ -86,7 +86,7 @@ int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key
                                       key, r->str);
         else if (strncmp(r->str, "OOM", 3) == 0)
             rc = traffic_backend_fail(&h->base, TRAFFIC_EFULL, "%s \"%.64s\": %s", what, key, r->str);
-        else if (rx_transient_error(r->str))
+        else if (rx_transient_error(r->str) || rx_server_full(r->str))
             rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "%s \"%.64s\": redis replied: %s", what, key,
                                       r->str);
         else
@@ -371,21 +371,40 @@ typedef struct stats_job {
     scan_job scan;             /* counts the keys */
 } stats_job;
 
+/* INFO memory, then INFO stats: two commands, pipelined, because Redis 6 takes one section
+ * per INFO ("INFO memory stats" is a syntax error there). */
 static int stats_node(rx_handle *h, rx_conn *c, void *arg)
 {
     stats_job *job = arg;
     struct traffic_stats *o = job->out;
-    const char *argv[3] = {"INFO", "memory", "stats"};
-    size_t argvlen[3] = {4, 6, 5};
-    redisReply *r;
-    int rc = rx_conn_command(h, c, 3, argv, argvlen, &r);
-    if (rc) return rc;
-    if (r->type != REDIS_REPLY_STRING) return rx_unexpected(h, r, "INFO", "memory stats");
-    o->bytes_used += info_field(r->str, "used_memory");
-    o->expirations += info_field(r->str, "expired_keys");
-    o->evictions += info_field(r->str, "evicted_keys");
-    freeReplyObject(r);
-    return scan_node(h, c, &job->scan);
+    static const char *const sections[2] = {"memory", "stats"};
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = TRAFFIC_OK;
+    for (int i = 0; i < 2 && !rc; i++) {
+        const char *argv[2] = {"INFO", sections[i]};
+        size_t argvlen[2] = {4, strlen(sections[i])};
+        rc = rx_append_cmd(h, &buf, &len, 2, argv, argvlen);
+    }
+    int64_t deadline = rx_now_ms() + h->cfg.timeout_ms;
+    if (!rc) rc = rx_conn_send(h, c, buf, len, deadline);
+    free(buf);
+    redisReply *r[2] = {NULL, NULL};
+    for (int i = 0; i < 2 && !rc; i++)
+        rc = rx_conn_read(h, c, deadline, &r[i]);
+    for (int i = 0; i < 2 && !rc; i++)
+        if (r[i]->type != REDIS_REPLY_STRING) {
+            rc = rx_unexpected(h, r[i], "INFO", sections[i]);
+            r[i] = NULL;
+        }
+    if (!rc) {
+        o->bytes_used += info_field(r[0]->str, "used_memory");
+        o->expirations += info_field(r[1]->str, "expired_keys");
+        o->evictions += info_field(r[1]->str, "evicted_keys");
+    }
+    for (int i = 0; i < 2; i++)
+        if (r[i]) freeReplyObject(r[i]);
+    return rc ? rc : scan_node(h, c, &job->scan);
 }
 
 static int r_stats(traffic_backend *b, struct traffic_stats *o)

@@ -208,9 +208,10 @@ static int map_build(rx_handle *h, rx_proc *p, const redisReply *r, const char *
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
             e->element[1]->type != REDIS_REPLY_INTEGER || e->element[2]->type != REDIS_REPLY_ARRAY ||
             e->element[2]->elements < 2 || e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER || e->element[0]->integer < 0 ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER || e->element[2]->element[1]->integer < 1 ||
+            e->element[2]->element[1]->integer > 65535 || e->element[0]->integer < 0 ||
             e->element[1]->integer >= RX_SLOTS || e->element[0]->integer > e->element[1]->integer)
-            continue; /* not a slot range we understand */
+            continue; /* not a slot range we understand (a port 0: a unix socket to hiredis) */
         const redisReply *a = e->element[2];
         const char *host = a->element[0]->len ? a->element[0]->str : from;
         rx_node *n = rx_node_get(h, p, host, (int)a->element[1]->integer);

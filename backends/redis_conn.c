@@ -212,7 +212,26 @@ static void addr_of(char *buf, const char *host, int port)
 
 int rx_refusal_status(const char *err, int otherwise)
 {
+    if (rx_server_full(err)) return TRAFFIC_EUNAVAILABLE;
     return strncmp(err, "NOAUTH", 6) == 0 || strncmp(err, "NOPERM", 6) == 0 ? TRAFFIC_EPERM : otherwise;
+}
+
+int rx_server_full(const char *err)
+{
+    /* What a server at maxclients writes to a new connection before closing it: the reply to
+     * whatever the client sent first (AUTH, or a command), which it never read nor ran. */
+    return strncmp(err, "ERR max number of clients reached", 33) == 0;
+}
+
+int rx_parse_port(const char *s, size_t len)
+{
+    long v = 0;
+    if (len == 0 || len > 5) return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= 1 && v <= 65535 ? (int)v : -1;
 }
 
 int rx_transient_error(const char *err)
@@ -235,9 +254,9 @@ static int setup_replies(rx_handle *h, redisContext *ctx, const char *addr, int6
     if (cf->password) {
         if ((rc = ctx_read(h, ctx, addr, deadline, &r))) return rc;
         rc = r->type == REDIS_REPLY_ERROR
-                 ? traffic_backend_fail(&h->base, TRAFFIC_EPERM, "AUTH%s%s%s on %s refused: %s",
-                                        cf->user ? " as \"" : "", cf->user ? cf->user : "", cf->user ? "\"" : "", addr,
-                                        r->str)
+                 ? traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EPERM),
+                                        "AUTH%s%s%s on %s refused: %s", cf->user ? " as \"" : "",
+                                        cf->user ? cf->user : "", cf->user ? "\"" : "", addr, r->str)
                  : TRAFFIC_OK;
         freeReplyObject(r);
         if (rc) return rc;
@@ -355,9 +374,13 @@ static int ask_sentinel(rx_handle *h, const rx_addr *s, int64_t deadline, char *
     }
     if (!rc) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
-            r->element[1]->type == REDIS_REPLY_STRING && r->element[0]->len < cap) {
+            r->element[1]->type == REDIS_REPLY_STRING && r->element[0]->len < cap && r->element[0]->len > 0) {
             memcpy(host, r->element[0]->str, r->element[0]->len + 1);
-            *port = atoi(r->element[1]->str);
+            /* a port 0 would make hiredis take the host for a unix socket's path */
+            if ((*port = rx_parse_port(r->element[1]->str, r->element[1]->len)) < 0)
+                rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE,
+                                          "sentinel %s named the port \"%.16s\" for \"%s\"", addr, r->element[1]->str,
+                                          h->cfg.master);
         } else if (r->type == REDIS_REPLY_ERROR) {
             rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "sentinel %s: %s", addr, r->str);
         } else {
@@ -821,7 +844,7 @@ static int read_reply(run_state *st, rx_conn *c, redisReply **out)
     return rc ? rc : rx_conn_read(st->h, c, st->deadline, out);
 }
 
-enum { RE_REPLY, RE_NOSCRIPT, RE_MOVED, RE_ASK, RE_WAIT, RE_ROLE };
+enum { RE_REPLY, RE_NOSCRIPT, RE_MOVED, RE_ASK, RE_WAIT, RE_ROLE, RE_FULL };
 
 static int is_error(const redisReply *r, const char *word)
 {
@@ -838,6 +861,7 @@ static int classify(const redisReply *r)
     if (is_error(r, "TRYAGAIN") || is_error(r, "CLUSTERDOWN") || is_error(r, "LOADING") || is_error(r, "MASTERDOWN"))
         return RE_WAIT;
     if (is_error(r, "READONLY")) return RE_ROLE;
+    if (rx_server_full(r->str)) return RE_FULL;
     return RE_REPLY;
 }
 
@@ -857,7 +881,9 @@ static int redirect_target(run_state *st, const redisReply *r, rx_node *from, rx
     } else {
         snprintf(host, sizeof host, "%.*s", (int)(colon - sp - 1), sp + 1);
     }
-    *out = rx_node_get(st->h, st->p, host, atoi(colon + 1));
+    int port = rx_parse_port(colon + 1, strlen(colon + 1));
+    if (port < 0) return traffic_backend_fail(&st->h->base, TRAFFIC_EIO, "bad port in the redirect \"%s\"", r->str);
+    *out = rx_node_get(st->h, st->p, host, port);
     return *out ? TRAFFIC_OK : traffic_backend_fail(&st->h->base, TRAFFIC_ENOMEM, "out of memory");
 }
 
@@ -931,6 +957,9 @@ static int on_error_reply(run_state *st, redisReply *r, rx_node *n, const char *
         if (cluster) rx_cluster_refresh(h, st->p, NULL, st->epoch, 0, st->deadline);
         st->target = NULL;
         st->asking = 0;
+        break;
+    case RE_FULL: /* a new connection the server refused, and closes: the command never ran */
+        rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "%s: %s", c_addr, r->str);
         break;
     default: break;
     }

@@ -207,11 +207,16 @@ int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const
 int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
                           const size_t *argvlen, redisReply **out);
 /* The status of a refusal by the server: TRAFFIC_EPERM for NOAUTH and NOPERM (a missing or
- * insufficient login, an ACL), else `otherwise`. */
+ * insufficient login, an ACL), TRAFFIC_EUNAVAILABLE for a server at maxclients, else
+ * `otherwise`. */
 int rx_refusal_status(const char *err, int otherwise);
 /* An error reply that says the server cannot do it now, not that the command is wrong: READONLY
  * (a replica), CLUSTERDOWN, TRYAGAIN, LOADING, MASTERDOWN, MOVED, ASK. */
 int rx_transient_error(const char *err);
+/* The error a server at maxclients answers a new connection with, before closing it. */
+int rx_server_full(const char *err);
+/* A TCP port, s[0..len) in decimal, 1..65535; -1 if it is anything else. */
+int rx_parse_port(const char *s, size_t len);
 
 /* Runs cmd for the key rkey (the prefixed key, which routes it in a cluster) and returns its
  * reply, which may be a server error the caller has to interpret. Handles the pool, NOSCRIPT,

@@ -98,7 +98,7 @@ static long long cmdstat(const rh_server *s, const char *name, const char *field
 
 enum { FAKE_HUNG, FAKE_ANSWER };
 #define FAKE_CLIENTS 16
-#define FAKE_BUF     4096
+#define FAKE_BUF     65536 /* the rate-limit script, sent whole by SCRIPT LOAD, fits */
 
 typedef struct fake_server fake_server;
 typedef const char *(*fake_answer_fn)(fake_server *f, int argc, char **argv);
@@ -673,6 +673,152 @@ START_TEST(t_readonly_follows_address)
 }
 END_TEST
 
+/* ---- 9. a full server, ports that are not ports, Redis 6's INFO ----------------------- */
+
+START_TEST(t_server_full)
+{
+    /* A server at maxclients answers a new connection with an error and closes it. That is
+     * a busy server, not a refusal of our credentials: TRAFFIC_EUNAVAILABLE (which fallback=
+     * and callers treat as transient), not TRAFFIC_EPERM (with AUTH) or TRAFFIC_EIO. */
+    rh_server s = {0}, t = {0};
+    snprintf(s.password, sizeof s.password, "pw");
+    ck_assert_int_eq(rh_start(&s, "requirepass pw\nmaxclients 2\n"), 0);
+    ck_assert_int_eq(rh_start(&t, "maxclients 2\n"), 0);
+    redisContext *fill[4];
+    for (int i = 0; i < 4; i++) { /* two connections each: both full */
+        fill[i] = redisConnect("127.0.0.1", i < 2 ? s.port : t.port);
+        ck_assert_msg(fill[i] && !fill[i]->err, "filler %d", i);
+        redisReply *r = redisCommand(fill[i], i < 2 ? "AUTH pw" : "PING");
+        ck_assert_msg(r && r->type != REDIS_REPLY_ERROR, "filler %d: %s", i, r && r->str ? r->str : "no reply");
+        freeReplyObject(r);
+    }
+    traffic_backend *b = NULL;
+    int rc = traffic_open(rh_url("redis://:pw@127.0.0.1:%d?prefix=full:", s.port), &b);
+    ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "open (AUTH) of a full server -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    ck_assert_msg(strstr(traffic_errmsg(NULL), "max number of clients"), "message: %s", traffic_errmsg(NULL));
+    rc = traffic_open(rh_url("redis://127.0.0.1:%d?prefix=full:", t.port), &b);
+    ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "open of a full server -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    /* a handle opened before the server filled up, needing a new connection */
+    redisFree(fill[3]);
+    b = open_url(rh_url("redis://127.0.0.1:%d?prefix=full:&pool_size=2", t.port));
+    fill[3] = NULL;     /* the handle's connection took its place: full again */
+    pid_t pid = fork(); /* a child has no connection yet */
+    if (pid == 0) _exit(traffic_set(b, "k", "v", 1, 0) == TRAFFIC_EUNAVAILABLE ? 0 : 1);
+    ck_assert_int_eq(tu_wait(pid), 0);
+    TU_OK(b, traffic_set(b, "k", "v", 1, 0)); /* the parent still has its own */
+    for (int i = 0; i < 3; i++)
+        redisFree(fill[i]);
+    TU_OK(b, traffic_close(b));
+    TU_OK(NULL, traffic_open(rh_url("redis://:pw@127.0.0.1:%d?prefix=full:", s.port), &b));
+    TU_OK(b, traffic_close(b));
+    rh_kill(&t);
+    rh_kill(&s);
+}
+END_TEST
+
+/* A fake node speaking like a Redis server; f->arg: the unix socket path of a real server,
+ * named with port 0 where `port0_slots` or in MOVED. */
+struct fake_node {
+    const char *sock;
+    int port0_slots; /* CLUSTER SLOTS names sock:0 for every slot (else: this fake) */
+    int redis6;      /* INFO takes one section, as Redis 6 */
+};
+
+static const char *node_answer(fake_server *f, int argc, char **argv)
+{
+    const struct fake_node *n = f->arg;
+    if (argc == 3 && !strcasecmp(argv[0], "SCRIPT") && !strcasecmp(argv[1], "LOAD"))
+        return "$40\r\n0123456789012345678901234567890123456789\r\n";
+    if (argc == 2 && !strcasecmp(argv[0], "CLUSTER") && !strcasecmp(argv[1], "SLOTS")) {
+        if (n->port0_slots)
+            snprintf(f->reply, sizeof f->reply, "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$%zu\r\n%s\r\n:0\r\n",
+                     strlen(n->sock), n->sock);
+        else
+            snprintf(f->reply, sizeof f->reply, "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n",
+                     f->port);
+        return f->reply;
+    }
+    if (argc == 2 && !strcasecmp(argv[0], "GET")) {
+        snprintf(f->reply, sizeof f->reply, "-MOVED 1 %s:0\r\n", n->sock);
+        return f->reply;
+    }
+    if (!strcasecmp(argv[0], "INFO")) {
+        if (argc > 2) return "-ERR syntax error\r\n";
+        const char *body = argc == 2 && !strcasecmp(argv[1], "memory") ? "# Memory\r\nused_memory:1234\r\n"
+                           : argc == 2 && !strcasecmp(argv[1], "stats")
+                               ? "# Stats\r\nexpired_keys:5\r\nevicted_keys:6\r\n"
+                               : "# Memory\r\nused_memory:1234\r\n# Stats\r\nexpired_keys:5\r\nevicted_keys:6\r\n";
+        snprintf(f->reply, sizeof f->reply, "$%zu\r\n%s\r\n", strlen(body), body);
+        return f->reply;
+    }
+    if (argc >= 2 && !strcasecmp(argv[0], "SCAN")) return "*2\r\n$1\r\n0\r\n*0\r\n";
+    return "-ERR unknown command\r\n";
+}
+
+START_TEST(t_ports_are_ports)
+{
+    /* A port 0 from a sentinel, CLUSTER SLOTS or MOVED was taken by atoi and handed to
+     * hiredis, which then connected to a unix socket named by the host: here a real server's,
+     * which answered. Each must be refused. */
+    rh_server real = {.unixsocket = 1};
+    ck_assert_int_eq(rh_start(&real, NULL), 0);
+    redisReply *r = rh_cmd(&real, "SET pp:k =secret");
+    ck_assert_ptr_nonnull(r);
+    freeReplyObject(r);
+    char answer[RH_PATH + 8];
+    snprintf(answer, sizeof answer, "%s 0", real.sock);
+    fake_server sent;
+    fake_start(&sent, FAKE_ANSWER, sentinel_answer, answer);
+    traffic_backend *b = NULL;
+    int rc = traffic_open(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=pp:&timeout=1", sent.port), &b);
+    ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "a sentinel naming port 0 -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    ck_assert_msg(strstr(traffic_errmsg(NULL), "port"), "message: %s", traffic_errmsg(NULL));
+    fake_stop(&sent);
+
+    struct fake_node slots0 = {.sock = real.sock, .port0_slots = 1};
+    fake_server node;
+    fake_start(&node, FAKE_ANSWER, node_answer, &slots0);
+    rc = traffic_open(rh_url("redis+cluster://127.0.0.1:%d?prefix=pp:&timeout=1", node.port), &b);
+    ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "CLUSTER SLOTS naming port 0 -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    fake_stop(&node);
+
+    struct fake_node moved0 = {.sock = real.sock};
+    fake_start(&node, FAKE_ANSWER, node_answer, &moved0);
+    b = open_url(rh_url("redis+cluster://127.0.0.1:%d?prefix=pp:&timeout=1", node.port));
+    char buf[16];
+    size_t len = 0;
+    rc = traffic_get(b, "k", buf, sizeof buf, &len);
+    ck_assert_msg(rc == TRAFFIC_EIO, "MOVED to port 0 -> %s (%s; read \"%.*s\")", traffic_strerror(rc),
+                  traffic_errmsg(b), rc ? 0 : (int)len, buf);
+    TU_OK(b, traffic_close(b));
+    fake_stop(&node);
+    rh_kill(&real);
+}
+END_TEST
+
+START_TEST(t_stats_redis6)
+{
+    /* Redis 6 (Debian 11) takes one section per INFO: "INFO memory stats" is a syntax error
+     * there, and traffic_stats failed. A fake server that speaks that INFO. */
+    struct fake_node six = {.sock = "", .redis6 = 1};
+    fake_server node;
+    fake_start(&node, FAKE_ANSWER, node_answer, &six);
+    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=r6:&timeout=1", node.port));
+    struct traffic_stats st;
+    TU_OK(b, traffic_stats(b, &st));
+    ck_assert_uint_eq(st.bytes_used, 1234);
+    ck_assert_uint_eq(st.expirations, 5);
+    ck_assert_uint_eq(st.evictions, 6);
+    ck_assert_uint_eq(st.keys, 0);
+    TU_OK(b, traffic_close(b));
+    fake_stop(&node);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -691,6 +837,9 @@ int main(void)
         {"signal_frozen", t_signal_during_frozen_server},
         {"cluster_reload_storm", t_cluster_reload_storm},
         {"readonly_follows_address", t_readonly_follows_address},
+        {"server_full", t_server_full},
+        {"ports_are_ports", t_ports_are_ports},
+        {"stats_redis6", t_stats_redis6},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

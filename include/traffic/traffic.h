@@ -596,7 +596,8 @@ typedef struct traffic_redis_options {
 
 /* Opens a Redis store with typed options.
  * @retval TRAFFIC_EINVAL       bad option (no host, bad port, a db for a cluster, rediss://)
- * @retval TRAFFIC_EUNAVAILABLE no server (or sentinel, or cluster node) could be reached
+ * @retval TRAFFIC_EUNAVAILABLE no server (or sentinel, or cluster node) could be reached, or
+ *                              it is at maxclients
  * @retval TRAFFIC_ETIMEDOUT    a server did not answer within `timeout`
  * @retval TRAFFIC_EPERM        AUTH refused (wrong password or user), or the user may not run
  *                              the commands this backend needs
