@@ -647,12 +647,46 @@ static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
     return rc;
 }
 
+static int sq_pool_checkout(sqlite_backend *s, int64_t start, sq_conn **out);
+
+/* Cancellation. pthread_cancel acts at cancellation points, and a call passes many: the wait
+ * for a pooled connection (pthread_cond_timedwait), fork_enter's wait, the busy handler's
+ * nanosleep, SQLite's own pread/pwrite/fcntl. A thread cancelled at one of them unwinds
+ * through code that has no cleanup handlers, leaving the pool's mutex held (every later call
+ * hangs), a connection checked out for ever and fork_active raised (the next fork() hangs),
+ * or a SQLite statement half run. So every call of this backend runs with cancellation
+ * disabled, from sq_pool_get (or the start of open, close, cleanup start and stop) to its
+ * end; a cancel that arrives meanwhile stays pending and acts at the caller's next
+ * cancellation point after the call returned. */
+int sq_nocancel(void)
+{
+    int old = PTHREAD_CANCEL_ENABLE;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+    return old;
+}
+
+void sq_cancel_restore(int old)
+{
+    pthread_setcancelstate(old, NULL);
+}
+
 /* Checks out a connection for the calling thread: an idle one, else a new one while fewer
  * than pool_size exist, else the next one to come back. From here to pool_put the thread
- * counts as inside SQLite for fork_prepare. */
+ * counts as inside SQLite for fork_prepare, and cannot be cancelled. */
 int sq_pool_get(sqlite_backend *s, sq_conn **out)
 {
     int64_t start = sq_mono_ns();
+    int cancel_state = sq_nocancel();
+    int rc = sq_pool_checkout(s, start, out);
+    if (rc == TRAFFIC_OK)
+        (*out)->cancel_state = cancel_state;
+    else
+        sq_cancel_restore(cancel_state);
+    return rc;
+}
+
+static int sq_pool_checkout(sqlite_backend *s, int64_t start, sq_conn **out)
+{
     fork_enter();
     sq_pool *p = sq_pool_current(s);
     int rc = TRAFFIC_OK;
@@ -697,6 +731,7 @@ int sq_pool_get(sqlite_backend *s, sq_conn **out)
 void sq_pool_put(sqlite_backend *s, sq_conn *c)
 {
     sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
+    int cancel_state = c->cancel_state; /* c is another thread's once idle */
     turn_release(c);
     pthread_mutex_lock(&p->mu);
     c->next = p->idle;
@@ -704,6 +739,7 @@ void sq_pool_put(sqlite_backend *s, sq_conn *c)
     pthread_cond_signal(&p->free_cv);
     pthread_mutex_unlock(&p->mu);
     fork_leave();
+    sq_cancel_restore(cancel_state);
 }
 
 /* ---- statements ------------------------------------------------------------------------ */
@@ -772,6 +808,7 @@ static void sq_free(sqlite_backend *s)
 static int q_close(traffic_backend *b)
 {
     sqlite_backend *s = S(b);
+    int cancel_state = sq_nocancel();
     sq_pool *p = atomic_load(&s->pool);
     if (p && p->pid == getpid()) {
         sq_reaper_stop(s, p);
@@ -783,6 +820,7 @@ static int q_close(traffic_backend *b)
         fork_unregister(s);
     }
     sq_free(s);
+    sq_cancel_restore(cancel_state);
     return TRAFFIC_OK;
 }
 
@@ -1007,8 +1045,10 @@ int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
     s->gid = getegid();
     s->cleanup_ms = ttl_seconds_to_ms(o->cleanup_interval > 0 ? o->cleanup_interval : SQ_DEFAULT_CLEANUP_S);
     s->timeout_ns = ttl_seconds_to_ms(o->timeout > 0 ? o->timeout : SQ_DEFAULT_TIMEOUT_S) * 1000000;
+    int cancel_state = sq_nocancel();
     int rc = resolve_path(s, o->path);
     if (rc == TRAFFIC_OK) rc = sq_validate(s);
+    sq_cancel_restore(cancel_state);
     sq_pool *p = rc == TRAFFIC_OK ? pool_new(s) : NULL;
     if (rc == TRAFFIC_OK && !p) rc = traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
     if (rc != TRAFFIC_OK) {

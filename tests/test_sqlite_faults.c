@@ -1,0 +1,202 @@
+/*
+ * test_sqlite_faults.c — the SQLite backend under the faults of issue 16: threads cancelled
+ * inside a call, a UTF-16 database, a file with our marks and the wrong tables, calls that
+ * wait for the pool and the lock, TTLs of writes that waited, -wal and -shm files this
+ * process may not write, a SQLite library too old.
+ *
+ * Real files, real processes and threads; each test in its own directory under one mkdtemp()
+ * directory per run, removed at the end by the unchecked fixture. One test case per test:
+ * CK_RUN_CASE=name runs one.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+/* ---- scratch directories and raw SQLite ------------------------------------------------- */
+
+static char base_dir[256];
+
+static void base_setup(void)
+{
+    snprintf(base_dir, sizeof base_dir, "/tmp/traffic-sqlite-faults-XXXXXX");
+    if (!mkdtemp(base_dir)) abort();
+    chmod(base_dir, 0755); /* tests run children as nobody */
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void base_teardown(void)
+{
+    nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* dir/t.db in a fresh directory for one test (static buffer per call site is enough). */
+static const char *test_db(const char *tag, char *buf, size_t cap)
+{
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/%s", base_dir, tu_name(tag));
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    snprintf(buf, cap, "%s/t.db", dir);
+    return buf;
+}
+
+static traffic_backend *open_db(const char *path, const char *params)
+{
+    char url[800];
+    snprintf(url, sizeof url, "sqlite://%s%s%s", path, params ? "?" : "", params ? params : "");
+    traffic_backend *b = NULL;
+    TU_OK(NULL, traffic_open(url, &b));
+    return b;
+}
+
+__attribute__((unused)) static int try_open(const char *path, traffic_backend **b)
+{
+    char url[800];
+    snprintf(url, sizeof url, "sqlite://%s", path);
+    *b = NULL;
+    return traffic_open(url, b);
+}
+
+static sqlite3 *raw_open(const char *path)
+{
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    return db;
+}
+
+__attribute__((unused)) static void raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = raw_open(path);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
+    sqlite3_close(db);
+}
+
+/* Joins t, waiting at most ms; 0 if it ended. */
+static int join_within(pthread_t t, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    return pthread_timedjoin_np(t, NULL, &ts);
+}
+
+/* ---- 10. cancellation ------------------------------------------------------------------ */
+
+struct cancel_call {
+    traffic_backend *b;
+    int op; /* TU_INCR or TU_GET */
+    int rc;
+    atomic_int done;
+};
+
+static void *cancel_main(void *arg)
+{
+    struct cancel_call *t = arg;
+    if (t->op == TU_INCR) {
+        t->rc = traffic_increment(t->b, "k", 1, 0, NULL);
+    } else {
+        char buf[32];
+        size_t len;
+        t->rc = traffic_get(t->b, "k", buf, sizeof buf, &len);
+    }
+    atomic_store(&t->done, 1);
+    pthread_testcancel(); /* a cancel that waited for the call to end acts here */
+    return NULL;
+}
+
+static void *fork_main(void *arg)
+{
+    (void)arg;
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    waitpid(pid, NULL, 0);
+    return NULL;
+}
+
+START_TEST(t_cancel_inside_calls)
+{
+    /* Thread A waits for the write lock (another connection holds it) with the only pooled
+     * connection; thread B waits for that connection. Both are cancelled. Before: B died in
+     * pthread_cond_timedwait holding the pool's mutex (every later call hung), and A died in
+     * the busy handler's sleep with the connection checked out and the fork count raised (the
+     * next fork() hung). A cancel must wait until the call is over. */
+    char path[512];
+    test_db("cancel", path, sizeof path);
+    traffic_backend *b = open_db(path, "timeout=5&pool_size=1");
+    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
+    sqlite3 *db = raw_open(path);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct cancel_call a = {.b = b, .op = TU_INCR}, g = {.b = b, .op = TU_GET};
+    pthread_t ta, tb;
+    ck_assert_int_eq(pthread_create(&ta, NULL, cancel_main, &a), 0);
+    tu_sleep_ms(200); /* A holds the connection, in the busy handler */
+    ck_assert_int_eq(pthread_create(&tb, NULL, cancel_main, &g), 0);
+    tu_sleep_ms(200); /* B waits for the pool */
+    ck_assert_int_eq(pthread_cancel(tb), 0);
+    ck_assert_int_eq(pthread_cancel(ta), 0);
+    tu_sleep_ms(200);
+    ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_msg(join_within(ta, 10000) == 0, "the cancelled increment never ended");
+    ck_assert_msg(join_within(tb, 10000) == 0, "the cancelled get never ended");
+    ck_assert_msg(atomic_load(&a.done) && a.rc == TRAFFIC_OK, "the increment was cut short (%d)", a.rc);
+    ck_assert_msg(atomic_load(&g.done) && g.rc == TRAFFIC_OK, "the get was cut short (%d)", g.rc);
+
+    /* the handle still works, from another thread, and fork() does not wait for a ghost */
+    tu_timed after = {.b = b, .op = TU_INCR, .key = "k"};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, tu_timed_call, &after), 0);
+    ck_assert_msg(join_within(t, 10000) == 0, "a call after the cancellations hung");
+    TU_OK(b, after.rc);
+    ck_assert_int_eq(tu_counter(b, "k"), 3); /* 1, A's, and this one: each once */
+    ck_assert_int_eq(pthread_create(&t, NULL, fork_main, NULL), 0);
+    ck_assert_msg(join_within(t, 10000) == 0, "fork() after the cancellations hung");
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
+/* ---- the suite ------------------------------------------------------------------------- */
+
+int main(void)
+{
+    Suite *s = suite_create("sqlite_faults");
+    struct {
+        const char *name;
+        const TTest *test;
+    } cases[] = {
+        {"cancel", t_cancel_inside_calls},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    return tu_run(s);
+}
