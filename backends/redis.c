@@ -444,10 +444,12 @@ static void config_free(rx_config *c)
 static int r_close(traffic_backend *b)
 {
     rx_handle *h = H(b);
+    int cancel_state = rx_nocancel();
     rx_proc *p = atomic_load(&h->proc);
     if (p) rx_proc_free(h, p);
     config_free(&h->cfg);
     free(h);
+    rx_cancel_restore(cancel_state);
     return TRAFFIC_OK;
 }
 

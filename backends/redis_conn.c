@@ -1011,7 +1011,30 @@ static int run_once(run_state *st, redisReply **out)
     return r->type == REDIS_REPLY_ERROR ? on_error_reply(st, r, n, addr, out) : (*out = r, TRAFFIC_OK);
 }
 
+/* Cancellation: see rx_nocancel in redis_internal.h. */
+int rx_nocancel(void)
+{
+    int old = PTHREAD_CANCEL_ENABLE;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+    return old;
+}
+
+void rx_cancel_restore(int old)
+{
+    pthread_setcancelstate(old, NULL);
+}
+
+static int run_command(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out);
+
 int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out)
+{
+    int cancel_state = rx_nocancel();
+    int rc = run_command(h, rkey, rklen, cmd, out);
+    rx_cancel_restore(cancel_state);
+    return rc;
+}
+
+static int run_command(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out)
 {
     *out = NULL;
     rx_proc *p;
@@ -1032,7 +1055,17 @@ int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redi
                                 cmd->argv[0], h->cfg.timeout_ms, st.last);
 }
 
+static int each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg);
+
 int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg)
+{
+    int cancel_state = rx_nocancel();
+    int rc = each_master(h, fn, arg);
+    rx_cancel_restore(cancel_state);
+    return rc;
+}
+
+static int each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg)
 {
     rx_proc *p;
     int rc = rx_proc_get(h, &p);

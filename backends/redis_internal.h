@@ -223,6 +223,13 @@ int rx_parse_port(const char *s, size_t len);
  * MOVED/ASK, TRYAGAIN/CLUSTERDOWN/LOADING, READONLY (Sentinel failover) and broken
  * connections, within the handle's timeout. */
 int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out);
+/* Cancellation: a thread cancelled at one of the many cancellation points of a call (the
+ * wait for a pooled connection, poll, connect, close) would unwind through code without
+ * cleanup handlers, leaving a node's mutex held (every later call hangs) or a connection busy
+ * for ever. So rx_run, rx_each_master and close run with cancellation disabled; a cancel that
+ * arrives meanwhile acts at the caller's next cancellation point after the call. */
+int rx_nocancel(void); /* returns the state to restore */
+void rx_cancel_restore(int old);
 /* Calls fn with a connection to every master (one for TCP, UNIX, SENTINEL). Stops at the first
  * failure and returns it. */
 int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg);

@@ -819,6 +819,71 @@ START_TEST(t_stats_redis6)
 }
 END_TEST
 
+/* ---- 10 (Redis too): cancelled threads ------------------------------------------------- */
+
+struct cancel_call {
+    traffic_backend *b;
+    int rc;
+    atomic_int done;
+};
+
+static void *cancel_main(void *arg)
+{
+    struct cancel_call *t = arg;
+    char buf[8];
+    size_t len;
+    t->rc = traffic_get(t->b, "k", buf, sizeof buf, &len);
+    atomic_store(&t->done, 1);
+    pthread_testcancel(); /* a cancel that waited for the call to end acts here */
+    return NULL;
+}
+
+/* Joins t, waiting at most ms; 0 if it ended. */
+static int join_within(pthread_t t, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    return pthread_timedjoin_np(t, NULL, &ts);
+}
+
+START_TEST(t_cancel_inside_calls)
+{
+    /* A get waits for a frozen server's reply with the only pooled connection; a second one
+     * waits for that connection. Both threads are cancelled. Before: the second died in
+     * pthread_cond_timedwait holding the node's mutex, the first in poll() with the
+     * connection busy for ever. */
+    rh_server s = {0};
+    ck_assert_int_eq(rh_start(&s, NULL), 0);
+    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=cn:&timeout=3&pool_size=1", s.port));
+    TU_OK(b, traffic_set(b, "k", "v", 1, 0));
+    rh_pause(&s, 1);
+    struct cancel_call a = {.b = b}, g = {.b = b};
+    pthread_t ta, tb;
+    ck_assert_int_eq(pthread_create(&ta, NULL, cancel_main, &a), 0);
+    tu_sleep_ms(200);
+    ck_assert_int_eq(pthread_create(&tb, NULL, cancel_main, &g), 0);
+    tu_sleep_ms(200);
+    ck_assert_int_eq(pthread_cancel(tb), 0);
+    ck_assert_int_eq(pthread_cancel(ta), 0);
+    tu_sleep_ms(200);
+    rh_pause(&s, 0);
+    ck_assert_msg(join_within(ta, 10000) == 0, "the cancelled get never ended");
+    ck_assert_msg(join_within(tb, 10000) == 0, "the cancelled get never ended");
+    ck_assert_msg(atomic_load(&a.done) && a.rc == TRAFFIC_OK, "the first get was cut short (%d)", a.rc);
+    ck_assert_msg(atomic_load(&g.done) && g.rc == TRAFFIC_OK, "the second get was cut short (%d)", g.rc);
+    tu_timed after = {.b = b, .op = TU_SET, .key = "k"};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, tu_timed_call, &after), 0);
+    ck_assert_msg(join_within(t, 10000) == 0, "a call after the cancellations hung");
+    TU_OK(b, after.rc);
+    TU_OK(b, traffic_close(b));
+    rh_kill(&s);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -840,6 +905,7 @@ int main(void)
         {"server_full", t_server_full},
         {"ports_are_ports", t_ports_are_ports},
         {"stats_redis6", t_stats_redis6},
+        {"cancel", t_cancel_inside_calls},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

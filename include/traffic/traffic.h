@@ -33,10 +33,10 @@
  * Caveats (read these)
  *   - Threads: a handle may be used by any number of threads at once. traffic_close must not
  *     race other calls on the same handle.
- *   - Cancellation: a thread cancelled (pthread_cancel) inside a call of the SQLite backend
- *     is cancelled when the call returns, at its next cancellation point: calls run with
- *     cancellation disabled, so that none leaves a lock held, a pooled connection checked
- *     out or a statement half run.
+ *   - Cancellation: a thread cancelled (pthread_cancel) inside a call of the SQLite or Redis
+ *     backend is cancelled when the call returns, at its next cancellation point: calls run
+ *     with cancellation disabled, so that none leaves a lock held, a pooled connection
+ *     checked out or a statement half run.
  *   - fork(): a handle opened before fork() keeps working in the children. The memory backend
  *     shares its mapping; the other backends open their own connections in the child.
  *   - Crashes: a process killed at any instruction (SIGKILL included) blocks nobody: the next
