@@ -845,6 +845,7 @@ static const traffic_backend_ops sqlite_ops = {
 /* What the file says it is. */
 typedef struct sq_ident {
     int64_t app, version, objects;
+    char encoding[16]; /* PRAGMA encoding: "UTF-8" (also what a new, empty file reports) */
 } sq_ident;
 
 /* Reads the identity in ONE statement, so one snapshot: three separate reads could see the
@@ -852,13 +853,16 @@ typedef struct sq_ident {
 static int read_ident(const sqlite_backend *s, sq_conn *c, sq_ident *id)
 {
     static const char sql[] = "SELECT (SELECT application_id FROM pragma_application_id),"
-                              " (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema)";
+                              " (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema),"
+                              " (SELECT encoding FROM pragma_encoding)";
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         id->app = sqlite3_column_int64(st, 0);
         id->version = sqlite3_column_int64(st, 1);
         id->objects = sqlite3_column_int64(st, 2);
+        const unsigned char *e = sqlite3_column_text(st, 3);
+        snprintf(id->encoding, sizeof id->encoding, "%s", e ? (const char *)e : "?");
         rc = SQLITE_OK;
     }
     int status = rc == SQLITE_OK ? TRAFFIC_OK : sq_fail(s, c->db, rc, "reading the database header");
@@ -870,9 +874,16 @@ static int read_ident(const sqlite_backend *s, sq_conn *c, sq_ident *id)
 }
 
 /* 1: a traffic database of our version; 0: an empty database to create the schema in;
- * else TRAFFIC_ECORRUPT naming what the file is instead. */
+ * else TRAFFIC_ECORRUPT naming what the file is instead. A database must be UTF-8: keys are
+ * bound as text, which SQLite converts to a UTF-16 database's encoding, turning every
+ * invalid UTF-8 sequence into U+FFFD, so that distinct keys would share one row. */
 static int ident_verdict(const sqlite_backend *s, const sq_ident *id)
 {
+    if (sqlite3_stricmp(id->encoding, "UTF-8") != 0)
+        return traffic_backend_fail(EB(s), TRAFFIC_ECORRUPT,
+                                    "%s is a %s database; traffic needs UTF-8 (keys are bytes, which %s would "
+                                    "alter); it was left untouched",
+                                    s->path, id->encoding, id->encoding);
     if (id->app == SQ_APPLICATION_ID && id->version == SQ_SCHEMA_VERSION) return 1;
     if (id->app == 0 && id->version == 0 && id->objects == 0) return 0;
     if (id->app == SQ_APPLICATION_ID)

@@ -70,7 +70,7 @@ static traffic_backend *open_db(const char *path, const char *params)
     return b;
 }
 
-__attribute__((unused)) static int try_open(const char *path, traffic_backend **b)
+static int try_open(const char *path, traffic_backend **b)
 {
     char url[800];
     snprintf(url, sizeof url, "sqlite://%s", path);
@@ -86,7 +86,7 @@ static sqlite3 *raw_open(const char *path)
     return db;
 }
 
-__attribute__((unused)) static void raw_exec(const char *path, const char *sql)
+static void raw_exec(const char *path, const char *sql)
 {
     sqlite3 *db = raw_open(path);
     char *err = NULL;
@@ -181,6 +181,62 @@ START_TEST(t_cancel_inside_calls)
 }
 END_TEST
 
+/* ---- 11. the encoding ------------------------------------------------------------------ */
+
+/* The whole file as bytes (malloc'd). */
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = malloc(*n + 1);
+    ck_assert_uint_eq(fread(p, 1, *n, f), *n);
+    fclose(f);
+    return p;
+}
+
+static int exists(const char *path, const char *suffix)
+{
+    char name[600];
+    snprintf(name, sizeof name, "%s%s", path, suffix);
+    return access(name, F_OK) == 0;
+}
+
+START_TEST(t_utf16_database_refused)
+{
+    /* An empty database whose encoding is UTF-16. Before: accepted, and the keys, bound as
+     * text, were converted to UTF-16 with every invalid UTF-8 sequence turned into U+FFFD:
+     * five distinct keys read back one shared counter. */
+    char path[512];
+    test_db("utf16", path, sizeof path);
+    raw_exec(path, "PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (x); DROP TABLE t;");
+    size_t n0, n1;
+    char *before = slurp(path, &n0);
+    traffic_backend *b;
+    int rc = try_open(path, &b);
+    ck_assert_msg(rc == TRAFFIC_ECORRUPT, "open of a UTF-16 database -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    ck_assert_msg(strstr(traffic_errmsg(NULL), "UTF-16"), "message: %s", traffic_errmsg(NULL));
+    char *after = slurp(path, &n1);
+    ck_assert_msg(n0 == n1 && memcmp(before, after, n0) == 0, "the file was changed");
+    ck_assert_msg(!exists(path, "-wal") && !exists(path, "-turn"), "files were created next to it");
+    free(before);
+    free(after);
+
+    /* our own databases are UTF-8: keys that are not valid UTF-8 stay distinct */
+    char fresh[512];
+    b = open_db(test_db("utf8", fresh, sizeof fresh), NULL);
+    static const char *const keys[] = {"\xff", "\xfe", "\xc3", "\x80x", "\xed\xa0\x80"};
+    for (int i = 0; i < 5; i++)
+        TU_OK(b, traffic_increment(b, keys[i], i + 1, 0, NULL));
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(tu_counter(b, keys[i]), i + 1);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -191,6 +247,7 @@ int main(void)
         const TTest *test;
     } cases[] = {
         {"cancel", t_cancel_inside_calls},
+        {"utf16", t_utf16_database_refused},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);

@@ -394,8 +394,9 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* restarts and reboots. The file is created with its schema on first open and marked with  */
 /* PRAGMA application_id 0x54524643 ("TRFC") and PRAGMA user_version 1. Opening a file that */
 /* is not a SQLite database, belongs to another application, or carries another schema      */
-/* version is TRAFFIC_ECORRUPT (the file is left untouched); damage deeper in the file is   */
-/* reported as TRAFFIC_ECORRUPT by the operation that reads it.                             */
+/* version, or is encoded in UTF-16 (keys are bytes, which UTF-16 text would alter) is      */
+/* TRAFFIC_ECORRUPT (the file is left untouched); damage deeper in the file is reported as  */
+/* TRAFFIC_ECORRUPT by the operation that reads it.                                         */
 /*                                                                                          */
 /* Time: unlike the memory backend, expiry is stored as absolute wall-clock time            */
 /* (CLOCK_REALTIME, milliseconds since the epoch), because the file outlives the process    */
