@@ -964,8 +964,10 @@ static int sq_validate(sqlite_backend *s)
         if (sqlite3_db_readonly(c->db, "main") == 1)
             rc = traffic_backend_fail(NULL, TRAFFIC_EPERM, "%s is read-only for this process", s->path);
         if (rc == TRAFFIC_OK) rc = schema_ensure(s, c);
-        if (rc == TRAFFIC_OK) rc = set_wal(s, c);
+        /* the tables are ours (every statement prepares) before WAL mode, which is written
+         * into the file, is set: a file refused is left untouched */
         if (rc == TRAFFIC_OK) rc = conn_prepare(s, c);
+        if (rc == TRAFFIC_OK) rc = set_wal(s, c);
         conn_close(c);
     }
     struct stat st;

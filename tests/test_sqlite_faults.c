@@ -237,6 +237,32 @@ START_TEST(t_utf16_database_refused)
 }
 END_TEST
 
+/* ---- 12. our marks, the wrong tables --------------------------------------------------- */
+
+START_TEST(t_wrong_tables_untouched)
+{
+    /* A rollback-journal file with our application_id and user_version but other tables.
+     * Before: switched to WAL (bytes 18-19 of the header, and a -wal file), then refused. */
+    char path[512];
+    test_db("wrongtables", path, sizeof path);
+    raw_exec(path, "PRAGMA application_id = 1414678083; PRAGMA user_version = 1;"
+                   "CREATE TABLE traffic_entries (x); CREATE TABLE traffic_lease (y);");
+    size_t n0, n1;
+    char *before = slurp(path, &n0);
+    ck_assert_int_eq(before[18], 1); /* legacy (rollback) file format */
+    traffic_backend *b;
+    int rc = try_open(path, &b);
+    ck_assert_msg(rc == TRAFFIC_ECORRUPT, "open -> %s (%s)", traffic_strerror(rc), traffic_errmsg(NULL));
+    ck_assert_msg(strstr(traffic_errmsg(NULL), "schema"), "message: %s", traffic_errmsg(NULL));
+    char *after = slurp(path, &n1);
+    ck_assert_msg(after[18] == 1 && after[19] == 1, "the file was switched to WAL (%d, %d)", after[18], after[19]);
+    ck_assert_msg(n0 == n1 && memcmp(before, after, n0) == 0, "the file was changed");
+    ck_assert_msg(!exists(path, "-wal") && !exists(path, "-turn"), "files were created next to it");
+    free(before);
+    free(after);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -248,6 +274,7 @@ int main(void)
     } cases[] = {
         {"cancel", t_cancel_inside_calls},
         {"utf16", t_utf16_database_refused},
+        {"wrong_tables", t_wrong_tables_untouched},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);
