@@ -515,12 +515,16 @@ static int conn_exec(const sqlite_backend *s, sq_conn *c, const char *sql, const
 }
 
 /* Opens and configures a connection without preparing statements (the schema may not exist
- * yet). create: SQLITE_OPEN_CREATE, for the opener only. */
-static int conn_open(sqlite_backend *s, int create, sq_conn **out)
+ * yet). create: SQLITE_OPEN_CREATE, for the opener only. deadline: the calling operation's
+ * (CLOCK_MONOTONIC ns), which the busy handler keeps to while the connection is set up and
+ * its statements prepared (a fresh timeout here made a call that waited for the pool and then
+ * opened a connection take twice its timeout). */
+static int conn_open(sqlite_backend *s, int create, int64_t deadline, sq_conn **out)
 {
     sq_conn *c = calloc(1, sizeof *c);
     if (!c) return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
     c->s = s;
+    c->call_deadline_ns = deadline;
     c->turn_fd = -1;
     c->rng = (uint64_t)sq_mono_ns() ^ ((uint64_t)(uintptr_t)c << 16) ^ (uint64_t)getpid();
     if (!c->rng) c->rng = 1;
@@ -588,7 +592,7 @@ static sq_pool *pool_new(sqlite_backend *s)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->reaper_mu, NULL);
-    pthread_cond_init(&p->free_cv, NULL);
+    pthread_cond_init(&p->free_cv, &ca);
     pthread_cond_init(&p->reaper_cv, &ca);
     pthread_condattr_destroy(&ca);
     p->pid = getpid();
@@ -630,10 +634,10 @@ sq_pool *sq_pool_current(sqlite_backend *s)
 }
 
 /* Opens a new connection into the slot pool_get reserved; on failure gives the slot back. */
-static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
+static int pool_open_conn(sqlite_backend *s, sq_pool *p, int64_t deadline, sq_conn **out)
 {
     sq_conn *c;
-    int rc = conn_open(s, 0, &c);
+    int rc = conn_open(s, 0, deadline, &c);
     if (rc == TRAFFIC_OK && (rc = conn_prepare(s, c)) != TRAFFIC_OK) conn_close(c);
     if (rc == TRAFFIC_OK) {
         turn_open(s, c);
@@ -694,12 +698,10 @@ static int sq_pool_checkout(sqlite_backend *s, int64_t start, sq_conn **out)
         fork_leave();
         return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
     }
-    /* Wait for a free connection at most `timeout` (the free_cv clock is CLOCK_REALTIME). */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int64_t ns = until.tv_nsec + s->timeout_ns % 1000000000;
-    until.tv_sec += (time_t)(s->timeout_ns / 1000000000 + ns / 1000000000);
-    until.tv_nsec = (long)(ns % 1000000000);
+    /* Wait for a free connection until the call's deadline (free_cv's clock is CLOCK_MONOTONIC:
+     * a step of the wall clock neither ends the wait early nor stretches it). */
+    int64_t deadline = start + s->timeout_ns;
+    struct timespec until = {.tv_sec = (time_t)(deadline / 1000000000), .tv_nsec = (long)(deadline % 1000000000)};
     pthread_mutex_lock(&p->mu);
     int waited = 0;
     while (!p->idle && p->nconn >= s->pool_size && waited != ETIMEDOUT)
@@ -720,11 +722,11 @@ static int sq_pool_checkout(sqlite_backend *s, int64_t start, sq_conn **out)
     if (c)
         *out = c;
     else
-        rc = pool_open_conn(s, p, out);
+        rc = pool_open_conn(s, p, deadline, out);
     if (rc != TRAFFIC_OK)
         fork_leave();
     else
-        (*out)->call_deadline_ns = start + s->timeout_ns;
+        (*out)->call_deadline_ns = deadline;
     return rc;
 }
 
@@ -944,7 +946,7 @@ static int try_wal(const sqlite_backend *s, sq_conn *c, int *status)
  * exactly that, so retry here until the timeout. */
 static int set_wal(const sqlite_backend *s, sq_conn *c)
 {
-    int64_t start = sq_mono_ns(), now = start, end = start + s->timeout_ns;
+    int64_t start = sq_mono_ns(), now = start, end = c->call_deadline_ns;
     int status, rc;
     for (int i = 0; (rc = try_wal(s, c, &status)) != SQLITE_OK && (rc & 0xff) == SQLITE_BUSY && now < end; i++) {
         nap(c, busy_sleep_us(SQ_BUSY_YIELDS + i, now - start), now, end);
@@ -958,8 +960,9 @@ static int set_wal(const sqlite_backend *s, sq_conn *c)
 static int sq_validate(sqlite_backend *s)
 {
     sq_conn *c;
+    int64_t deadline = sq_mono_ns() + s->timeout_ns; /* for all of it */
     fork_enter();
-    int rc = conn_open(s, 1, &c);
+    int rc = conn_open(s, 1, deadline, &c);
     if (rc == TRAFFIC_OK) {
         if (sqlite3_db_readonly(c->db, "main") == 1)
             rc = traffic_backend_fail(NULL, TRAFFIC_EPERM, "%s is read-only for this process", s->path);

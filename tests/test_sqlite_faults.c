@@ -26,7 +26,28 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/syscall.h>
+
 #include "testutil.h"
+
+/* ---- a wall clock that this thread alone sees stepped ---------------------------------- *
+ *
+ * This executable's clock_gettime takes the place of libc's for the library linked into it:
+ * in a thread that sets realtime_skew_ns, CLOCK_REALTIME reads that much off, which to an
+ * absolute CLOCK_REALTIME deadline computed from it looks like the wall clock stepped by as
+ * much during the wait. The kernel's own clocks are not touched. */
+static _Thread_local long long realtime_skew_ns;
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    int rc = (int)syscall(SYS_clock_gettime, id, ts);
+    if (rc == 0 && id == CLOCK_REALTIME && realtime_skew_ns) {
+        long long ns = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + realtime_skew_ns;
+        ts->tv_sec = (time_t)(ns / 1000000000LL);
+        ts->tv_nsec = (long)(ns % 1000000000LL);
+    }
+    return rc;
+}
 
 /* ---- scratch directories and raw SQLite ------------------------------------------------- */
 
@@ -263,6 +284,88 @@ START_TEST(t_wrong_tables_untouched)
 }
 END_TEST
 
+/* ---- 13. deadlines, TTLs, permissions, the library's version --------------------------- */
+
+struct slow_call {
+    traffic_backend *b;
+    int op;
+    long long skew_ns; /* CLOCK_REALTIME of this thread runs this much ahead */
+    int rc;
+    int64_t took;
+};
+
+static void *slow_main(void *arg)
+{
+    struct slow_call *t = arg;
+    realtime_skew_ns = t->skew_ns;
+    int64_t t0 = tu_now_ms();
+    char buf[32];
+    size_t len;
+    t->rc = t->op == TU_INCR ? traffic_increment(t->b, "k", 1, 0, NULL) : traffic_get(t->b, "k", buf, sizeof buf, &len);
+    t->took = tu_now_ms() - t0;
+    return NULL;
+}
+
+START_TEST(t_pool_wait_deadline)
+{
+    /* Another program holds the database exclusively (locking_mode EXCLUSIVE): a connection
+     * cannot even read its schema. With pool_size 1, the first call opens the only
+     * connection and waits; the second waits for the pool, then, when the first gives up,
+     * opens its own. Before: that open started a fresh timeout (~2 x `timeout` in all). */
+    char path[512];
+    test_db("poolopen", path, sizeof path);
+    traffic_backend *b = open_db(path, "timeout=2&pool_size=1");
+    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
+    TU_OK(b, traffic_close(b));
+    b = open_db(path, "timeout=2&pool_size=1"); /* no connection open yet */
+    sqlite3 *db = raw_open(path);
+    ck_assert_int_eq(sqlite3_exec(db, "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;", NULL, NULL, NULL),
+                     SQLITE_OK);
+    struct slow_call first = {.b = b, .op = TU_GET}, second = {.b = b, .op = TU_GET};
+    pthread_t t1, t2;
+    ck_assert_int_eq(pthread_create(&t1, NULL, slow_main, &first), 0);
+    tu_sleep_ms(300);
+    ck_assert_int_eq(pthread_create(&t2, NULL, slow_main, &second), 0);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    ck_assert_int_eq(first.rc, TRAFFIC_ETIMEDOUT);
+    ck_assert_int_eq(second.rc, TRAFFIC_ETIMEDOUT);
+    /* ~2 s; before ~3.7 s (1.7 s for the pool, 2 more for its own open) */
+    ck_assert_msg(second.took < 3000, "the second call gave up after %lld ms", (long long)second.took);
+    ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db); /* leaves exclusive mode */
+    ck_assert_int_eq(tu_counter(b, "k"), 1);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
+START_TEST(t_pool_wait_monotonic)
+{
+    /* The wait for a pooled connection ran on CLOCK_REALTIME: a wall clock stepped forward
+     * (here: read an hour behind by the waiting thread, so that its deadline is an hour
+     * early) ended it at once, while the connection came back within the call's timeout. */
+    char path[512];
+    test_db("poolclock", path, sizeof path);
+    traffic_backend *b = open_db(path, "timeout=1&pool_size=1");
+    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
+    sqlite3 *db = raw_open(path);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct slow_call first = {.b = b, .op = TU_INCR}, second = {.b = b, .op = TU_GET, .skew_ns = -3600000000000LL};
+    pthread_t t1, t2;
+    ck_assert_int_eq(pthread_create(&t1, NULL, slow_main, &first), 0);
+    tu_sleep_ms(200); /* the first holds the only connection, waiting for the lock */
+    ck_assert_int_eq(pthread_create(&t2, NULL, slow_main, &second), 0);
+    pthread_join(t1, NULL);
+    ck_assert_int_eq(first.rc, TRAFFIC_ETIMEDOUT);
+    int ended = join_within(t2, 10000) == 0;
+    ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_msg(ended, "the wait for the pool followed the wall clock");
+    TU_OK(b, second.rc); /* it got the connection when the first call gave up */
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -275,6 +378,8 @@ int main(void)
         {"cancel", t_cancel_inside_calls},
         {"utf16", t_utf16_database_refused},
         {"wrong_tables", t_wrong_tables_untouched},
+        {"pool_wait_deadline", t_pool_wait_deadline},
+        {"pool_wait_monotonic", t_pool_wait_monotonic},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);
