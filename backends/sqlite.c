@@ -117,17 +117,24 @@ static const char *const sq_sql[ST_N] = {
     [ST_GET] = "SELECT kind, counter, value FROM traffic_entries WHERE key = ?1 AND " LIVE,
     [ST_EXISTS] = "SELECT 1 FROM traffic_entries WHERE key = ?1 AND " LIVE,
     [ST_TTL] = "SELECT expires FROM traffic_entries WHERE key = ?1 AND " LIVE,
-    [ST_SET] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, 0, ?2, ?3)"
+    /* ?1 key, ?2 value, ?3 TTL in ms (0: none). Writes read the time with traffic_now_ms()
+     * (sq_now_fn), once they hold the write lock: a TTL counts from the write, not from the
+     * start of a call that waited for the lock. */
+    [ST_SET] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, 0, ?2,"
+               " CASE WHEN ?3 = 0 THEN 0 ELSE traffic_now_ms() + ?3 END)"
                " ON CONFLICT (key) DO UPDATE SET kind = 0, counter = 0, value = excluded.value,"
                " expires = excluded.expires",
-    /* ?1 key, ?2 amount, ?3 expiry of a new entry, ?4 now, ?5..?6 the counters that
-     * amount can be added to without overflow. The SET expressions all read the old row. */
-    [ST_INCR] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 1, ?2, NULL, ?3)"
+    /* ?1 key, ?2 amount, ?3 TTL in ms of a new entry (0: none), ?4..?5 the counters that
+     * amount can be added to without overflow. The SET expressions all read the old row;
+     * excluded.expires is the new entry's expiry. */
+    [ST_INCR] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 1, ?2, NULL,"
+                " CASE WHEN ?3 = 0 THEN 0 ELSE traffic_now_ms() + ?3 END)"
                 " ON CONFLICT (key) DO UPDATE SET"
-                " counter = CASE WHEN expires <> 0 AND expires <= ?4 THEN ?2 ELSE counter + ?2 END,"
-                " expires = CASE WHEN expires <> 0 AND expires <= ?4 THEN ?3 ELSE expires END,"
+                " counter = CASE WHEN expires <> 0 AND expires <= traffic_now_ms() THEN ?2 ELSE counter + ?2 END,"
+                " expires = CASE WHEN expires <> 0 AND expires <= traffic_now_ms() THEN excluded.expires"
+                " ELSE expires END,"
                 " kind = 1, value = NULL"
-                " WHERE (expires <> 0 AND expires <= ?4) OR (kind = 1 AND counter BETWEEN ?5 AND ?6)"
+                " WHERE (expires <> 0 AND expires <= traffic_now_ms()) OR (kind = 1 AND counter BETWEEN ?4 AND ?5)"
                 " RETURNING counter",
     [ST_DEL] = "DELETE FROM traffic_entries WHERE key = ?1 RETURNING expires",
     [ST_CLEAR] = "DELETE FROM traffic_entries",
@@ -514,6 +521,18 @@ static int conn_exec(const sqlite_backend *s, sq_conn *c, const char *sql, const
     return rc == SQLITE_OK ? TRAFFIC_OK : sq_fail(s, c->db, rc, what);
 }
 
+/* traffic_now_ms(): the wall clock in ms (sq_wall_ms), read at its first use in a statement's
+ * run and the same for the rest of it (sq_step clears it first). A write statement first
+ * takes the write lock (the busy handler's wait happens there), then computes its values, so
+ * the time is read with the lock held. Not deterministic: SQLite calls it each time. */
+static void sq_now_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc, (void)argv;
+    sq_conn *c = sqlite3_user_data(ctx);
+    if (!c->now_ms) c->now_ms = sq_wall_ms();
+    sqlite3_result_int64(ctx, c->now_ms);
+}
+
 /* Opens and configures a connection without preparing statements (the schema may not exist
  * yet). create: SQLITE_OPEN_CREATE, for the opener only. deadline: the calling operation's
  * (CLOCK_MONOTONIC ns), which the busy handler keeps to while the connection is set up and
@@ -537,6 +556,13 @@ static int conn_open(sqlite_backend *s, int create, int64_t deadline, sq_conn **
     }
     sqlite3_extended_result_codes(c->db, 1);
     sqlite3_db_config(c->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+    rc = sqlite3_create_function_v2(c->db, "traffic_now_ms", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, c, sq_now_fn, NULL,
+                                    NULL, NULL);
+    if (rc != SQLITE_OK) {
+        rc = sq_fail(s, c->db, rc, "registering traffic_now_ms");
+        conn_close(c);
+        return rc;
+    }
     if (sqlite_debug_default_busy) { /* the test hook: SQLite's own handling, for comparison */
         sqlite3_busy_timeout(c->db, (int)(s->timeout_ns / 1000000));
     } else {
@@ -751,6 +777,7 @@ void sq_pool_put(sqlite_backend *s, sq_conn *c)
  * connection holds no snapshot or lock between operations. */
 int sq_step(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
 {
+    c->now_ms = 0; /* traffic_now_ms() reads the clock afresh in this run */
     int rc = sqlite3_step(st);
     turn_release(c); /* the statement has its lock, or gave up */
     if (rc == SQLITE_ROW) return 1;

@@ -90,6 +90,7 @@ typedef struct sq_conn {
     unsigned char *scratch;   /* a decision's state and its encoding (sqlite_limit.c), or NULL */
     size_t scratch_cap;       /* bytes at scratch */
     int cancel_state;         /* the thread's cancelability before sq_pool_get, restored by sq_pool_put */
+    int64_t now_ms;           /* traffic_now_ms() of the statement running (0: not read yet) */
     struct sq_conn *next;     /* in the pool's idle list */
 } sq_conn;
 

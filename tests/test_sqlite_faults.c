@@ -366,6 +366,54 @@ START_TEST(t_pool_wait_monotonic)
 }
 END_TEST
 
+struct ttl_write {
+    traffic_backend *b;
+    int incr;
+    int rc;
+};
+
+static void *ttl_write_main(void *arg)
+{
+    struct ttl_write *w = arg;
+    w->rc = w->incr ? traffic_increment(w->b, "k", 1, 1.0, NULL) : traffic_set(w->b, "s", "v", 1, 1.0);
+    return NULL;
+}
+
+START_TEST(t_ttl_counts_from_the_write)
+{
+    /* A write with a TTL of 1 s waits 1.5 s for the write lock. Before: its expiry was
+     * counted from the start of the call, so the key was born expired. */
+    char path[512];
+    test_db("ttlwait", path, sizeof path);
+    traffic_backend *b = open_db(path, "timeout=5");
+    TU_OK(b, traffic_set(b, "warm", "v", 1, 0));
+    sqlite3 *db = raw_open(path);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct ttl_write w[2] = {{.b = b, .incr = 1}, {.b = b, .incr = 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, ttl_write_main, &w[i]), 0);
+    tu_sleep_ms(1500);
+    ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        TU_OK(b, w[i].rc);
+    }
+    double left = 0;
+    int rc = traffic_ttl(b, "k", &left);
+    ck_assert_msg(rc == TRAFFIC_OK && left > 0.5, "the increment's key: %s, %.3f s left", traffic_strerror(rc), left);
+    ck_assert_int_eq(tu_counter(b, "k"), 1);
+    rc = traffic_ttl(b, "s", &left);
+    ck_assert_msg(rc == TRAFFIC_OK && left > 0.5, "the set's key: %s, %.3f s left", traffic_strerror(rc), left);
+    /* and a counter's expiry still resets only once it has passed */
+    tu_sleep_ms(1100);
+    TU_OK(b, traffic_increment(b, "k", 5, 1.0, NULL));
+    ck_assert_int_eq(tu_counter(b, "k"), 5);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -380,6 +428,7 @@ int main(void)
         {"wrong_tables", t_wrong_tables_untouched},
         {"pool_wait_deadline", t_pool_wait_deadline},
         {"pool_wait_monotonic", t_pool_wait_monotonic},
+        {"ttl_from_the_write", t_ttl_counts_from_the_write},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);

@@ -402,21 +402,24 @@ TRAFFIC_API int traffic_stop_cleanup(traffic_backend *b);
 /* (CLOCK_REALTIME, milliseconds since the epoch), because the file outlives the process    */
 /* and the boot, and CLOCK_MONOTONIC restarts at every boot. Stepping the wall clock        */
 /* therefore moves every expiry: forward by an hour expires entries an hour early, backward */
-/* keeps them longer. Processes sharing one file must share one clock (one host).           */
+/* keeps them longer. A TTL counts from the moment the write holds the lock (read inside    */
+/* the statement), so a write that waited for other writers does not shorten it. Processes  */
+/* sharing one file must share one clock (one host).                                        */
 /*                                                                                          */
 /* Concurrency: journal_mode=WAL, synchronous=NORMAL (a power cut may lose the last         */
 /* transactions, never corrupts the file; a process crash loses nothing acknowledged). Each */
 /* process keeps a pool of up to pool_size connections, each used by one thread at a time.  */
-/* Readers do not wait for writers' locks, but any call may wait for a free pooled         */
+/* Readers do not wait for writers' locks, but any call may wait for a free pooled          */
 /* connection when all of them are busy. A writer waits for the others, and a call waits in */
-/* all, up to `timeout` (default 5 s, counted from the start of the call, the wait for a    */
-/* pooled connection included) and only then fails with TRAFFIC_ETIMEDOUT; it never         */
-/* reports SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a   */
-/* backup only lets the WAL grow until it ends). A writer that claimed the turnstile and is */
-/* then stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes.    */
-/* Writers of all processes take turns fairly: one that has waited 2 ms claims an OFD lock  */
-/* on the file PATH-turn and the others let it go first (the file is created next to the   */
-/* database, like PATH-wal and PATH-shm, and is only ever locked).                          */
+/* all, up to `timeout` (default 5 s, counted on CLOCK_MONOTONIC from the start of the      */
+/* call, the wait for a pooled connection and the opening of a new one included) and only   */
+/* then fails with TRAFFIC_ETIMEDOUT; it never reports SQLITE_BUSY before that. Checkpoints */
+/* never wait (a long-lived reader such as a backup only lets the WAL grow until it ends).  */
+/* A writer that claimed the turnstile and is then stopped (SIGSTOP) slows other writers by */
+/* up to 20 ms per write until it resumes. Writers of all processes take turns fairly: one  */
+/* that has waited 2 ms claims an OFD lock on the file PATH-turn and the others let it go   */
+/* first (the file is created next to the database, like PATH-wal and PATH-shm, and is only */
+/* ever locked).                                                                            */
 /*                                                                                          */
 /* fork(): the child opens its own connections on first use and never uses the parent's.   */
 /* A pthread_atfork handler waits for the calls in flight in other threads and closes this  */
