@@ -982,6 +982,28 @@ static int set_wal(const sqlite_backend *s, sq_conn *c)
     return rc == SQLITE_OK ? status : sq_fail(s, c->db, rc, "switching to WAL");
 }
 
+/* The -wal and -shm files, when they exist, must be ours to write: made by another user
+ * (root, a deploy script) with a mode that keeps us out, SQLite opens them read-only and the
+ * database reads fine while every write fails with TRAFFIC_EPERM. Asked with faccessat
+ * (effective ids) rather than by opening them: closing a descriptor of a file would drop
+ * the POSIX locks this process's other connections hold on it. */
+static int wal_files_writable(const sqlite_backend *s)
+{
+    static const char *const suffix[2] = {"-wal", "-shm"};
+    for (int i = 0; i < 2; i++) {
+        char name[PATH_MAX + 8];
+        struct stat st;
+        snprintf(name, sizeof name, "%s%s", s->path, suffix[i]);
+        if (stat(name, &st) != 0 || faccessat(AT_FDCWD, name, R_OK | W_OK, AT_EACCESS) == 0) continue;
+        if (errno != EACCES && errno != EPERM && errno != EROFS) continue;
+        return traffic_backend_fail(NULL, TRAFFIC_EPERM,
+                                    "%s is not writable by this process (owner uid %u, mode %03o: %s): every write "
+                                    "would fail; give it the database's owner and mode",
+                                    name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 0777), strerror(errno));
+    }
+    return TRAFFIC_OK;
+}
+
 /* Opens the file once to check or create it; the connection is closed again (see the
  * banner on fork), the pool opens its own on first use. */
 static int sq_validate(sqlite_backend *s)
@@ -998,6 +1020,7 @@ static int sq_validate(sqlite_backend *s)
          * into the file, is set: a file refused is left untouched */
         if (rc == TRAFFIC_OK) rc = conn_prepare(s, c);
         if (rc == TRAFFIC_OK) rc = set_wal(s, c);
+        if (rc == TRAFFIC_OK) rc = wal_files_writable(s);
         conn_close(c);
     }
     struct stat st;

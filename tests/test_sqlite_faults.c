@@ -414,6 +414,59 @@ START_TEST(t_ttl_counts_from_the_write)
 }
 END_TEST
 
+START_TEST(t_wal_files_of_another_user)
+{
+    /* The database is writable by this process but its -wal and -shm, made by another user
+     * (here root, mode 0644) are not. Before: open succeeded and every write then failed
+     * with TRAFFIC_EPERM. Open must say so. */
+    char path[512];
+    test_db("walperm", path, sizeof path);
+    traffic_backend *b = open_db(path, NULL);
+    TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
+    TU_OK(b, traffic_close(b));
+    sqlite3 *db = raw_open(path); /* keeps -wal and -shm in place */
+    ck_assert_int_eq(sqlite3_exec(db, "UPDATE traffic_entries SET counter = counter", NULL, NULL, NULL), SQLITE_OK);
+    char dir[512], wal[600], shm[600];
+    snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(path, '/') - path), path);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(shm, sizeof shm, "%s-shm", path);
+    ck_assert_int_eq(access(wal, F_OK), 0);
+    ck_assert_int_eq(access(shm, F_OK), 0);
+    chmod(dir, 0777);
+    chmod(path, 0666);
+    chmod(wal, 0644);
+    chmod(shm, 0644);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(77);
+        if (geteuid() == 0 || access(wal, W_OK) == 0) _exit(77);
+        traffic_backend *c = NULL;
+        int rc = try_open(path, &c);
+        if (rc == TRAFFIC_OK) { /* what the caller then met */
+            int w = traffic_increment(c, "k", 1, 0, NULL);
+            fprintf(stderr, "open succeeded; an increment then -> %s (%s)\n", traffic_strerror(w), traffic_errmsg(c));
+            _exit(1);
+        }
+        if (rc != TRAFFIC_EPERM) {
+            fprintf(stderr, "open -> %s (%s)\n", traffic_strerror(rc), traffic_errmsg(NULL));
+            _exit(2);
+        }
+        if (!strstr(traffic_errmsg(NULL), "-wal") && !strstr(traffic_errmsg(NULL), "-shm")) {
+            fprintf(stderr, "message: %s\n", traffic_errmsg(NULL));
+            _exit(3);
+        }
+        _exit(0);
+    }
+    int st = tu_wait(pid);
+    sqlite3_close(db);
+    if (st == 77) {
+        printf("wal_files_of_another_user: skipped, could not run as another user\n");
+        return;
+    }
+    ck_assert_msg(st == 0, "child failed at step %d", st);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -429,6 +482,7 @@ int main(void)
         {"pool_wait_deadline", t_pool_wait_deadline},
         {"pool_wait_monotonic", t_pool_wait_monotonic},
         {"ttl_from_the_write", t_ttl_counts_from_the_write},
+        {"wal_files_of_another_user", t_wal_files_of_another_user},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);

@@ -472,7 +472,8 @@ typedef struct traffic_sqlite_options {
  * @retval TRAFFIC_ECORRUPT the file is not a SQLite database, belongs to another application
  *                          (application_id / user_version / tables), or is damaged
  * @retval TRAFFIC_EPERM    the file or its directory is not writable (SQLite must create
- *                          PATH-wal and PATH-shm next to it)
+ *                          PATH-wal and PATH-shm next to it), or PATH-wal or PATH-shm exists
+ *                          and is not (another user made it)
  * @retval TRAFFIC_EIO      the directory does not exist, or another I/O failure
  * @retval TRAFFIC_ETIMEDOUT another process held the database locked for over `timeout`
  * @retval TRAFFIC_ENOMEM */
