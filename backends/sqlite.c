@@ -67,6 +67,16 @@
 #define SQ_APPLICATION_ID 0x54524643 /* "TRFC": PRAGMA application_id of a traffic database */
 #define SQ_SCHEMA_VERSION 1          /* PRAGMA user_version of the schema below */
 
+/* The oldest SQLite this backend runs on: INSERT ... RETURNING came with 3.35.0. An older
+ * library cannot prepare the statements, which would read as a foreign schema
+ * (TRAFFIC_ECORRUPT) and invite deleting a healthy database; open says what is wrong
+ * instead. The headers built against must be as new (traffic_now_ms also needs
+ * SQLITE_DIRECTONLY, 3.31). */
+#define SQ_SQLITE_MIN 3035000
+#if SQLITE_VERSION_NUMBER < SQ_SQLITE_MIN
+#error "the SQLite backend needs SQLite 3.35.0 or newer (INSERT ... RETURNING)"
+#endif
+
 #define SQ_DEFAULT_POOL      4     /* connections per process */
 #define SQ_DEFAULT_CLEANUP_S 300.0 /* seconds between cleanup passes */
 #define SQ_DEFAULT_TIMEOUT_S 5.0   /* seconds a call waits for other writers */
@@ -1102,6 +1112,12 @@ int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
     *out = NULL;
     if (!o) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "sqlite options are NULL (a path is required)");
     CHECK(check_options(o));
+    int v = sqlite3_libversion_number(); /* the library loaded, not the headers */
+    if (v < SQ_SQLITE_MIN)
+        return traffic_backend_fail(NULL, TRAFFIC_ENOTSUP,
+                                    "SQLite %d.%d.%d is too old: the sqlite backend needs 3.35.0 or newer "
+                                    "(INSERT ... RETURNING)",
+                                    v / 1000000, v / 1000 % 1000, v % 1000);
     pthread_once(&fork_once, fork_install);
     sqlite_backend *s = calloc(1, sizeof *s);
     if (!s) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");

@@ -49,6 +49,18 @@ int clock_gettime(clockid_t id, struct timespec *ts)
     return rc;
 }
 
+/* ---- a SQLite library that says it is older ------------------------------------------- *
+ *
+ * Likewise this executable's sqlite3_libversion_number answers for the library linked into
+ * it: fake_sqlite_version when set, else the version of the header it was built with. */
+static atomic_int fake_sqlite_version;
+
+int sqlite3_libversion_number(void)
+{
+    int v = atomic_load(&fake_sqlite_version);
+    return v ? v : SQLITE_VERSION_NUMBER;
+}
+
 /* ---- scratch directories and raw SQLite ------------------------------------------------- */
 
 static char base_dir[256];
@@ -467,6 +479,27 @@ START_TEST(t_wal_files_of_another_user)
 }
 END_TEST
 
+START_TEST(t_sqlite_too_old)
+{
+    /* INSERT ... RETURNING needs SQLite 3.35. Before: no check, and an older library failed
+     * to prepare the statements, reported as TRAFFIC_ECORRUPT ("the traffic schema does not
+     * match"), which invites deleting a healthy database. */
+    char path[512];
+    test_db("old", path, sizeof path);
+    traffic_backend *b = open_db(path, NULL);
+    TU_OK(b, traffic_close(b));
+    atomic_store(&fake_sqlite_version, 3034001);
+    int rc = try_open(path, &b);
+    atomic_store(&fake_sqlite_version, 0);
+    ck_assert_msg(rc == TRAFFIC_ENOTSUP, "open with SQLite 3.34.1 -> %s (%s)", traffic_strerror(rc),
+                  traffic_errmsg(NULL));
+    ck_assert_msg(strstr(traffic_errmsg(NULL), "3.34.1") && strstr(traffic_errmsg(NULL), "3.35"), "message: %s",
+                  traffic_errmsg(NULL));
+    b = open_db(path, NULL);
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -483,6 +516,7 @@ int main(void)
         {"pool_wait_monotonic", t_pool_wait_monotonic},
         {"ttl_from_the_write", t_ttl_counts_from_the_write},
         {"wal_files_of_another_user", t_wal_files_of_another_user},
+        {"sqlite_too_old", t_sqlite_too_old},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);

@@ -476,6 +476,7 @@ typedef struct traffic_sqlite_options {
  *                          and is not (another user made it)
  * @retval TRAFFIC_EIO      the directory does not exist, or another I/O failure
  * @retval TRAFFIC_ETIMEDOUT another process held the database locked for over `timeout`
+ * @retval TRAFFIC_ENOTSUP  the SQLite library loaded is older than 3.35.0 (RETURNING)
  * @retval TRAFFIC_ENOMEM */
 TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_backend **out);
 
