@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fallback.h"
 #include "limit/limit.h"
 #include "redis_internal.h"
 
@@ -467,6 +468,11 @@ static const traffic_backend_ops redis_ops = {
     .limit = rx_limit,
     /* no cleanup thread: Redis expires keys itself */
 };
+
+void redis_breaker_owned(traffic_backend *b)
+{
+    if (b && b->ops == &redis_ops) atomic_store_explicit(&H(b)->no_backoff, 1, memory_order_relaxed);
+}
 
 static int load_script(rx_handle *h, rx_conn *c, void *arg)
 {

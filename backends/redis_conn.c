@@ -678,7 +678,7 @@ int rx_conn_acquire(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline, rx_c
         return rc;
     }
     int64_t wait = n->retry_at_ms - rx_now_ms();
-    if (wait > 0) { /* backing off: fail at once, as the last connect did */
+    if (wait > 0 && !atomic_load_explicit(&h->no_backoff, memory_order_relaxed)) { /* backing off: fail at once */
         char msg[RX_ERR_LEN];
         memcpy(msg, n->last_err, sizeof msg);
         rc = n->last_rc;

@@ -121,6 +121,7 @@ typedef struct rx_handle {
     char incr_sha[41];  /* SHA1 of the increment script, from SCRIPT LOAD at open */
     char limit_sha[41]; /* SHA1 of the rate-limit script, likewise */
     _Atomic(rx_proc *) proc;
+    atomic_int no_backoff; /* redis_breaker_owned: a fallback= primary, whose breaker backs off */
     /* this handle's counts, in this process (traffic_stats) */
     _Atomic uint64_t hits, misses, sets, increments, deletes, decisions, denied;
 } rx_handle;

@@ -884,6 +884,163 @@ START_TEST(t_cancel_inside_calls)
 }
 END_TEST
 
+/* ---- fallback=: the Redis primary's own back-off after the breaker closes --------------- */
+
+/* A TCP forwarder to a real server that can go away and come back at an instant: down closes
+ * the listening socket and every relayed connection (new connects are refused), up listens
+ * again on the same port (SO_REUSEADDR). */
+#define FWD_PAIRS 16
+typedef struct forwarder {
+    int port, target, lfd;
+    int pair[FWD_PAIRS][2]; /* client, server; -1 free */
+    pthread_mutex_t mu;     /* lfd and pair, between the thread and down/up */
+    pthread_t tid;
+    atomic_int stop;
+} forwarder;
+
+static int fwd_listen(forwarder *w)
+{
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)w->port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 64)) return -1;
+    getsockname(fd, (struct sockaddr *)&a, &alen);
+    w->port = ntohs(a.sin_port);
+    return fd;
+}
+
+static void *fwd_main(void *arg)
+{
+    forwarder *w = arg;
+    while (!atomic_load(&w->stop)) {
+        struct pollfd pf[1 + 2 * FWD_PAIRS];
+        pthread_mutex_lock(&w->mu);
+        pf[0] = (struct pollfd){.fd = w->lfd, .events = POLLIN};
+        for (int i = 0; i < FWD_PAIRS; i++)
+            for (int k = 0; k < 2; k++)
+                pf[1 + 2 * i + k] = (struct pollfd){.fd = w->pair[i][k], .events = POLLIN};
+        pthread_mutex_unlock(&w->mu);
+        if (poll(pf, 1 + 2 * FWD_PAIRS, 20) <= 0) continue;
+        pthread_mutex_lock(&w->mu);
+        if (w->lfd >= 0 && pf[0].fd == w->lfd && (pf[0].revents & POLLIN)) {
+            int c = accept(w->lfd, NULL, NULL);
+            struct sockaddr_in a = {.sin_family = AF_INET,
+                                    .sin_port = htons((uint16_t)w->target),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            int i = 0;
+            while (i < FWD_PAIRS && w->pair[i][0] >= 0)
+                i++;
+            if (c >= 0 && t >= 0 && i < FWD_PAIRS && connect(t, (struct sockaddr *)&a, sizeof a) == 0) {
+                w->pair[i][0] = c, w->pair[i][1] = t;
+            } else {
+                if (c >= 0) close(c);
+                if (t >= 0) close(t);
+            }
+        }
+        for (int i = 0; i < FWD_PAIRS; i++)
+            for (int k = 0; k < 2; k++) {
+                struct pollfd *p = &pf[1 + 2 * i + k];
+                if (p->fd < 0 || p->fd != w->pair[i][k] || !(p->revents & (POLLIN | POLLHUP | POLLERR))) continue;
+                char buf[65536];
+                ssize_t n = read(p->fd, buf, sizeof buf);
+                if (n <= 0 || send(w->pair[i][!k], buf, (size_t)n, MSG_NOSIGNAL) != n) {
+                    close(w->pair[i][0]), close(w->pair[i][1]);
+                    w->pair[i][0] = w->pair[i][1] = -1;
+                }
+            }
+        pthread_mutex_unlock(&w->mu);
+    }
+    return NULL;
+}
+
+static void fwd_start(forwarder *w, int target)
+{
+    memset(w, 0, sizeof *w);
+    w->target = target;
+    for (int i = 0; i < FWD_PAIRS; i++)
+        w->pair[i][0] = w->pair[i][1] = -1;
+    pthread_mutex_init(&w->mu, NULL);
+    ck_assert_int_ge(w->lfd = fwd_listen(w), 0);
+    ck_assert_int_eq(pthread_create(&w->tid, NULL, fwd_main, w), 0);
+}
+
+static void fwd_down(forwarder *w)
+{
+    pthread_mutex_lock(&w->mu);
+    close(w->lfd);
+    w->lfd = -1;
+    for (int i = 0; i < FWD_PAIRS; i++)
+        if (w->pair[i][0] >= 0) {
+            close(w->pair[i][0]), close(w->pair[i][1]);
+            w->pair[i][0] = w->pair[i][1] = -1;
+        }
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void fwd_up(forwarder *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->lfd = fwd_listen(w);
+    pthread_mutex_unlock(&w->mu);
+    ck_assert_int_ge(w->lfd, 0);
+}
+
+static void fwd_stop(forwarder *w)
+{
+    atomic_store(&w->stop, 1);
+    pthread_join(w->tid, NULL);
+    fwd_down(w);
+}
+
+START_TEST(t_fallback_primary_no_backoff)
+{
+    /* Two handles of one Redis + memory pair share the circuit breaker. The primary goes
+     * away; handle A's calls probe it six times, each a refused connect, so that A's own
+     * Redis reconnect back-off has grown to 800 ms. The primary comes back; B's probe finds
+     * it and closes the breaker; A's next call must go to the primary. Before: A's Redis
+     * handle, still backing off, failed that call at once, which opened the breaker again
+     * and sent the call to the fallback. */
+    rh_server s = {0};
+    ck_assert_int_eq(rh_start(&s, NULL), 0);
+    forwarder w;
+    fwd_start(&w, s.port);
+    const char *url = rh_url("redis://127.0.0.1:%d?prefix=nb:&timeout=0.5&fallback=memory://%s"
+                             "&fallback_backoff=0.001&fallback_backoff_max=0.001",
+                             w.port, tu_name("nb"));
+    traffic_backend *a = open_url(url), *b = open_url(url);
+    TU_OK(a, traffic_set(a, "warm", "v", 1, 0));
+    TU_OK(b, traffic_set(b, "warm", "v", 1, 0));
+    fwd_down(&w);
+    static const int pause_ms[] = {0, 30, 55, 105, 205, 405}; /* past each back-off: 25, 50, ... */
+    for (int i = 0; i < 6; i++) {
+        tu_sleep_ms(pause_ms[i]);
+        TU_OK(a, traffic_set(a, "down", "v", 1, 0)); /* answered by the fallback */
+    }
+    ck_assert_int_ge(tu_stats(a).primary_failures, 6);
+    fwd_up(&w);
+    int64_t deadline = tu_now_ms() + 5000;
+    char raw[32];
+    while (tu_now_ms() < deadline) { /* B, which never failed a connect, finds it back */
+        TU_OK(b, traffic_set(b, "b", "v", 1, 0));
+        if (rh_str(&s, raw, sizeof raw, "GET nb:b") == 0) break;
+        tu_sleep_ms(2);
+    }
+    ck_assert_msg(rh_str(&s, raw, sizeof raw, "GET nb:b") == 0, "B never got back to the primary");
+    uint64_t failed = tu_stats(a).primary_failures;
+    TU_OK(a, traffic_set(a, "a", "v", 1, 0));
+    ck_assert_msg(rh_str(&s, raw, sizeof raw, "GET nb:a") == 0,
+                  "A's call after the breaker closed went to the fallback (%llu more primary failures)",
+                  (unsigned long long)(tu_stats(a).primary_failures - failed));
+    TU_OK(a, traffic_close(a));
+    TU_OK(b, traffic_close(b));
+    fwd_stop(&w);
+    rh_kill(&s);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -906,6 +1063,7 @@ int main(void)
         {"ports_are_ports", t_ports_are_ports},
         {"stats_redis6", t_stats_redis6},
         {"cancel", t_cancel_inside_calls},
+        {"fallback_primary_no_backoff", t_fallback_primary_no_backoff},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */

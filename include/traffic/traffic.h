@@ -535,18 +535,19 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is      */
 /* replaced; reconnecting backs off from 25 ms to at most 1 s between attempts, and during  */
 /* a back-off calls fail at once with TRAFFIC_EUNAVAILABLE (or the status of the failed     */
-/* connect, e.g. TRAFFIC_EPERM for a refused password). A server that stops answering gives */
-/* TRAFFIC_ETIMEDOUT within `timeout`: a call's connect, setup (AUTH, SELECT, ROLE), sends  */
-/* and reads all wait, with poll(), for what is left of one deadline set when the call      */
-/* starts, so a signal handler that runs meanwhile (a server's periodic timer, SA_RESTART   */
-/* or not) does not extend it; traffic_open, which connects to each master and loads two    */
-/* scripts there, takes up to ~3 x `timeout` per master. READONLY (the server turned        */
-/* replica) closes every connection to it and the call tries once more on a new one, which  */
-/* resolves the name again and so follows a failover behind a DNS name or a virtual IP; a   */
-/* second READONLY fails it with TRAFFIC_EUNAVAILABLE. No call is retried when the server   */
-/* may have run it, except the idempotent ones: an increment whose connection broke after   */
-/* sending reports TRAFFIC_EUNAVAILABLE, and may or may not have counted. Calls recover by  */
-/* themselves once the server is back.                                                      */
+/* connect, e.g. TRAFFIC_EPERM for a refused password). The primary of a fallback= pair has */
+/* no such back-off: the pair's circuit breaker spaces its attempts. A server that stops    */
+/* answering gives TRAFFIC_ETIMEDOUT within `timeout`: a call's connect, setup (AUTH,       */
+/* SELECT, ROLE), sends and reads all wait, with poll(), for what is left of one deadline   */
+/* set when the call starts, so a signal handler that runs meanwhile (a server's periodic   */
+/* timer, SA_RESTART or not) does not extend it; traffic_open, which connects to each       */
+/* master and loads two scripts there, takes up to ~3 x `timeout` per master. READONLY (the */
+/* server turned replica) closes every connection to it and the call tries once more on a   */
+/* new one, which resolves the name again and so follows a failover behind a DNS name or a  */
+/* virtual IP; a second READONLY fails it with TRAFFIC_EUNAVAILABLE. No call is retried     */
+/* when the server may have run it, except the idempotent ones: an increment whose          */
+/* connection broke after sending reports TRAFFIC_EUNAVAILABLE, and may or may not have     */
+/* counted. Calls recover by themselves once the server is back.                            */
 /*                                                                                          */
 /* fork(): a child notices the new pid at its first call and opens its own connections; the */
 /* parent's are abandoned in the child (never sent on, never closed; their descriptors stay */
@@ -657,9 +658,9 @@ TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_ba
  * call goes to the primary again; if not, the call is answered by the fallback and the next
  * interval begins. The failure count is kept when the breaker closes and forgotten after the
  * primary has served for 2 x fallback_backoff_max, so a primary that comes and goes backs off
- * further each time. (A Redis primary keeps its own reconnect back-off per process, up to
- * 1 s: a process whose last connect failed moments before the breaker closed fails its next
- * call at once, without waiting, and that call opens the breaker for one more interval.)
+ * further each time. (A Redis primary drops its own reconnect back-off: a process whose last
+ * connect failed moments before the breaker closed connects on its next call rather than
+ * failing it at once and opening the breaker for one more interval.)
  * The breaker is one per primary store (for a Cluster, one for all its nodes: a node lost
  * sends every key to the fallback for the interval).
  *
