@@ -278,6 +278,18 @@ static int relay(fallback_backend *f, traffic_backend *t, int rc, const char *wh
     return traffic_backend_fail(&f->base, rc, "%s%s", what, traffic_errmsg(t));
 }
 
+/* The breaker decides when the primary is tried: a Redis primary's own reconnect back-off
+ * would fail at once a call that the breaker sends to it right after a probe (perhaps of
+ * another process) found it back, and open the breaker again for nothing. */
+static void primary_adopt(traffic_backend *p)
+{
+#ifdef TRAFFIC_HAVE_REDIS
+    redis_breaker_owned(p);
+#else
+    (void)p;
+#endif
+}
+
 /* The primary handle, opening it if the open found it unreachable: TRAFFIC_OK and *out, the
  * open's failure, or FB_BUSY while another thread of this process opens it. */
 static int primary_get(fallback_backend *f, traffic_backend **out)
@@ -291,10 +303,12 @@ static int primary_get(fallback_backend *f, traffic_backend **out)
         return FB_BUSY;
     /* A thread that saw opener == 0 after we publish p sees p too (it was stored first). */
     int rc = traffic_open(f->primary_url, &p);
-    if (rc == TRAFFIC_OK)
+    if (rc == TRAFFIC_OK) {
+        primary_adopt(p);
         atomic_store_explicit(&f->primary, p, memory_order_release);
-    else
+    } else {
         traffic_backend_fail(&f->base, rc, "opening the primary: %s", traffic_errmsg(NULL));
+    }
     atomic_store_explicit(&f->opener, 0, memory_order_release);
     *out = p;
     return rc;
@@ -540,6 +554,7 @@ int fallback_create(const char *primary_url, traffic_backend *primary, traffic_b
         return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory opening a fallback store");
     }
     traffic_backend_init(&f->base, &fallback_ops);
+    if (primary) primary_adopt(primary);
     atomic_init(&f->primary, primary);
     atomic_init(&f->opener, 0);
     atomic_init(&f->primary_failures, 0);

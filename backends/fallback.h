@@ -24,4 +24,12 @@ typedef struct fallback_options {
 int fallback_create(const char *primary_url, traffic_backend *primary, traffic_backend *fallback,
                     const fallback_options *o, traffic_backend **out);
 
+#ifdef TRAFFIC_HAVE_REDIS
+/* Defined by the Redis backend (redis.c): b, if a Redis handle, is the primary of a pair, so
+ * its calls connect whenever they need to instead of failing at once during its own
+ * reconnect back-off; the pair's circuit breaker spaces the attempts already, and closes on
+ * a probe that another process may have made. Any other handle: nothing. */
+void redis_breaker_owned(traffic_backend *b);
+#endif
+
 #endif

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fallback.h"
 #include "limit/limit.h"
 #include "redis_internal.h"
 
@@ -86,6 +87,9 @@ int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key
                                       key, r->str);
         else if (strncmp(r->str, "OOM", 3) == 0)
             rc = traffic_backend_fail(&h->base, TRAFFIC_EFULL, "%s \"%.64s\": %s", what, key, r->str);
+        else if (rx_transient_error(r->str) || rx_server_full(r->str))
+            rc = traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "%s \"%.64s\": redis replied: %s", what, key,
+                                      r->str);
         else
             rc = traffic_backend_fail(&h->base, rx_refusal_status(r->str, TRAFFIC_EIO),
                                       "%s \"%.64s\": redis replied: %s", what, key, r->str);
@@ -268,7 +272,9 @@ typedef struct scan_job {
 
 /* UNLINKs the keys of one SCAN reply, one command per key (in a cluster a node holds many
  * slots, and a multi-key UNLINK must stay within one), all sent at once. A key that moved to
- * another node meanwhile answers MOVED, which is ignored: that node's scan finds it. */
+ * another node meanwhile answers MOVED or ASK, which is ignored: that node's scan finds it.
+ * Any other error (READONLY from a replica, NOPERM, CLUSTERDOWN, OOM...) fails the clear with
+ * the first one, once every reply has been read (the connection stays in step). */
 static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
 {
     char *buf = NULL;
@@ -279,11 +285,27 @@ static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
         size_t argvlen[2] = {6, keys->element[i]->len};
         rc = rx_append_cmd(h, &buf, &len, 2, argv, argvlen);
     }
-    if (!rc) rc = rx_conn_send(h, c, buf, len);
+    int64_t deadline = rx_now_ms() + h->cfg.timeout_ms;
+    if (!rc) rc = rx_conn_send(h, c, buf, len, deadline);
     free(buf);
+    redisReply *refused = NULL;
+    size_t refused_at = 0;
     for (size_t i = 0; !rc && i < keys->elements; i++) {
         redisReply *r;
-        if (!(rc = rx_conn_read(h, c, &r))) freeReplyObject(r);
+        if ((rc = rx_conn_read(h, c, deadline, &r))) break;
+        if (r->type == REDIS_REPLY_INTEGER || refused || strncmp(r->str, "MOVED ", 6) == 0 ||
+            strncmp(r->str, "ASK ", 4) == 0) {
+            freeReplyObject(r);
+            continue;
+        }
+        refused = r, refused_at = i;
+    }
+    if (refused && rc) freeReplyObject(refused);
+    if (refused && !rc) {
+        char key[80];
+        const redisReply *k = keys->element[refused_at];
+        snprintf(key, sizeof key, "%.*s", k->len < 64 ? (int)k->len : 64, k->str);
+        return rx_unexpected(h, refused, "clear: UNLINK", key);
     }
     return rc;
 }
@@ -335,21 +357,40 @@ typedef struct stats_job {
     scan_job scan;             /* counts the keys */
 } stats_job;
 
+/* INFO memory, then INFO stats: two commands, pipelined, because Redis 6 takes one section
+ * per INFO ("INFO memory stats" is a syntax error there). */
 static int stats_node(rx_handle *h, rx_conn *c, void *arg)
 {
     stats_job *job = arg;
     struct traffic_stats *o = job->out;
-    const char *argv[3] = {"INFO", "memory", "stats"};
-    size_t argvlen[3] = {4, 6, 5};
-    redisReply *r;
-    int rc = rx_conn_command(h, c, 3, argv, argvlen, &r);
-    if (rc) return rc;
-    if (r->type != REDIS_REPLY_STRING) return rx_unexpected(h, r, "INFO", "memory stats");
-    o->bytes_used += info_field(r->str, "used_memory");
-    o->expirations += info_field(r->str, "expired_keys");
-    o->evictions += info_field(r->str, "evicted_keys");
-    freeReplyObject(r);
-    return scan_node(h, c, &job->scan);
+    static const char *const sections[2] = {"memory", "stats"};
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = TRAFFIC_OK;
+    for (int i = 0; i < 2 && !rc; i++) {
+        const char *argv[2] = {"INFO", sections[i]};
+        size_t argvlen[2] = {4, strlen(sections[i])};
+        rc = rx_append_cmd(h, &buf, &len, 2, argv, argvlen);
+    }
+    int64_t deadline = rx_now_ms() + h->cfg.timeout_ms;
+    if (!rc) rc = rx_conn_send(h, c, buf, len, deadline);
+    free(buf);
+    redisReply *r[2] = {NULL, NULL};
+    for (int i = 0; i < 2 && !rc; i++)
+        rc = rx_conn_read(h, c, deadline, &r[i]);
+    for (int i = 0; i < 2 && !rc; i++)
+        if (r[i]->type != REDIS_REPLY_STRING) {
+            rc = rx_unexpected(h, r[i], "INFO", sections[i]);
+            r[i] = NULL;
+        }
+    if (!rc) {
+        o->bytes_used += info_field(r[0]->str, "used_memory");
+        o->expirations += info_field(r[1]->str, "expired_keys");
+        o->evictions += info_field(r[1]->str, "evicted_keys");
+    }
+    for (int i = 0; i < 2; i++)
+        if (r[i]) freeReplyObject(r[i]);
+    return rc ? rc : scan_node(h, c, &job->scan);
 }
 
 static int r_stats(traffic_backend *b, struct traffic_stats *o)
@@ -389,10 +430,12 @@ static void config_free(rx_config *c)
 static int r_close(traffic_backend *b)
 {
     rx_handle *h = H(b);
+    int cancel_state = rx_nocancel();
     rx_proc *p = atomic_load(&h->proc);
     if (p) rx_proc_free(h, p);
     config_free(&h->cfg);
     free(h);
+    rx_cancel_restore(cancel_state);
     return TRAFFIC_OK;
 }
 
@@ -412,6 +455,11 @@ static const traffic_backend_ops redis_ops = {
     .scan = rx_scan,
     .reap = rx_reap,
 };
+
+void redis_breaker_owned(traffic_backend *b)
+{
+    if (b && b->ops == &redis_ops) atomic_store_explicit(&H(b)->no_backoff, 1, memory_order_relaxed);
+}
 
 static int load_script(rx_handle *h, rx_conn *c, void *arg)
 {

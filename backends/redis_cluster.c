@@ -32,6 +32,13 @@
 
 #include "redis_internal.h"
 
+/* The shortest time between two slot-map reloads of a process that only suspect the map (a
+ * dead or silent master, CLUSTERDOWN): without it, every call to a dead master's slots
+ * reloaded it, and a call that kept meeting CLUSTERDOWN reloaded it a dozen times. A MOVED
+ * reply, which proves the map wrong, is never held back (a burst of them still costs one
+ * reload: see seen_epoch). go-redis waits 200 ms too. */
+#define RX_RELOAD_GAP_MS 200
+
 /* ---- slots ----------------------------------------------------------------------------- */
 
 /* CRC16-XMODEM (polynomial 0x1021, initial value 0), as the Redis Cluster spec defines. */
@@ -201,9 +208,10 @@ static int map_build(rx_handle *h, rx_proc *p, const redisReply *r, const char *
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
             e->element[1]->type != REDIS_REPLY_INTEGER || e->element[2]->type != REDIS_REPLY_ARRAY ||
             e->element[2]->elements < 2 || e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER || e->element[0]->integer < 0 ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER || e->element[2]->element[1]->integer < 1 ||
+            e->element[2]->element[1]->integer > 65535 || e->element[0]->integer < 0 ||
             e->element[1]->integer >= RX_SLOTS || e->element[0]->integer > e->element[1]->integer)
-            continue; /* not a slot range we understand */
+            continue; /* not a slot range we understand (a port 0: a unix socket to hiredis) */
         const redisReply *a = e->element[2];
         const char *host = a->element[0]->len ? a->element[0]->str : from;
         rx_node *n = rx_node_get(h, p, host, (int)a->element[1]->integer);
@@ -244,14 +252,16 @@ static int map_load_from(rx_handle *h, rx_proc *p, rx_node *n, int64_t deadline,
     rc = rx_conn_command_until(h, c, deadline, 2, argv, argvlen, &r);
     rx_conn_release(c, rc == TRAFFIC_OK);
     if (rc) return rc;
+    atomic_store_explicit(&n->suspect, 0, memory_order_relaxed); /* it answers */
     rc = map_build(h, p, r, host, out);
     freeReplyObject(r);
     return rc;
 }
 
 /* Asks hint, then the node that gave the current map, then the other masters, then the seeds,
- * each node once, until deadline. Each node gets an equal share of the time left, so that one
- * that accepts connections and never answers (stopped, hung) cannot use it all: the try
+ * each node once, until deadline; suspect nodes (one that timed out may be frozen, and is
+ * perhaps why we reload) come last. Each node gets an equal share of the time left, so that
+ * one that accepts connections and never answers (stopped, hung) cannot use it all: the try
  * order is the same every time, and a node that times out is not backed off. Holds
  * refresh_mu. */
 static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, int64_t deadline, rx_map **out)
@@ -271,6 +281,16 @@ static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, 
         while (k < n && order[k] != x)
             k++;
         if (x && k == n) order[n++] = x; /* a seed is usually one of the masters */
+    }
+    for (size_t i = 0, moved = 0; i + moved < n;) { /* stable: suspect nodes to the end */
+        rx_node *x = order[i];
+        if (!atomic_load_explicit(&x->suspect, memory_order_relaxed)) {
+            i++;
+            continue;
+        }
+        memmove(&order[i], &order[i + 1], (n - i - 1) * sizeof *order);
+        order[n - 1] = x;
+        moved++;
     }
     char last[RX_ERR_LEN] = "no node to ask";
     for (size_t i = 0; i < n && !rc; i++) {
@@ -296,7 +316,7 @@ static int map_load(rx_handle *h, rx_proc *p, rx_node *hint, const rx_map *cur, 
     return rc;
 }
 
-int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline)
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int urgent, int64_t deadline)
 {
     /* Another thread's reload may be under way: wait for it no longer than this call may. */
     struct timespec until;
@@ -310,10 +330,13 @@ int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_ep
         return traffic_backend_fail(&h->base, TRAFFIC_ETIMEDOUT,
                                     "another thread's reload of the slot map outlasted the call's timeout");
     rx_map *cur = rcu_dereference(p->map), *m = NULL;
-    if (cur && cur->epoch != seen_epoch) { /* replaced since the caller looked */
+    int64_t now = rx_now_ms();
+    if ((cur && cur->epoch != seen_epoch) || /* replaced since the caller looked */
+        (cur && !urgent && !hint && now - p->reload_at_ms < RX_RELOAD_GAP_MS)) {
         pthread_mutex_unlock(&p->refresh_mu);
         return TRAFFIC_OK;
     }
+    p->reload_at_ms = now;
     int rc = map_load(h, p, hint, cur, deadline, &m);
     if (!rc) {
         m->epoch = (cur ? cur->epoch : 0) + 1;
@@ -341,31 +364,36 @@ int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, 
             *epoch = e;
             return TRAFFIC_OK;
         }
-        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, e, deadline))) return rc;
+        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, e, e == 0, deadline))) return rc; /* e 0: no map */
     }
     return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "no node of the cluster serves slot %u", slot);
 }
 
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n)
 {
-    for (int pass = 0; pass < 2; pass++) {
-        int rc = rx_rcu_read_enter(h);
-        if (rc) return rc;
-        rx_map *m = rcu_dereference(p->map);
-        rx_node **copy = m ? malloc(m->nmasters * sizeof *copy) : NULL;
-        if (copy) {
-            memcpy(copy, m->masters, m->nmasters * sizeof *copy);
-            *n = m->nmasters;
-        }
-        rx_rcu_read_leave();
-        if (copy) {
-            *out = copy;
-            return TRAFFIC_OK;
-        }
-        if (m) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-        if (pass == 0 && (rc = rx_cluster_refresh(h, p, NULL, 0, deadline))) return rc;
+    /* clear and stats visit every master: a map that predates a node added and slots
+     * resharded onto it would skip that node, and nothing (no MOVED) would tell. So they
+     * reload it first; they are rare next to keyed calls, and one CLUSTER SLOTS is cheap. */
+    int rc = rx_rcu_read_enter(h);
+    if (rc) return rc;
+    rx_map *m = rcu_dereference(p->map);
+    uint64_t seen = m ? m->epoch : 0;
+    rx_rcu_read_leave();
+    if ((rc = rx_cluster_refresh(h, p, NULL, seen, 1, deadline))) return rc;
+    if ((rc = rx_rcu_read_enter(h))) return rc;
+    m = rcu_dereference(p->map);
+    rx_node **copy = m ? malloc(m->nmasters * sizeof *copy) : NULL;
+    if (copy) {
+        memcpy(copy, m->masters, m->nmasters * sizeof *copy);
+        *n = m->nmasters;
     }
-    return traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "the cluster has no slot map");
+    rx_rcu_read_leave();
+    if (copy) {
+        *out = copy;
+        return TRAFFIC_OK;
+    }
+    return m ? traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory")
+             : traffic_backend_fail(&h->base, TRAFFIC_EUNAVAILABLE, "the cluster has no slot map");
 }
 
 void rx_cluster_free_map(rx_proc *p)

@@ -78,11 +78,17 @@ typedef struct rx_node {
     int port;          /* 0 for a UNIX node */
     uint64_t gen;
     int stale;           /* SENTINEL: ask the sentinels again before connecting */
+    uint64_t discovered; /* SENTINEL: discoveries that found a master (a waiting thread uses it) */
     int64_t retry_at_ms; /* no new connection before this (backoff after a failed connect) */
     int backoff_ms;      /* 0: the last connect worked */
     int last_rc;         /* status of the last failed connect */
     char last_err[RX_ERR_LEN];
-    unsigned waiting;     /* threads waiting for a free slot */
+    unsigned waiting; /* threads waiting for a free slot */
+    /* CLUSTER: a call to this node timed out or its connection broke, so the slot map may be
+     * stale (a master that stops answering is failed over without refusing anything): the
+     * next call routed here reloads the map first. Not under mu: any thread sets it, a reply
+     * from the node clears it; relaxed, a hint that costs at most one reload when stale. */
+    atomic_int suspect;
     rx_conn *conns;       /* pool_size slots */
     struct rx_node *next; /* the proc's node list; written once, under the proc's nodes_mu */
 } rx_node;
@@ -104,6 +110,7 @@ typedef struct rx_proc {
     rx_node *master;            /* TCP, UNIX, SENTINEL: the one node; CLUSTER: NULL */
     pthread_mutex_t refresh_mu; /* one slot-map refresh or Sentinel discovery at a time */
     rx_node *map_source;        /* CLUSTER: the node that gave the current map, under refresh_mu */
+    int64_t reload_at_ms;       /* CLUSTER: when the last reload started (rx_now_ms), under refresh_mu */
     rx_map *map;                /* CLUSTER: rcu_dereference inside rx_rcu_read_enter/leave;
                                  * replaced with rcu_assign_pointer under refresh_mu */
     struct rx_proc *parent;     /* the state inherited across fork(): never used nor closed here */
@@ -115,6 +122,7 @@ typedef struct rx_handle {
     char incr_sha[41];  /* SHA1 of the increment script, from SCRIPT LOAD at open */
     char limit_sha[41]; /* SHA1 of the rate-limit script, likewise */
     _Atomic(rx_proc *) proc;
+    atomic_int no_backoff; /* redis_breaker_owned: a fallback= primary, whose breaker backs off */
     /* this handle's counts, in this process (traffic_stats) */
     _Atomic uint64_t hits, misses, sets, increments, deletes, decisions, denied;
 } rx_handle;
@@ -154,7 +162,8 @@ static inline void rx_count(_Atomic uint64_t *c)
 
 /* Frees r, a reply of an unexpected type or a server error nobody handled, and returns its
  * status with a message: WRONGTYPE is TRAFFIC_ETYPE, OOM TRAFFIC_EFULL, NOAUTH / NOPERM
- * TRAFFIC_EPERM, anything else TRAFFIC_EIO with the server's text. */
+ * TRAFFIC_EPERM, a transient refusal (rx_transient_error) TRAFFIC_EUNAVAILABLE, anything
+ * else TRAFFIC_EIO with the server's text. */
 int rx_unexpected(rx_handle *h, redisReply *r, const char *what, const char *key);
 
 /* ---- redis_limit.c --------------------------------------------------------------------- */
@@ -196,25 +205,41 @@ void rx_conn_release(rx_conn *c, int healthy);
 /* Appends one command, in the protocol's format, to *buf (a growing malloc'd buffer of *len
  * bytes): several make a pipeline for rx_conn_send. */
 int rx_append_cmd(rx_handle *h, char **buf, size_t *len, int argc, const char **argv, const size_t *argvlen);
-/* Sends the formatted command(s) buf[0..len) on c. On failure the server got at most a part:
- * a command cut short is never run, but earlier whole ones of a pipeline may have been. */
-int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len);
-/* Reads the next reply on c. */
-int rx_conn_read(rx_handle *h, rx_conn *c, redisReply **out);
-/* Sends one command on c and reads its reply (no routing, no retries). */
+/* Sends the formatted command(s) buf[0..len) on c by deadline (ms of rx_now_ms). On failure
+ * the server got at most a part: a command cut short is never run, but earlier whole ones of
+ * a pipeline may have been. */
+int rx_conn_send(rx_handle *h, rx_conn *c, const char *buf, size_t len, int64_t deadline);
+/* Reads the next reply on c by deadline. */
+int rx_conn_read(rx_handle *h, rx_conn *c, int64_t deadline, redisReply **out);
+/* Sends one command on c and reads its reply (no routing, no retries), within the timeout. */
 int rx_conn_command(rx_handle *h, rx_conn *c, int argc, const char **argv, const size_t *argvlen, redisReply **out);
-/* The same, reading for no longer than until deadline (ms of rx_now_ms). */
-/* The status of a refusal by the server: TRAFFIC_EPERM for NOAUTH and NOPERM (a missing or
- * insufficient login, an ACL), else `otherwise`. */
-int rx_refusal_status(const char *err, int otherwise);
+/* The same, by deadline. */
 int rx_conn_command_until(rx_handle *h, rx_conn *c, int64_t deadline, int argc, const char **argv,
                           const size_t *argvlen, redisReply **out);
+/* The status of a refusal by the server: TRAFFIC_EPERM for NOAUTH and NOPERM (a missing or
+ * insufficient login, an ACL), TRAFFIC_EUNAVAILABLE for a server at maxclients, else
+ * `otherwise`. */
+int rx_refusal_status(const char *err, int otherwise);
+/* An error reply that says the server cannot do it now, not that the command is wrong: READONLY
+ * (a replica), CLUSTERDOWN, TRYAGAIN, LOADING, MASTERDOWN, MOVED, ASK. */
+int rx_transient_error(const char *err);
+/* The error a server at maxclients answers a new connection with, before closing it. */
+int rx_server_full(const char *err);
+/* A TCP port, s[0..len) in decimal, 1..65535; -1 if it is anything else. */
+int rx_parse_port(const char *s, size_t len);
 
 /* Runs cmd for the key rkey (the prefixed key, which routes it in a cluster) and returns its
  * reply, which may be a server error the caller has to interpret. Handles the pool, NOSCRIPT,
  * MOVED/ASK, TRYAGAIN/CLUSTERDOWN/LOADING, READONLY (Sentinel failover) and broken
  * connections, within the handle's timeout. */
 int rx_run(rx_handle *h, const char *rkey, size_t rklen, const rx_cmd *cmd, redisReply **out);
+/* Cancellation: a thread cancelled at one of the many cancellation points of a call (the
+ * wait for a pooled connection, poll, connect, close) would unwind through code without
+ * cleanup handlers, leaving a node's mutex held (every later call hangs) or a connection busy
+ * for ever. So rx_run, rx_each_master and close run with cancellation disabled; a cancel that
+ * arrives meanwhile acts at the caller's next cancellation point after the call. */
+int rx_nocancel(void); /* returns the state to restore */
+void rx_cancel_restore(int old);
 /* Calls fn with a connection to every master (one for TCP, UNIX, SENTINEL). Stops at the first
  * failure and returns it. */
 int rx_each_master(rx_handle *h, int (*fn)(rx_handle *h, rx_conn *c, void *arg), void *arg);
@@ -228,9 +253,12 @@ unsigned rx_key_slot(const char *key, size_t len);
 int rx_cluster_route(rx_handle *h, rx_proc *p, unsigned slot, int64_t deadline, rx_node **out, uint64_t *epoch);
 /* Loads the slot map from CLUSTER SLOTS (asking hint first, then each known node once, each
  * with a share of the time left) unless a map newer than seen_epoch was published meanwhile;
- * gives up at deadline, waiting for another thread's reload included. */
-int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int64_t deadline);
-/* A malloc'd copy of the current map's masters. */
+ * gives up at deadline, waiting for another thread's reload included. A reload that only
+ * suspects the map (a dead or silent node, CLUSTERDOWN, READONLY) is skipped, returning
+ * TRAFFIC_OK, when the last one of the process started less than RX_RELOAD_GAP_MS ago;
+ * `urgent` ones are not (a MOVED reply: hint; clear and stats; a process without a map). */
+int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_epoch, int urgent, int64_t deadline);
+/* A malloc'd copy of the masters of a map loaded for this call (clear, stats, open). */
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);
 /* Frees p's map (p is being freed: no reader is left). */
 void rx_cluster_free_map(rx_proc *p);

@@ -67,6 +67,16 @@
 #define SQ_APPLICATION_ID 0x54524643 /* "TRFC": PRAGMA application_id of a traffic database */
 #define SQ_SCHEMA_VERSION 1          /* PRAGMA user_version of the schema below */
 
+/* The oldest SQLite this backend runs on: INSERT ... RETURNING came with 3.35.0. An older
+ * library cannot prepare the statements, which would read as a foreign schema
+ * (TRAFFIC_ECORRUPT) and invite deleting a healthy database; open says what is wrong
+ * instead. The headers built against must be as new (traffic_now_ms also needs
+ * SQLITE_DIRECTONLY, 3.31). */
+#define SQ_SQLITE_MIN 3035000
+#if SQLITE_VERSION_NUMBER < SQ_SQLITE_MIN
+#error "the SQLite backend needs SQLite 3.35.0 or newer (INSERT ... RETURNING)"
+#endif
+
 #define SQ_DEFAULT_POOL      4     /* connections per process */
 #define SQ_DEFAULT_CLEANUP_S 300.0 /* seconds between cleanup passes */
 #define SQ_DEFAULT_TIMEOUT_S 5.0   /* seconds a call waits for other writers */
@@ -117,17 +127,24 @@ static const char *const sq_sql[ST_N] = {
     [ST_GET] = "SELECT kind, counter, value FROM traffic_entries WHERE key = ?1 AND " LIVE,
     [ST_EXISTS] = "SELECT 1 FROM traffic_entries WHERE key = ?1 AND " LIVE,
     [ST_TTL] = "SELECT expires FROM traffic_entries WHERE key = ?1 AND " LIVE,
-    [ST_SET] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, 0, ?2, ?3)"
+    /* ?1 key, ?2 value, ?3 TTL in ms (0: none). Writes read the time with traffic_now_ms()
+     * (sq_now_fn), once they hold the write lock: a TTL counts from the write, not from the
+     * start of a call that waited for the lock. */
+    [ST_SET] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 0, 0, ?2,"
+               " CASE WHEN ?3 = 0 THEN 0 ELSE traffic_now_ms() + ?3 END)"
                " ON CONFLICT (key) DO UPDATE SET kind = 0, counter = 0, value = excluded.value,"
                " expires = excluded.expires",
-    /* ?1 key, ?2 amount, ?3 expiry of a new entry, ?4 now, ?5..?6 the counters that
-     * amount can be added to without overflow. The SET expressions all read the old row. */
-    [ST_INCR] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 1, ?2, NULL, ?3)"
+    /* ?1 key, ?2 amount, ?3 TTL in ms of a new entry (0: none), ?4..?5 the counters that
+     * amount can be added to without overflow. The SET expressions all read the old row;
+     * excluded.expires is the new entry's expiry. */
+    [ST_INCR] = "INSERT INTO traffic_entries (key, kind, counter, value, expires) VALUES (?1, 1, ?2, NULL,"
+                " CASE WHEN ?3 = 0 THEN 0 ELSE traffic_now_ms() + ?3 END)"
                 " ON CONFLICT (key) DO UPDATE SET"
-                " counter = CASE WHEN expires <> 0 AND expires <= ?4 THEN ?2 ELSE counter + ?2 END,"
-                " expires = CASE WHEN expires <> 0 AND expires <= ?4 THEN ?3 ELSE expires END,"
+                " counter = CASE WHEN expires <> 0 AND expires <= traffic_now_ms() THEN ?2 ELSE counter + ?2 END,"
+                " expires = CASE WHEN expires <> 0 AND expires <= traffic_now_ms() THEN excluded.expires"
+                " ELSE expires END,"
                 " kind = 1, value = NULL"
-                " WHERE (expires <> 0 AND expires <= ?4) OR (kind = 1 AND counter BETWEEN ?5 AND ?6)"
+                " WHERE (expires <> 0 AND expires <= traffic_now_ms()) OR (kind = 1 AND counter BETWEEN ?4 AND ?5)"
                 " RETURNING counter",
     [ST_DEL] = "DELETE FROM traffic_entries WHERE key = ?1 RETURNING expires",
     [ST_CLEAR] = "DELETE FROM traffic_entries",
@@ -514,13 +531,29 @@ static int conn_exec(const sqlite_backend *s, sq_conn *c, const char *sql, const
     return rc == SQLITE_OK ? TRAFFIC_OK : sq_fail(s, c->db, rc, what);
 }
 
+/* traffic_now_ms(): the wall clock in ms (sq_wall_ms), read at its first use in a statement's
+ * run and the same for the rest of it (sq_step clears it first). A write statement first
+ * takes the write lock (the busy handler's wait happens there), then computes its values, so
+ * the time is read with the lock held. Not deterministic: SQLite calls it each time. */
+static void sq_now_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc, (void)argv;
+    sq_conn *c = sqlite3_user_data(ctx);
+    if (!c->now_ms) c->now_ms = sq_wall_ms();
+    sqlite3_result_int64(ctx, c->now_ms);
+}
+
 /* Opens and configures a connection without preparing statements (the schema may not exist
- * yet). create: SQLITE_OPEN_CREATE, for the opener only. */
-static int conn_open(sqlite_backend *s, int create, sq_conn **out)
+ * yet). create: SQLITE_OPEN_CREATE, for the opener only. deadline: the calling operation's
+ * (CLOCK_MONOTONIC ns), which the busy handler keeps to while the connection is set up and
+ * its statements prepared (a fresh timeout here made a call that waited for the pool and then
+ * opened a connection take twice its timeout). */
+static int conn_open(sqlite_backend *s, int create, int64_t deadline, sq_conn **out)
 {
     sq_conn *c = calloc(1, sizeof *c);
     if (!c) return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
     c->s = s;
+    c->call_deadline_ns = deadline;
     c->turn_fd = -1;
     c->rng = (uint64_t)sq_mono_ns() ^ ((uint64_t)(uintptr_t)c << 16) ^ (uint64_t)getpid();
     if (!c->rng) c->rng = 1;
@@ -533,6 +566,13 @@ static int conn_open(sqlite_backend *s, int create, sq_conn **out)
     }
     sqlite3_extended_result_codes(c->db, 1);
     sqlite3_db_config(c->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+    rc = sqlite3_create_function_v2(c->db, "traffic_now_ms", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, c, sq_now_fn, NULL,
+                                    NULL, NULL);
+    if (rc != SQLITE_OK) {
+        rc = sq_fail(s, c->db, rc, "registering traffic_now_ms");
+        conn_close(c);
+        return rc;
+    }
     if (sqlite_debug_default_busy) { /* the test hook: SQLite's own handling, for comparison */
         sqlite3_busy_timeout(c->db, (int)(s->timeout_ns / 1000000));
     } else {
@@ -588,7 +628,7 @@ static sq_pool *pool_new(sqlite_backend *s)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->reaper_mu, NULL);
-    pthread_cond_init(&p->free_cv, NULL);
+    pthread_cond_init(&p->free_cv, &ca);
     pthread_cond_init(&p->reaper_cv, &ca);
     pthread_condattr_destroy(&ca);
     p->pid = getpid();
@@ -630,10 +670,10 @@ sq_pool *sq_pool_current(sqlite_backend *s)
 }
 
 /* Opens a new connection into the slot pool_get reserved; on failure gives the slot back. */
-static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
+static int pool_open_conn(sqlite_backend *s, sq_pool *p, int64_t deadline, sq_conn **out)
 {
     sq_conn *c;
-    int rc = conn_open(s, 0, &c);
+    int rc = conn_open(s, 0, deadline, &c);
     if (rc == TRAFFIC_OK && (rc = conn_prepare(s, c)) != TRAFFIC_OK) conn_close(c);
     if (rc == TRAFFIC_OK) {
         turn_open(s, c);
@@ -647,12 +687,46 @@ static int pool_open_conn(sqlite_backend *s, sq_pool *p, sq_conn **out)
     return rc;
 }
 
+static int sq_pool_checkout(sqlite_backend *s, int64_t start, sq_conn **out);
+
+/* Cancellation. pthread_cancel acts at cancellation points, and a call passes many: the wait
+ * for a pooled connection (pthread_cond_timedwait), fork_enter's wait, the busy handler's
+ * nanosleep, SQLite's own pread/pwrite/fcntl. A thread cancelled at one of them unwinds
+ * through code that has no cleanup handlers, leaving the pool's mutex held (every later call
+ * hangs), a connection checked out for ever and fork_active raised (the next fork() hangs),
+ * or a SQLite statement half run. So every call of this backend runs with cancellation
+ * disabled, from sq_pool_get (or the start of open, close, cleanup start and stop) to its
+ * end; a cancel that arrives meanwhile stays pending and acts at the caller's next
+ * cancellation point after the call returned. */
+int sq_nocancel(void)
+{
+    int old = PTHREAD_CANCEL_ENABLE;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+    return old;
+}
+
+void sq_cancel_restore(int old)
+{
+    pthread_setcancelstate(old, NULL);
+}
+
 /* Checks out a connection for the calling thread: an idle one, else a new one while fewer
  * than pool_size exist, else the next one to come back. From here to pool_put the thread
- * counts as inside SQLite for fork_prepare. */
+ * counts as inside SQLite for fork_prepare, and cannot be cancelled. */
 int sq_pool_get(sqlite_backend *s, sq_conn **out)
 {
     int64_t start = sq_mono_ns();
+    int cancel_state = sq_nocancel();
+    int rc = sq_pool_checkout(s, start, out);
+    if (rc == TRAFFIC_OK)
+        (*out)->cancel_state = cancel_state;
+    else
+        sq_cancel_restore(cancel_state);
+    return rc;
+}
+
+static int sq_pool_checkout(sqlite_backend *s, int64_t start, sq_conn **out)
+{
     fork_enter();
     sq_pool *p = sq_pool_current(s);
     int rc = TRAFFIC_OK;
@@ -660,12 +734,10 @@ int sq_pool_get(sqlite_backend *s, sq_conn **out)
         fork_leave();
         return traffic_backend_fail(EB(s), TRAFFIC_ENOMEM, "out of memory");
     }
-    /* Wait for a free connection at most `timeout` (the free_cv clock is CLOCK_REALTIME). */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    int64_t ns = until.tv_nsec + s->timeout_ns % 1000000000;
-    until.tv_sec += (time_t)(s->timeout_ns / 1000000000 + ns / 1000000000);
-    until.tv_nsec = (long)(ns % 1000000000);
+    /* Wait for a free connection until the call's deadline (free_cv's clock is CLOCK_MONOTONIC:
+     * a step of the wall clock neither ends the wait early nor stretches it). */
+    int64_t deadline = start + s->timeout_ns;
+    struct timespec until = {.tv_sec = (time_t)(deadline / 1000000000), .tv_nsec = (long)(deadline % 1000000000)};
     pthread_mutex_lock(&p->mu);
     int waited = 0;
     while (!p->idle && p->nconn >= s->pool_size && waited != ETIMEDOUT)
@@ -686,17 +758,18 @@ int sq_pool_get(sqlite_backend *s, sq_conn **out)
     if (c)
         *out = c;
     else
-        rc = pool_open_conn(s, p, out);
+        rc = pool_open_conn(s, p, deadline, out);
     if (rc != TRAFFIC_OK)
         fork_leave();
     else
-        (*out)->call_deadline_ns = start + s->timeout_ns;
+        (*out)->call_deadline_ns = deadline;
     return rc;
 }
 
 void sq_pool_put(sqlite_backend *s, sq_conn *c)
 {
     sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
+    int cancel_state = c->cancel_state; /* c is another thread's once idle */
     turn_release(c);
     pthread_mutex_lock(&p->mu);
     c->next = p->idle;
@@ -704,6 +777,7 @@ void sq_pool_put(sqlite_backend *s, sq_conn *c)
     pthread_cond_signal(&p->free_cv);
     pthread_mutex_unlock(&p->mu);
     fork_leave();
+    sq_cancel_restore(cancel_state);
 }
 
 /* ---- statements ------------------------------------------------------------------------ */
@@ -713,6 +787,7 @@ void sq_pool_put(sqlite_backend *s, sq_conn *c)
  * connection holds no snapshot or lock between operations. */
 int sq_step(const sqlite_backend *s, sq_conn *c, sqlite3_stmt *st, const char *what)
 {
+    c->now_ms = 0; /* traffic_now_ms() reads the clock afresh in this run */
     int rc = sqlite3_step(st);
     turn_release(c); /* the statement has its lock, or gave up */
     if (rc == SQLITE_ROW) return 1;
@@ -772,6 +847,7 @@ static void sq_free(sqlite_backend *s)
 static int q_close(traffic_backend *b)
 {
     sqlite_backend *s = S(b);
+    int cancel_state = sq_nocancel();
     sq_pool *p = atomic_load(&s->pool);
     if (p && p->pid == getpid()) {
         sq_reaper_stop(s, p);
@@ -783,6 +859,7 @@ static int q_close(traffic_backend *b)
         fork_unregister(s);
     }
     sq_free(s);
+    sq_cancel_restore(cancel_state);
     return TRAFFIC_OK;
 }
 
@@ -809,6 +886,7 @@ static const traffic_backend_ops sqlite_ops = {
 /* What the file says it is. */
 typedef struct sq_ident {
     int64_t app, version, objects;
+    char encoding[16]; /* PRAGMA encoding: "UTF-8" (also what a new, empty file reports) */
 } sq_ident;
 
 /* Reads the identity in ONE statement, so one snapshot: three separate reads could see the
@@ -816,13 +894,16 @@ typedef struct sq_ident {
 static int read_ident(const sqlite_backend *s, sq_conn *c, sq_ident *id)
 {
     static const char sql[] = "SELECT (SELECT application_id FROM pragma_application_id),"
-                              " (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema)";
+                              " (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema),"
+                              " (SELECT encoding FROM pragma_encoding)";
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         id->app = sqlite3_column_int64(st, 0);
         id->version = sqlite3_column_int64(st, 1);
         id->objects = sqlite3_column_int64(st, 2);
+        const unsigned char *e = sqlite3_column_text(st, 3);
+        snprintf(id->encoding, sizeof id->encoding, "%s", e ? (const char *)e : "?");
         rc = SQLITE_OK;
     }
     int status = rc == SQLITE_OK ? TRAFFIC_OK : sq_fail(s, c->db, rc, "reading the database header");
@@ -834,9 +915,16 @@ static int read_ident(const sqlite_backend *s, sq_conn *c, sq_ident *id)
 }
 
 /* 1: a traffic database of our version; 0: an empty database to create the schema in;
- * else TRAFFIC_ECORRUPT naming what the file is instead. */
+ * else TRAFFIC_ECORRUPT naming what the file is instead. A database must be UTF-8: keys are
+ * bound as text, which SQLite converts to a UTF-16 database's encoding, turning every
+ * invalid UTF-8 sequence into U+FFFD, so that distinct keys would share one row. */
 static int ident_verdict(const sqlite_backend *s, const sq_ident *id)
 {
+    if (sqlite3_stricmp(id->encoding, "UTF-8") != 0)
+        return traffic_backend_fail(EB(s), TRAFFIC_ECORRUPT,
+                                    "%s is a %s database; traffic needs UTF-8 (keys are bytes, which %s would "
+                                    "alter); it was left untouched",
+                                    s->path, id->encoding, id->encoding);
     if (id->app == SQ_APPLICATION_ID && id->version == SQ_SCHEMA_VERSION) return 1;
     if (id->app == 0 && id->version == 0 && id->objects == 0) return 0;
     if (id->app == SQ_APPLICATION_ID)
@@ -897,7 +985,7 @@ static int try_wal(const sqlite_backend *s, sq_conn *c, int *status)
  * exactly that, so retry here until the timeout. */
 static int set_wal(const sqlite_backend *s, sq_conn *c)
 {
-    int64_t start = sq_mono_ns(), now = start, end = start + s->timeout_ns;
+    int64_t start = sq_mono_ns(), now = start, end = c->call_deadline_ns;
     int status, rc;
     for (int i = 0; (rc = try_wal(s, c, &status)) != SQLITE_OK && (rc & 0xff) == SQLITE_BUSY && now < end; i++) {
         nap(c, busy_sleep_us(SQ_BUSY_YIELDS + i, now - start), now, end);
@@ -906,19 +994,45 @@ static int set_wal(const sqlite_backend *s, sq_conn *c)
     return rc == SQLITE_OK ? status : sq_fail(s, c->db, rc, "switching to WAL");
 }
 
+/* The -wal and -shm files, when they exist, must be ours to write: made by another user
+ * (root, a deploy script) with a mode that keeps us out, SQLite opens them read-only and the
+ * database reads fine while every write fails with TRAFFIC_EPERM. Asked with faccessat
+ * (effective ids) rather than by opening them: closing a descriptor of a file would drop
+ * the POSIX locks this process's other connections hold on it. */
+static int wal_files_writable(const sqlite_backend *s)
+{
+    static const char *const suffix[2] = {"-wal", "-shm"};
+    for (int i = 0; i < 2; i++) {
+        char name[PATH_MAX + 8];
+        struct stat st;
+        snprintf(name, sizeof name, "%s%s", s->path, suffix[i]);
+        if (stat(name, &st) != 0 || faccessat(AT_FDCWD, name, R_OK | W_OK, AT_EACCESS) == 0) continue;
+        if (errno != EACCES && errno != EPERM && errno != EROFS) continue;
+        return traffic_backend_fail(NULL, TRAFFIC_EPERM,
+                                    "%s is not writable by this process (owner uid %u, mode %03o: %s): every write "
+                                    "would fail; give it the database's owner and mode",
+                                    name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 0777), strerror(errno));
+    }
+    return TRAFFIC_OK;
+}
+
 /* Opens the file once to check or create it; the connection is closed again (see the
  * banner on fork), the pool opens its own on first use. */
 static int sq_validate(sqlite_backend *s)
 {
     sq_conn *c;
+    int64_t deadline = sq_mono_ns() + s->timeout_ns; /* for all of it */
     fork_enter();
-    int rc = conn_open(s, 1, &c);
+    int rc = conn_open(s, 1, deadline, &c);
     if (rc == TRAFFIC_OK) {
         if (sqlite3_db_readonly(c->db, "main") == 1)
             rc = traffic_backend_fail(NULL, TRAFFIC_EPERM, "%s is read-only for this process", s->path);
         if (rc == TRAFFIC_OK) rc = schema_ensure(s, c);
-        if (rc == TRAFFIC_OK) rc = set_wal(s, c);
+        /* the tables are ours (every statement prepares) before WAL mode, which is written
+         * into the file, is set: a file refused is left untouched */
         if (rc == TRAFFIC_OK) rc = conn_prepare(s, c);
+        if (rc == TRAFFIC_OK) rc = set_wal(s, c);
+        if (rc == TRAFFIC_OK) rc = wal_files_writable(s);
         conn_close(c);
     }
     struct stat st;
@@ -1000,6 +1114,12 @@ int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
     *out = NULL;
     if (!o) return traffic_backend_fail(NULL, TRAFFIC_EINVAL, "sqlite options are NULL (a path is required)");
     CHECK(check_options(o));
+    int v = sqlite3_libversion_number(); /* the library loaded, not the headers */
+    if (v < SQ_SQLITE_MIN)
+        return traffic_backend_fail(NULL, TRAFFIC_ENOTSUP,
+                                    "SQLite %d.%d.%d is too old: the sqlite backend needs 3.35.0 or newer "
+                                    "(INSERT ... RETURNING)",
+                                    v / 1000000, v / 1000 % 1000, v % 1000);
     pthread_once(&fork_once, fork_install);
     sqlite_backend *s = calloc(1, sizeof *s);
     if (!s) return traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
@@ -1009,8 +1129,10 @@ int traffic_sqlite_open(const traffic_sqlite_options *o, traffic_backend **out)
     s->gid = getegid();
     s->cleanup_ms = ttl_seconds_to_ms(o->cleanup_interval > 0 ? o->cleanup_interval : SQ_DEFAULT_CLEANUP_S);
     s->timeout_ns = ttl_seconds_to_ms(o->timeout > 0 ? o->timeout : SQ_DEFAULT_TIMEOUT_S) * 1000000;
+    int cancel_state = sq_nocancel();
     int rc = resolve_path(s, o->path);
     if (rc == TRAFFIC_OK) rc = sq_validate(s);
+    sq_cancel_restore(cancel_state);
     sq_pool *p = rc == TRAFFIC_OK ? pool_new(s) : NULL;
     if (rc == TRAFFIC_OK && !p) rc = traffic_backend_fail(NULL, TRAFFIC_ENOMEM, "out of memory");
     if (rc != TRAFFIC_OK) {

@@ -133,7 +133,7 @@ int sq_start_cleanup(traffic_backend *b)
     sqlite_backend *s = S(b);
     sq_pool *p = sq_pool_current(s); /* a child never inherits its parent's thread */
     if (!p) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
-    int rc = TRAFFIC_OK;
+    int rc = TRAFFIC_OK, cancel_state = sq_nocancel();
     pthread_mutex_lock(&p->reaper_mu);
     if (!p->reaper_running) {
         atomic_store(&p->reaper_stop, 0);
@@ -149,6 +149,7 @@ int sq_start_cleanup(traffic_backend *b)
                                       "could not start the cleanup thread: %s", strerror(e));
     }
     pthread_mutex_unlock(&p->reaper_mu);
+    sq_cancel_restore(cancel_state);
     return rc;
 }
 
@@ -173,6 +174,8 @@ int sq_stop_cleanup(traffic_backend *b)
     sqlite_backend *s = S(b);
     sq_pool *p = sq_pool_current(s);
     if (!p) return traffic_backend_fail(b, TRAFFIC_ENOMEM, "out of memory");
+    int cancel_state = sq_nocancel(); /* pthread_join, holding reaper_mu */
     sq_reaper_stop(s, p);
+    sq_cancel_restore(cancel_state);
     return TRAFFIC_OK;
 }

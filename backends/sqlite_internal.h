@@ -90,6 +90,8 @@ typedef struct sq_conn {
     uint64_t rng;             /* jitter of the busy handler's sleeps */
     unsigned char *scratch;   /* a decision's state and its encoding (sqlite_limit.c), or NULL */
     size_t scratch_cap;       /* bytes at scratch */
+    int cancel_state;         /* the thread's cancelability before sq_pool_get, restored by sq_pool_put */
+    int64_t now_ms;           /* traffic_now_ms() of the statement running (0: not read yet) */
     struct sq_conn *next;     /* in the pool's idle list */
 } sq_conn;
 
@@ -155,9 +157,13 @@ int sq_fail(const sqlite_backend *s, sqlite3 *db, int rc, const char *what);
 /* The pool of the calling process (a fresh one in a forked child); NULL: out of memory. */
 sq_pool *sq_pool_current(sqlite_backend *s);
 /* Checks out a connection for the calling thread, waiting at most the handle's timeout; from
- * here to sq_pool_put the thread counts as inside SQLite for fork(). */
+ * here to sq_pool_put the thread counts as inside SQLite for fork(), and cannot be cancelled
+ * (sq_nocancel). */
 int sq_pool_get(sqlite_backend *s, sq_conn **out);
 void sq_pool_put(sqlite_backend *s, sq_conn *c);
+/* Defers pthread_cancel of the calling thread until sq_cancel_restore(the value returned). */
+int sq_nocancel(void);
+void sq_cancel_restore(int old);
 
 /* Steps st once: 1 a row, 0 done, or a negative status with SQLite's message recorded. The
  * caller then resets it (sq_reset, or sq_end after a row of a RETURNING write), so that the

@@ -117,7 +117,7 @@ int sq_set(traffic_backend *b, const char *key, size_t klen, const void *val, si
     sqlite3_stmt *st = c->st[ST_SET];
     sq_bind_key(st, key, klen);
     int rc = sqlite3_bind_blob(st, 2, val, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, ttl_ms ? sq_wall_ms() + ttl_ms : 0);
+    sqlite3_bind_int64(st, 3, ttl_ms); /* counted from the write: traffic_now_ms() */
     if (rc != SQLITE_OK)
         rc = sq_fail(s, c->db, rc, "set");
     else
@@ -134,14 +134,12 @@ int sq_set(traffic_backend *b, const char *key, size_t klen, const void *val, si
 static int incr_upsert(const sqlite_backend *s, sq_conn *c, const char *key, size_t klen, int64_t amount,
                        int64_t ttl_ms, int64_t *out)
 {
-    int64_t now = sq_wall_ms();
     sqlite3_stmt *st = c->st[ST_INCR];
     sq_bind_key(st, key, klen);
     sqlite3_bind_int64(st, 2, amount);
-    sqlite3_bind_int64(st, 3, ttl_ms ? now + ttl_ms : 0);
-    sqlite3_bind_int64(st, 4, now);
-    sqlite3_bind_int64(st, 5, amount < 0 ? INT64_MIN - amount : INT64_MIN);
-    sqlite3_bind_int64(st, 6, amount > 0 ? INT64_MAX - amount : INT64_MAX);
+    sqlite3_bind_int64(st, 3, ttl_ms); /* counted from the write: traffic_now_ms() */
+    sqlite3_bind_int64(st, 4, amount < 0 ? INT64_MIN - amount : INT64_MIN);
+    sqlite3_bind_int64(st, 5, amount > 0 ? INT64_MAX - amount : INT64_MAX);
     int rc = sq_write(s, c, st, "increment");
     if (rc != 1) {
         sq_reset(st);

@@ -420,14 +420,22 @@ static int cluster_ok(const rh_cluster *c)
     return 1;
 }
 
-int rh_cluster_start(rh_cluster *c, int n)
+static int cluster_node_start(rh_cluster *c, int i)
+{
+    char extra[256];
+    snprintf(extra, sizeof extra, "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout %d\n",
+             c->node_timeout_ms);
+    c->master_of[i] = -1;
+    return rh_start(&c->nodes[i], extra) || rh_str(&c->nodes[i], c->ids[i], sizeof c->ids[i], "CLUSTER MYID") ? -1 : 0;
+}
+
+int rh_cluster_start_timeout(rh_cluster *c, int n, int node_timeout_ms)
 {
     memset(c, 0, sizeof *c);
     c->n = n;
+    c->node_timeout_ms = node_timeout_ms;
     for (int i = 0; i < n; i++) {
-        if (rh_start(&c->nodes[i], "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"))
-            return -1;
-        if (rh_str(&c->nodes[i], c->ids[i], sizeof c->ids[i], "CLUSTER MYID")) return -1;
+        if (cluster_node_start(c, i)) return -1;
         redisReply *r = rh_cmd(&c->nodes[i], "CLUSTER SET-CONFIG-EPOCH %d", i + 1);
         if (r) freeReplyObject(r);
         int lo = 16384 * i / n, hi = 16384 * (i + 1) / n - 1;
@@ -444,6 +452,106 @@ int rh_cluster_start(rh_cluster *c, int n)
         tu_sleep_ms(50);
     }
     return 0;
+}
+
+int rh_cluster_start(rh_cluster *c, int n)
+{
+    return rh_cluster_start_timeout(c, n, 2000);
+}
+
+/* Does every node of c list node i in CLUSTER NODES (as a replica of `master` if >= 0)? */
+static int cluster_knows(const rh_cluster *c, int i, int master)
+{
+    char want[160];
+    snprintf(want, sizeof want, "%s ", c->ids[i]);
+    for (int k = 0; k < c->n; k++) {
+        redisReply *r = rh_cmd(&c->nodes[k], "CLUSTER NODES");
+        const char *line = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, want) : NULL;
+        const char *end = line ? strchr(line, '\n') : NULL;
+        int ok = line != NULL;
+        if (ok && master >= 0) { /* "<id> <addr> <flags> <master id> ..." */
+            char row[512];
+            snprintf(row, sizeof row, "%.*s", end ? (int)(end - line) : 400, line);
+            ok = strstr(row, c->ids[master]) != NULL && strstr(row, "slave") != NULL;
+        }
+        if (r) freeReplyObject(r);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+int rh_cluster_add(rh_cluster *c, int replica_of)
+{
+    if (c->n >= RH_CLUSTER_MAX) return -1;
+    int i = c->n;
+    if (cluster_node_start(c, i) ||
+        rh_str(&c->nodes[0], (char[64]){0}, 64, "CLUSTER MEET 127.0.0.1 %d", c->nodes[i].port))
+        return -1;
+    c->n++;
+    long long deadline = tu_now_ms() + RH_CLUSTER_MS;
+    while (!cluster_knows(c, i, -1)) {
+        if (tu_now_ms() > deadline) {
+            fprintf(stderr, "redis harness: the cluster never learnt of node %d\n", c->nodes[i].port);
+            return -1;
+        }
+        tu_sleep_ms(50);
+    }
+    for (;;) { /* it has learnt who serves every slot */
+        redisReply *r = rh_cmd(&c->nodes[i], "CLUSTER INFO");
+        int ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:ok");
+        if (r) freeReplyObject(r);
+        if (ok) break;
+        if (tu_now_ms() > deadline) {
+            fprintf(stderr, "redis harness: node %d never reached cluster_state:ok\n", c->nodes[i].port);
+            return -1;
+        }
+        tu_sleep_ms(50);
+    }
+    if (replica_of < 0) return i;
+    char buf[256];
+    while (rh_str(&c->nodes[i], buf, sizeof buf, "CLUSTER REPLICATE %s", c->ids[replica_of])) {
+        if (tu_now_ms() > deadline) { /* "Unknown node" until gossip told it of the master */
+            fprintf(stderr, "redis harness: CLUSTER REPLICATE: %s\n", buf);
+            return -1;
+        }
+        tu_sleep_ms(50);
+    }
+    c->master_of[i] = replica_of;
+    while (!cluster_knows(c, i, replica_of)) {
+        if (tu_now_ms() > deadline) {
+            fprintf(stderr, "redis harness: node %d never became a known replica\n", c->nodes[i].port);
+            return -1;
+        }
+        tu_sleep_ms(50);
+    }
+    if (wait_info(&c->nodes[i], "replication", "master_link_status:up", RH_CLUSTER_MS)) return -1;
+    return rh_wait_synced(&c->nodes[replica_of], &c->nodes[i], RH_CLUSTER_MS) ? -1 : i;
+}
+
+/* The value of "name:" in s's INFO section, or -1. */
+static long long info_num(const rh_server *s, const char *section, const char *name)
+{
+    redisReply *r = rh_cmd(s, "INFO %s", section);
+    long long v = -1;
+    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, name) : NULL;
+    if (p) v = atoll(p + strlen(name));
+    if (r) freeReplyObject(r);
+    return v;
+}
+
+int rh_wait_synced(const rh_server *master, const rh_server *replica, int ms)
+{
+    long long deadline = tu_now_ms() + ms;
+    for (;;) {
+        long long want = info_num(master, "replication", "master_repl_offset:");
+        long long got = info_num(replica, "replication", "slave_repl_offset:");
+        if (want >= 0 && got >= want) return 0;
+        if (tu_now_ms() > deadline) {
+            fprintf(stderr, "redis harness: replica %d stayed at offset %lld of %lld\n", replica->port, got, want);
+            return -1;
+        }
+        tu_sleep_ms(20);
+    }
 }
 
 void rh_cluster_stop(rh_cluster *c)
@@ -503,6 +611,7 @@ int rh_cluster_move_slot(rh_cluster *c, int slot, int from, int to, void (*betwe
     }
     for (int i = 0; i < c->n; i++) {
         int k = i == 0 ? to : i == to ? 0 : i; /* the new owner first, as redis-cli does */
+        if (c->master_of[k] >= 0) continue;    /* SETSLOT is for masters */
         if (rh_str(&c->nodes[k], buf, sizeof buf, "CLUSTER SETSLOT %d NODE %s", slot, c->ids[to])) {
             fprintf(stderr, "SETSLOT NODE on %d: %s\n", k, buf);
             return -1;

@@ -58,13 +58,22 @@ int rh_sentinel_start(rh_sentinel_set *set, int nsentinels, const char *password
 void rh_sentinel_stop(rh_sentinel_set *set);
 
 /* n cluster masters (no replicas), slots split evenly, waited for until cluster_state:ok. */
-#define RH_CLUSTER_MAX 4
+#define RH_CLUSTER_MAX 6
 typedef struct rh_cluster {
     rh_server nodes[RH_CLUSTER_MAX];
     char ids[RH_CLUSTER_MAX][64];
+    int master_of[RH_CLUSTER_MAX]; /* -1: a master; else the index of the node it replicates */
     int n;
+    int node_timeout_ms;
 } rh_cluster;
 int rh_cluster_start(rh_cluster *c, int n);
+/* The same with cluster-node-timeout node_timeout_ms (rh_cluster_start: 2000). */
+int rh_cluster_start_timeout(rh_cluster *c, int n, int node_timeout_ms);
+/* Adds node c->n to a running cluster: a replica of node `replica_of`, synced with it, or
+ * (replica_of -1) a master without slots, known to every node. Returns its index, or -1. */
+int rh_cluster_add(rh_cluster *c, int replica_of);
+/* Waits until replica's replication offset has caught up with its master's; 0 or -1. */
+int rh_wait_synced(const rh_server *master, const rh_server *replica, int ms);
 void rh_cluster_stop(rh_cluster *c);
 /* The index of the node that serves slot, or -1. */
 int rh_cluster_owner(const rh_cluster *c, int slot);

@@ -33,6 +33,10 @@
  * Caveats (read these)
  *   - Threads: a handle may be used by any number of threads at once. traffic_close must not
  *     race other calls on the same handle.
+ *   - Cancellation: a thread cancelled (pthread_cancel) inside a call of the SQLite or Redis
+ *     backend is cancelled when the call returns, at its next cancellation point: calls run
+ *     with cancellation disabled, so that none leaves a lock held, a pooled connection
+ *     checked out or a statement half run.
  *   - fork(): a handle opened before fork() keeps working in the children. The memory backend
  *     shares its mapping; the other backends open their own connections in the child.
  *   - Crashes: a process killed at any instruction (SIGKILL included) blocks nobody: the next
@@ -463,28 +467,32 @@ TRAFFIC_API int traffic_scan(traffic_backend *b, const char *glob, traffic_scan_
 /* restarts and reboots. The file is created with its schema on first open and marked with  */
 /* PRAGMA application_id 0x54524643 ("TRFC") and PRAGMA user_version 1. Opening a file that */
 /* is not a SQLite database, belongs to another application, or carries another schema      */
-/* version is TRAFFIC_ECORRUPT (the file is left untouched); damage deeper in the file is   */
-/* reported as TRAFFIC_ECORRUPT by the operation that reads it.                             */
+/* version, or is encoded in UTF-16 (keys are bytes, which UTF-16 text would alter) is      */
+/* TRAFFIC_ECORRUPT (the file is left untouched); damage deeper in the file is reported as  */
+/* TRAFFIC_ECORRUPT by the operation that reads it.                                         */
 /*                                                                                          */
 /* Time: unlike the memory backend, expiry is stored as absolute wall-clock time            */
 /* (CLOCK_REALTIME, milliseconds since the epoch), because the file outlives the process    */
 /* and the boot, and CLOCK_MONOTONIC restarts at every boot. Stepping the wall clock        */
 /* therefore moves every expiry: forward by an hour expires entries an hour early, backward */
-/* keeps them longer. Processes sharing one file must share one clock (one host).           */
+/* keeps them longer. A TTL counts from the moment the write holds the lock (read inside    */
+/* the statement), so a write that waited for other writers does not shorten it. Processes  */
+/* sharing one file must share one clock (one host).                                        */
 /*                                                                                          */
 /* Concurrency: journal_mode=WAL, synchronous=NORMAL (a power cut may lose the last         */
 /* transactions, never corrupts the file; a process crash loses nothing acknowledged). Each */
 /* process keeps a pool of up to pool_size connections, each used by one thread at a time.  */
-/* Readers do not wait for writers' locks, but any call may wait for a free pooled         */
+/* Readers do not wait for writers' locks, but any call may wait for a free pooled          */
 /* connection when all of them are busy. A writer waits for the others, and a call waits in */
-/* all, up to `timeout` (default 5 s, counted from the start of the call, the wait for a    */
-/* pooled connection included) and only then fails with TRAFFIC_ETIMEDOUT; it never         */
-/* reports SQLITE_BUSY before that. Checkpoints never wait (a long-lived reader such as a   */
-/* backup only lets the WAL grow until it ends). A writer that claimed the turnstile and is */
-/* then stopped (SIGSTOP) slows other writers by up to 20 ms per write until it resumes.    */
-/* Writers of all processes take turns fairly: one that has waited 2 ms claims an OFD lock  */
-/* on the file PATH-turn and the others let it go first (the file is created next to the   */
-/* database, like PATH-wal and PATH-shm, and is only ever locked).                          */
+/* all, up to `timeout` (default 5 s, counted on CLOCK_MONOTONIC from the start of the      */
+/* call, the wait for a pooled connection and the opening of a new one included) and only   */
+/* then fails with TRAFFIC_ETIMEDOUT; it never reports SQLITE_BUSY before that. Checkpoints */
+/* never wait (a long-lived reader such as a backup only lets the WAL grow until it ends).  */
+/* A writer that claimed the turnstile and is then stopped (SIGSTOP) slows other writers by */
+/* up to 20 ms per write until it resumes. Writers of all processes take turns fairly: one  */
+/* that has waited 2 ms claims an OFD lock on the file PATH-turn and the others let it go   */
+/* first (the file is created next to the database, like PATH-wal and PATH-shm, and is only */
+/* ever locked).                                                                            */
 /*                                                                                          */
 /* fork(): the child opens its own connections on first use and never uses the parent's.   */
 /* A pthread_atfork handler waits for the calls in flight in other threads and closes this  */
@@ -537,9 +545,11 @@ typedef struct traffic_sqlite_options {
  * @retval TRAFFIC_ECORRUPT the file is not a SQLite database, belongs to another application
  *                          (application_id / user_version / tables), or is damaged
  * @retval TRAFFIC_EPERM    the file or its directory is not writable (SQLite must create
- *                          PATH-wal and PATH-shm next to it)
+ *                          PATH-wal and PATH-shm next to it), or PATH-wal or PATH-shm exists
+ *                          and is not (another user made it)
  * @retval TRAFFIC_EIO      the directory does not exist, or another I/O failure
  * @retval TRAFFIC_ETIMEDOUT another process held the database locked for over `timeout`
+ * @retval TRAFFIC_ENOTSUP  the SQLite library loaded is older than 3.35.0 (RETURNING)
  * @retval TRAFFIC_ENOMEM */
 TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_backend **out);
 
@@ -594,41 +604,53 @@ TRAFFIC_API int traffic_sqlite_open(const traffic_sqlite_options *opts, traffic_
 /* another algorithm's state is TRAFFIC_ETYPE, on a string that starts with '!' and is no   */
 /* well-formed state TRAFFIC_ECORRUPT (traffic_get too).                                    */
 /*                                                                                          */
-/* Connections: each process keeps up to pool_size connections per server; a call waits     */
-/* at most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is   */
+/* Connections: each process keeps up to pool_size connections per server; a call waits at  */
+/* most `timeout` for a free one (then TRAFFIC_ETIMEDOUT). A connection that breaks is      */
 /* replaced; reconnecting backs off from 25 ms to at most 1 s between attempts, and during  */
 /* a back-off calls fail at once with TRAFFIC_EUNAVAILABLE (or the status of the failed     */
-/* connect, e.g. TRAFFIC_EPERM for a refused password). A server that stops answering gives */
-/* TRAFFIC_ETIMEDOUT within `timeout` (a call's reads are cut to what is left of it after a */
-/* connect or a wait for the pool). A server that answers, but each reply slowly, can make  */
-/* a call that opens a new connection take up to ~3 x `timeout` (AUTH, SELECT, ROLE are    */
-/* read one after another), and traffic_open, which also loads the script, ~4x. No call     */
-/* is retried when the server may have run it, except the idempotent ones: an increment     */
-/* whose connection broke after sending reports TRAFFIC_EUNAVAILABLE, and may or may not    */
-/* have counted. Calls recover by themselves once the server is back.                       */
+/* connect, e.g. TRAFFIC_EPERM for a refused password). The primary of a fallback= pair has */
+/* no such back-off: the pair's circuit breaker spaces its attempts. A server that stops    */
+/* answering gives TRAFFIC_ETIMEDOUT within `timeout`: a call's connect, setup (AUTH,       */
+/* SELECT, ROLE), sends and reads all wait, with poll(), for what is left of one deadline   */
+/* set when the call starts, so a signal handler that runs meanwhile (a server's periodic   */
+/* timer, SA_RESTART or not) does not extend it; traffic_open, which connects to each       */
+/* master and loads two scripts there, takes up to ~3 x `timeout` per master. READONLY (the */
+/* server turned replica) closes every connection to it and the call tries once more on a   */
+/* new one, which resolves the name again and so follows a failover behind a DNS name or a  */
+/* virtual IP; a second READONLY fails it with TRAFFIC_EUNAVAILABLE. No call is retried     */
+/* when the server may have run it, except the idempotent ones: an increment whose          */
+/* connection broke after sending reports TRAFFIC_EUNAVAILABLE, and may or may not have     */
+/* counted. Calls recover by themselves once the server is back.                            */
 /*                                                                                          */
 /* fork(): a child notices the new pid at its first call and opens its own connections; the */
 /* parent's are abandoned in the child (never sent on, never closed; their descriptors stay */
 /* open in the child until it exits).                                                       */
 /*                                                                                          */
 /* Sentinel: the sentinels are asked in turn (SENTINEL get-master-addr-by-name, without     */
-/* AUTH), and the answer is checked with ROLE. A broken connection, READONLY or a master    */
-/* that reports another role makes the next connect ask again, which follows a failover.    */
+/* AUTH), each with an equal share of what is left of the call's timeout (a hung sentinel   */
+/* cannot use it all), and an answer is believed only when ROLE there says master; else the */
+/* next sentinel is asked (a stale one listed first cannot pin the client on a demoted      */
+/* master). A broken connection, READONLY or a master that reports another role makes the   */
+/* next connect ask again, which follows a failover.                                        */
 /*                                                                                          */
 /* Cluster: keys go to the master of their hash slot (CRC16, {hashtag}s honoured) from a    */
 /* slot map loaded with CLUSTER SLOTS and reloaded on MOVED; ASK is followed with ASKING;   */
-/* TRYAGAIN and CLUSTERDOWN are retried within `timeout`. A reload asks each known node    */
+/* TRYAGAIN and CLUSTERDOWN are retried within `timeout`. A reload asks each known node     */
 /* once, each with a share of what is left of the calling operation's `timeout` (waiting    */
-/* for another thread's reload counts against it too). Stats and clear visit every          */
-/* master. The map is shared by the threads of a process through liburcu (urcu-memb): a     */
-/* thread is registered with urcu_memb_register_thread on its first cluster call (unless    */
-/* the application registered it already, and then must keep it registered while it makes   */
-/* traffic calls) and unregistered when it exits; threads that make no cluster call are     */
-/* never registered. An application that uses urcu-memb itself must not hold an RCU read    */
-/* lock across a traffic call, nor run its own grace periods while forking: the first       */
-/* cluster open installs a pthread_atfork handler that makes fork() wait until no thread is */
-/* inside the library's read side or grace periods, so that a child's RCU never waits for a */
-/* thread that fork() left behind.                                                          */
+/* for another thread's reload counts against it too). A node that timed out is suspect:    */
+/* the next call routed to it reloads the map first, which follows the failover of a master */
+/* that stopped answering rather than refusing. Reloads that only suspect the map (a dead   */
+/* or silent node, CLUSTERDOWN, READONLY) happen at most once per 200 ms per process, and   */
+/* once per call for CLUSTERDOWN; a MOVED reply reloads it at once. Stats and clear reload  */
+/* the map, then visit every master. The map is shared by the threads of a process through  */
+/* liburcu (urcu-memb): a thread is registered with urcu_memb_register_thread on its first  */
+/* cluster call (unless the application registered it already, and then must keep it        */
+/* registered while it makes traffic calls) and unregistered when it exits; threads that    */
+/* make no cluster call are never registered. An application that uses urcu-memb itself     */
+/* must not hold an RCU read lock across a traffic call, nor run its own grace periods      */
+/* while forking: the first cluster open installs a pthread_atfork handler that makes       */
+/* fork() wait until no thread is inside the library's read side or grace periods, so that  */
+/* a child's RCU never waits for a thread that fork() left behind.                          */
 /* ---------------------------------------------------------------------------------------- */
 
 #define TRAFFIC_REDIS_VALUE_MAX 1048576 /* bytes in a value of the Redis backend (1 MiB) */
@@ -658,7 +680,8 @@ typedef struct traffic_redis_options {
 
 /* Opens a Redis store with typed options.
  * @retval TRAFFIC_EINVAL       bad option (no host, bad port, a db for a cluster, rediss://)
- * @retval TRAFFIC_EUNAVAILABLE no server (or sentinel, or cluster node) could be reached
+ * @retval TRAFFIC_EUNAVAILABLE no server (or sentinel, or cluster node) could be reached, or
+ *                              it is at maxclients
  * @retval TRAFFIC_ETIMEDOUT    a server did not answer within `timeout`
  * @retval TRAFFIC_EPERM        AUTH refused (wrong password or user), or the user may not run
  *                              the commands this backend needs
@@ -708,9 +731,9 @@ TRAFFIC_API int traffic_redis_open(const traffic_redis_options *opts, traffic_ba
  * call goes to the primary again; if not, the call is answered by the fallback and the next
  * interval begins. The failure count is kept when the breaker closes and forgotten after the
  * primary has served for 2 x fallback_backoff_max, so a primary that comes and goes backs off
- * further each time. (A Redis primary keeps its own reconnect back-off per process, up to
- * 1 s: a process whose last connect failed moments before the breaker closed fails its next
- * call at once, without waiting, and that call opens the breaker for one more interval.)
+ * further each time. (A Redis primary drops its own reconnect back-off: a process whose last
+ * connect failed moments before the breaker closed connects on its next call rather than
+ * failing it at once and opening the breaker for one more interval.)
  * The breaker is one per primary store (for a Cluster, one for all its nodes: a node lost
  * sends every key to the fallback for the interval).
  *
