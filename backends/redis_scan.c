@@ -85,11 +85,13 @@ static int step_describe(rx_handle *h, rx_conn *c, step *s)
         rc = rx_append_cmd(h, &buf, &len, 4, a1, l1);
         if (!rc) rc = rx_append_cmd(h, &buf, &len, 2, a2, l2);
     }
-    if (!rc) rc = rx_conn_send(h, c, buf, len);
+    /* one timeout for the pipelined round trip, as redis.c's batches */
+    int64_t deadline = rx_now_ms() + h->cfg.timeout_ms;
+    if (!rc) rc = rx_conn_send(h, c, buf, len, deadline);
     free(buf);
     for (size_t i = 0; !rc && i < n; i++) {
         redisReply *tag = NULL, *ttl = NULL;
-        if ((rc = rx_conn_read(h, c, &tag)) || (rc = rx_conn_read(h, c, &ttl))) {
+        if ((rc = rx_conn_read(h, c, deadline, &tag)) || (rc = rx_conn_read(h, c, deadline, &ttl))) {
             if (tag) freeReplyObject(tag);
             break;
         }
