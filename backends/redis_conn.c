@@ -481,7 +481,11 @@ static int sentinel_discover(rx_handle *h, rx_proc *p, rx_node *n, uint64_t seen
             size_t k = 0;
             while (k < ntried && strcmp(tried[k], key) != 0)
                 k++;
-            if (k < ntried) continue; /* an answer already connected to (and not a master) */
+            if (k < ntried) { /* an answer already connected to (and not a master) */
+                rc = TRAFFIC_EUNAVAILABLE; /* not OK: nothing connected on this turn (the fuzz replay
+                                            * of two sentinels naming one non-master crashed here) */
+                continue;
+            }
             if (ntried < sizeof tried / sizeof tried[0]) snprintf(tried[ntried++], sizeof tried[0], "%s", key);
             addr_of(addr, host, port);
             int64_t share = until - rx_now_ms();
