@@ -12,7 +12,8 @@
  * decisions of all processes are ordered by one clock. (A calibration per process would let
  * processes disagree by a µs or so, and test_crash's short windows catch that.)
  *
- * Parameters: every RESYNC_NS one caller re-anchors them on clock_gettime:
+ * Parameters: every RESYNC_NS (a tenth of the calibration's baseline while that is shorter than
+ * 10 x RESYNC_NS) one caller re-anchors them on clock_gettime:
  *   - continuity: the new base is the old function's value at the new base_tsc, so the
  *     clock never jumps back (readers still on the old set differ from the new by
  *     (mult' - mult) x the time since: far below a ns);
@@ -75,7 +76,7 @@ static int tsc_usable(void)
 /* A (TSC, ns) pair taken together: the TSC halfway through a clock_gettime, from a read that
  * was not interrupted (a preemption between the two would put ms into the pair, and the
  * rate is computed from such pairs). 0 if three reads were all too slow. */
-#define SAMPLE_MAX_TICKS 100000 /* ~30 µs at 3 GHz; a clock_gettime takes ~27 ns */
+#define SAMPLE_MAX_TICKS 5000 /* ~2 µs at 2-3 GHz; a clock_gettime takes ~27 ns (~60 ticks) */
 static int sample(uint64_t *tsc, int64_t *ns)
 {
     for (int i = 0; i < 3; i++) {
@@ -139,7 +140,11 @@ static void resync(struct shm_table *t, uint64_t ver)
                     mult = m < (__int128)(measured / 2) ? measured / 2 : (uint64_t)m;
                 }
             }
-            max_ticks = (uint64_t)(((unsigned __int128)RESYNC_NS << 32) / mult);
+            /* Early on the rate comes from a short baseline (its error ~ a sample's 2 µs over it):
+             * extrapolate at most a tenth of the baseline, so the clock strays a fraction of a
+             * µs, not the 50 µs a 10 ms baseline would give over 50 ms. */
+            int64_t span = (now - fns) / 10 < RESYNC_NS ? (now - fns) / 10 : RESYNC_NS;
+            max_ticks = (uint64_t)(((unsigned __int128)span << 32) / mult);
         }
         /* The seqlock writer's barrier: a reader whose copy saw any store below sees, on its
          * re-check, a version at least as new as the one read above, which is not its own. */
