@@ -257,8 +257,9 @@ static int cmp_admission(const void *p, const void *q)
 }
 
 /* Keys whose logged admissions prove the rule broken. N consecutive admissions (by s) must
- * span at least: the log, W for N = L + 1; the fixed window, W for N = 2L + 1 (a window
- * starts at a first hit no earlier than the end of the one before); the token bucket
+ * span at least: the log, W for N = L + 1; the fixed window, W - 1 ms for N = 2L + 1 (a window
+ * opens at a first hit no earlier than the end of the one before, its start S rounded down to
+ * the millisecond, traffic.h: so it ends up to 1 ms before first hit + W); the token bucket
  * (B = L, I = W / L), (N - B) I for N = 2L + 1. */
 static int64_t short_violations(struct scratch *sc)
 {
@@ -276,7 +277,9 @@ static int64_t short_violations(struct scratch *sc)
                 n--;
             }
             int N = short_algos[a] == TRAFFIC_SLIDING_WINDOW ? SHORT_L + 1 : 2 * SHORT_L + 1;
-            int64_t need = short_algos[a] == TRAFFIC_TOKEN_BUCKET ? (N - SHORT_L) * (SHORT_W_US / SHORT_L) : SHORT_W_US;
+            int64_t need = short_algos[a] == TRAFFIC_TOKEN_BUCKET  ? (N - SHORT_L) * (SHORT_W_US / SHORT_L)
+                           : short_algos[a] == TRAFFIC_FIXED_WINDOW ? SHORT_W_US - 1000
+                                                                    : SHORT_W_US;
             for (uint32_t i = 0; i + (uint32_t)N <= n; i++) {
                 int64_t maxr = 0;
                 for (int j = 0; j < N; j++)
