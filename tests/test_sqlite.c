@@ -1219,7 +1219,9 @@ START_TEST(long_reader_does_not_stall_writers)
             failed += traffic_set(c, k, v, sizeof v, 0) != TRAFFIC_OK;
         }
         traffic_close(c);
-        _exit(failed > 99 ? 99 : failed);
+        /* a few late writes are a loaded machine (seen under ASan with tests side by side); a
+         * checkpoint that waits for the reader fails a dozen or more (the mutant: 13) */
+        _exit(failed > 3 ? (failed > 99 ? 99 : failed) : 0);
     }
     int failed = 0;
     for (int i = 0; i < 1500; i++) {
