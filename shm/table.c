@@ -307,7 +307,8 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     /* Reserve room; over max_size, evict one entry first. If no live entry can be found to
      * evict, `live` has drifted above the truth (a process killed between reserving and
      * claiming, see shm_reap_pass): go on and let the probe window decide. */
-    int64_t n = atomic_fetch_add_explicit(&t->h->live, 1, memory_order_relaxed) + 1;
+    /* + 1 in unsigned arithmetic: a damaged count of INT64_MAX must not overflow (fuzz_table) */
+    int64_t n = (int64_t)((uint64_t)atomic_fetch_add_explicit(&t->h->live, 1, memory_order_relaxed) + 1u);
     shm_debug_crash(SHM_CRASH_AFTER_RESERVE);
     if ((uint64_t)n > t->max_size) evict_one(t, me);
     uint32_t d = 0;
