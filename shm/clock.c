@@ -51,6 +51,7 @@
 #define RESYNC_NS    50000000ll /* re-anchor every 50 ms */
 #define CALIBRATE_NS 10000000ll /* a rate needs 10 ms of baseline */
 #define STEP_NS      1000000ll  /* offsets beyond 1 ms are stepped, not slewed */
+#define DAMAGE_NS    1000000000ll /* a clock 1 s ahead of CLOCK_MONOTONIC has damaged parameters */
 
 static int64_t real_ns(void)
 {
@@ -94,7 +95,8 @@ static int sample(uint64_t *tsc, int64_t *ns)
 
 static int64_t eval(uint64_t tsc, uint64_t btsc, int64_t bns, uint64_t mult)
 {
-    return bns + (int64_t)(((unsigned __int128)(tsc - btsc) * mult) >> 32);
+    /* unsigned: damaged parameters give a wrong value, never an overflow */
+    return (int64_t)((uint64_t)bns + (uint64_t)(((unsigned __int128)(tsc - btsc) * mult) >> 32));
 }
 
 /* Re-anchors the parameters if this caller can take the writer's token. */
@@ -124,13 +126,30 @@ static void resync(struct shm_table *t, uint64_t ver)
         uint64_t omult = atomic_load_explicit(&old->mult, memory_order_relaxed);
         int64_t base = now;
         uint64_t mult = 0, max_ticks = 0;
-        if (now - fns >= CALIBRATE_NS) {
-            uint64_t measured = (uint64_t)(((unsigned __int128)(uint64_t)(now - fns) << 32) / (tsc - ftsc));
+        /* The old set's value now, and how far CLOCK_MONOTONIC is ahead of it. A value more
+         * than a second behind (a suspended guest, a migration) is stepped forward; one more
+         * than a second ahead cannot come from this code, only from damaged parameters (the
+         * header is shared memory, issue 11), and is stepped back. Either way the baseline
+         * straddles the event, or is damaged too: the rate is measured again from here. */
+        int64_t f = 0, off = 0;
+        if (omult) {
+            f = eval(tsc, atomic_load_explicit(&old->tsc, memory_order_relaxed),
+                     atomic_load_explicit(&old->ns, memory_order_relaxed), omult);
+            off = (int64_t)((uint64_t)now - (uint64_t)f); /* wraps only on damage: then a step */
+        }
+        int64_t since;
+        if (off > DAMAGE_NS || off < -DAMAGE_NS || __builtin_sub_overflow(now, fns, &since) || since < 0) {
+            atomic_store_explicit(&h->clk_first_tsc, tsc, memory_order_relaxed);
+            atomic_store_explicit(&h->clk_first_ns, now, memory_order_relaxed);
+            ftsc = tsc;
+            fns = now;
+            since = 0;
+            omult = 0;
+        }
+        uint64_t measured = since >= CALIBRATE_NS ? (uint64_t)(((unsigned __int128)since << 32) / (tsc - ftsc)) : 0;
+        if (measured) { /* 0: not calibrated yet (or a damaged first anchor a long way back) */
             mult = measured;
             if (omult) {
-                int64_t f = eval(tsc, atomic_load_explicit(&old->tsc, memory_order_relaxed),
-                                 atomic_load_explicit(&old->ns, memory_order_relaxed), omult);
-                int64_t off = now - f; /* how far CLOCK_MONOTONIC is ahead of us */
                 if (off > STEP_NS) {
                     base = now; /* far behind: step forward */
                 } else {
@@ -143,8 +162,8 @@ static void resync(struct shm_table *t, uint64_t ver)
             /* Early on the rate comes from a short baseline (its error ~ a sample's 2 µs over it):
              * extrapolate at most a tenth of the baseline, so the clock strays a fraction of a
              * µs, not the 50 µs a 10 ms baseline would give over 50 ms. */
-            int64_t span = (now - fns) / 10 < RESYNC_NS ? (now - fns) / 10 : RESYNC_NS;
-            max_ticks = (uint64_t)(((unsigned __int128)span << 32) / mult);
+            int64_t span = since / 10 < RESYNC_NS ? since / 10 : RESYNC_NS;
+            max_ticks = mult ? (uint64_t)(((unsigned __int128)span << 32) / mult) : 0;
         }
         /* The seqlock writer's barrier: a reader whose copy saw any store below sees, on its
          * re-check, a version at least as new as the one read above, which is not its own. */
@@ -174,7 +193,13 @@ int64_t shm_clock_us(shm_table *t)
             uint64_t tsc = __rdtsc();
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&h->clk_ver, memory_order_relaxed) != ver) continue; /* changed: again */
-            if (__builtin_expect(mult && tsc - btsc < maxt, 1)) return eval(tsc, btsc, bns, mult) / 1000;
+            if (__builtin_expect(mult && tsc - btsc < maxt, 1)) {
+                /* A set spans at most RESYNC_NS: checked here too, so that damaged parameters
+                 * (a huge max_ticks) are replaced within 50 ms instead of read forever. */
+                unsigned __int128 d = ((unsigned __int128)(tsc - btsc) * mult) >> 32;
+                if (__builtin_expect(d <= (unsigned __int128)RESYNC_NS, 1))
+                    return (int64_t)((uint64_t)bns + (uint64_t)d) / 1000;
+            }
             if (!mult && tries) break; /* still calibrating */
             /* Stale (tsc - btsc is also huge when the TSC went back) or not calibrated:
              * anchor anew if we may, then read the new set. Falling back to the real clock

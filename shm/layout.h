@@ -38,11 +38,20 @@
  * means "nobody"), bits 12-27 the low 16 bits of the record's incarnation. The incarnation is
  * bumped when a dead holder's record is recovered (a clean release leaves nothing behind that
  * carries its token, so it needs no bump), so a token left in a slot, a latch or the reaper
- * election by a dead thread stops matching at once, and matches again only after 65536 more
- * deaths of that record's holders. As a second guard, a thread that finds its *own* token on
- * something it is not holding knows the token is a stale one of that kind and takes it over. */
+ * election by a dead thread stops matching at once. It would match again after 65536 more
+ * deaths of that record's holders (a server that SIGKILLs thread-per-request workers gets
+ * there within hours, and an orphan the reaper has not reached yet would then look owned by
+ * a live thread, its waiters timing out for good): so a record is never claimed once its
+ * incarnation reaches TOKEN_INC_SPENT - each record serves 65535 deaths, the table 4095 x
+ * 65535, and after that claims fail with SHM_EFULL (part.c). As a second guard, a thread
+ * that finds its *own* token on something it is not holding knows the token is a stale one
+ * of that kind and takes it over.
+ * A latch (never a control word) may also hold LATCH_ORPHANED, which no token equals (tokens
+ * have 28 bits): "free, but its last holder died" (table.c). */
 #define SHM_MAX_PARTS        4095u
 #define TOKEN_INC_MASK       0xffffu
+#define TOKEN_INC_SPENT      0xffffu
+#define LATCH_ORPHANED       0xf0000000u
 #define TOKEN_MAKE(idx, inc) ((uint32_t)(((idx) + 1u) | (((inc)&TOKEN_INC_MASK) << 12)))
 #define TOKEN_IDX(tok)       (((tok)&0xfffu) - 1u)
 #define TOKEN_INC(tok)       (((tok) >> 12) & TOKEN_INC_MASK)

@@ -108,6 +108,37 @@ void shm_part_atfork_child(void)
 
 /* ---- records ------------------------------------------------------------------------------ */
 
+/* trylock on a record's mutex, which lives in the mapping and so may be damaged. glibc picks
+ * its code path by the mutex's kind: a damaged kind sent pthread_mutex_trylock into lock
+ * elision (an xbegin, SIGILL on a CPU without RTM) - fuzz_table found it. A record whose kind
+ * is not the one pthread_mutex_init gives a robust process-shared mutex is never locked:
+ * ENOTRECOVERABLE, which callers treat as a record nobody can use (not claimed, not alive).
+ * What this cannot defend (traffic.h says so): glibc links the robust mutexes a thread holds
+ * through pointers stored in the mutexes themselves, and unlocking one walks that list, so a
+ * write into a record *another* thread holds can still crash that thread. */
+static int part_trylock(struct shm_part *p)
+{
+#ifdef __GLIBC__
+    static _Atomic int ref_kind = -1;
+    int want = atomic_load_explicit(&ref_kind, memory_order_relaxed);
+    if (want < 0) {
+        pthread_mutex_t m;
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+        pthread_mutex_init(&m, &a);
+        pthread_mutexattr_destroy(&a);
+        want = m.__data.__kind;
+        pthread_mutex_destroy(&m);
+        atomic_store_explicit(&ref_kind, want, memory_order_relaxed);
+    }
+    /* a relaxed atomic read: the kind is written only by pthread_mutex_init (map.c) */
+    if (__atomic_load_n(&p->lock.__data.__kind, __ATOMIC_RELAXED) != want) return ENOTRECOVERABLE;
+#endif
+    return pthread_mutex_trylock(&p->lock);
+}
+
 /* Called with p->lock just acquired with EOWNERDEAD: make the record free and recognisably
  * new. Every token of the dead holder stops matching. */
 static void part_recover_locked(struct shm_part *p)
@@ -131,12 +162,16 @@ static int part_claim(struct shm_table *t, struct shm_self *me)
 {
     for (uint32_t i = 0; i < SHM_MAX_PARTS; i++) {
         struct shm_part *p = &t->parts[i];
-        int rc = pthread_mutex_trylock(&p->lock);
+        int rc = part_trylock(p);
         if (rc == EOWNERDEAD)
             part_recover_locked(p);
         else if (rc != 0)
             continue;
         uint32_t inc = atomic_load_explicit(&p->incarnation, memory_order_acquire);
+        if (inc >= TOKEN_INC_SPENT) { /* its tokens would repeat (layout.h): never used again */
+            pthread_mutex_unlock(&p->lock);
+            continue;
+        }
         atomic_store_explicit(&p->pid, (int32_t)getpid(), memory_order_relaxed);
         atomic_store_explicit(&p->epoch, 0, memory_order_release);
         uint32_t hwm = atomic_load(&t->h->part_hwm);
@@ -156,7 +191,7 @@ static int part_claim(struct shm_table *t, struct shm_self *me)
 static int part_alive(struct shm_table *t, uint32_t idx)
 {
     struct shm_part *p = &t->parts[idx];
-    int rc = pthread_mutex_trylock(&p->lock);
+    int rc = part_trylock(p);
     if (rc == EBUSY || rc == EDEADLK) return 1;
     if (rc == EOWNERDEAD) {
         part_recover_locked(p);

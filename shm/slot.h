@@ -246,6 +246,14 @@ struct init {
     const void *val; /* bytes */
     size_t len;
     int64_t expires;
+    /* The clock reading an existing entry's expiry is judged by: a decision's own (state.c),
+     * so that insert and the decision never disagree on whether an entry is alive (they read
+     * different clocks, which may differ by a fraction of a ms - or by anything, in a table
+     * whose clock parameters are damaged - and a disagreement made state_update look the key
+     * up again for as long as it lasted: fuzz_table found it spinning). Without at_now:
+     * CLOCK_MONOTONIC. */
+    int at_now;
+    int64_t now_ms;
 };
 
 enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
@@ -254,8 +262,10 @@ enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
  * the participant statistic to count it under, or -1. */
 int tbl_retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat);
 /* Retires an entry found expired (control word c), 1 if done. For a word state it first
- * marks the expiry word dead (state.c explains why). */
-int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat);
+ * marks the expiry word dead (state.c explains why). now_ms: the clock reading expiry is
+ * judged by (struct init), or NULL for CLOCK_MONOTONIC. */
+int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat,
+                       const int64_t *now_ms);
 /* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl,
  * or 0 (never a slot's word after WRITING) when a live owner held it for OWNER_WAIT_MS. */
 uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c);

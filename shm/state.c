@@ -47,7 +47,8 @@
 #define EXPIRES_DEAD 1 /* ms: long past, and never a real expiry (those are > now >= boot) */
 
 /* The word states' expiry protocol, reclaimer side (S3). */
-int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat)
+int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat,
+                       const int64_t *now_ms)
 {
     /* Never an entry being written: its expiry was judged from the buffer being replaced, and
      * the write under way (a set, a decision) brings its own. Retiring it would throw away a
@@ -56,7 +57,8 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
     if (type_is_word_state(meta_type(s))) {
         int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
         while (e != EXPIRES_DEAD) {
-            if (ctl_load(s) != c || !shm_expired(e)) return 0; /* another life, or raised since */
+            int expired = now_ms ? *now_ms >= e : shm_expired(e);
+            if (ctl_load(s) != c || !expired) return 0; /* another life, or raised since */
             if (atomic_compare_exchange_weak_explicit(&s->expires, &e, EXPIRES_DEAD, memory_order_relaxed,
                                                       memory_order_relaxed))
                 break;
@@ -197,7 +199,7 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
                 break;
             }
             struct init in = {.type = type, .amount = (int64_t)u.word, .val = nbuf, .len = u.len,
-                              .expires = u.expires_ms};
+                              .expires = u.expires_ms, .at_now = 1, .now_ms = now_ms};
             rc = tbl_insert_retrying(t, me, &k, &in, &s, &c);
             if (rc == INS_DONE) {
                 count(me, &u);

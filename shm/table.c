@@ -103,7 +103,9 @@ uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_sl
 
 /* Returns -1 if a live owner held it for OWNER_WAIT_MS (see slot.h), 1 if the latch was taken
  * from a dead owner (then probe_max may be stale: the dead
- * owner never released, so nothing ordered its last stores before ours). */
+ * owner never released, so nothing ordered its last stores before ours). A reaper that
+ * clears a dead owner's latch leaves LATCH_ORPHANED, not 0, so that the next inserter still
+ * knows (reap_slot): the reaper's CAS orders nothing of the dead owner's either. */
 static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_slot *home)
 {
     if (shm_broken & SHM_BROKEN_NO_LATCH) return 0;
@@ -113,6 +115,12 @@ static int latch_acquire(struct shm_table *t, struct shm_self *me, struct shm_sl
         if (atomic_compare_exchange_weak_explicit(&home->latch, &cur, me->token, memory_order_acquire,
                                                   memory_order_relaxed))
             return 0;
+        if (cur == LATCH_ORPHANED) {
+            if (atomic_compare_exchange_strong_explicit(&home->latch, &cur, me->token, memory_order_acquire,
+                                                        memory_order_relaxed))
+                return 1;
+            continue;
+        }
         if (cur == me->token) { /* stale: we never wait for a latch we hold (layout.h) */
             shm_stat_add(me, STAT_RECOVERED, 1);
             return 1;
@@ -170,7 +178,7 @@ static int evict_one(struct shm_table *t, struct shm_self *me)
                 uint64_t c = ctl_load(s);
                 if (CTL_STATE(c) != ST_LIVE) continue;
                 seen++;
-                if (shm_expired(entry_expiry(t, s, c)) && tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS)) return 1;
+                if (shm_expired(entry_expiry(t, s, c)) && tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, NULL)) return 1;
                 uint32_t age = now - atomic_load_explicit(&s->tick, memory_order_relaxed);
                 if (!best || age > best_age) {
                     best = s;
@@ -232,7 +240,7 @@ static struct shm_slot *claim(struct shm_table *t, struct shm_self *me, const st
             else if (st == ST_INSERTING)
                 recover_slot(t, me, s, c);
             else if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c)))
-                tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
+                tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, NULL);
             break;
         }
     }
@@ -283,7 +291,8 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     uint64_t c;
     struct shm_slot *s;
     while ((s = lookup_bounded(t, k, bound, &c))) {
-        int expired = shm_expired(entry_expiry(t, s, c));
+        int64_t e = entry_expiry(t, s, c);
+        int expired = in->at_now ? e != 0 && in->now_ms >= e : shm_expired(e);
         if (!expired && (in->type != TYPE_BYTES || meta_type(s) == TYPE_BYTES)) {
             latch_release(home);
             *found = s;
@@ -298,7 +307,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
                 return SHM_ETIMEDOUT;
             }
         } else if (expired) {
-            tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
+            tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, in->at_now ? &in->now_ms : NULL);
         } else {
             tbl_retire(t, me, s, c, -1);
         }
@@ -645,13 +654,17 @@ static void reap_slot(struct shm_table *t, struct shm_self *me, struct shm_slot 
     unsigned st = CTL_STATE(c);
     r->occupied += st == ST_LIVE || st == ST_WRITING || st == ST_INSERTING;
     if (st == ST_LIVE && shm_expired(entry_expiry(t, s, c))) {
-        *reclaimed += (uint64_t)tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS);
+        *reclaimed += (uint64_t)tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, NULL);
     } else if (st == ST_INSERTING || st == ST_WRITING) {
         *reclaimed += (uint64_t)recover_slot(t, me, s, c);
     }
+    /* A dead owner's latch becomes LATCH_ORPHANED, which the next inserter takes as stolen
+     * (latch_acquire): clearing it to 0 would let that inserter trust probe_max, which
+     * nothing ordered after the dead owner's last store to it. */
     uint32_t l = atomic_load_explicit(&s->latch, memory_order_relaxed);
-    if (l && (l == me->token || !shm_token_alive(t, l)) &&
-        atomic_compare_exchange_strong_explicit(&s->latch, &l, 0, memory_order_acq_rel, memory_order_relaxed))
+    if (l && l != LATCH_ORPHANED && (l == me->token || !shm_token_alive(t, l)) &&
+        atomic_compare_exchange_strong_explicit(&s->latch, &l, LATCH_ORPHANED, memory_order_relaxed,
+                                                memory_order_relaxed))
         shm_stat_add(me, STAT_RECOVERED, 1);
 }
 
@@ -772,7 +785,7 @@ int shm_check(shm_table *t, shm_check_report *r)
         }
         }
         uint32_t l = atomic_load(&s->latch);
-        if (l && !shm_token_alive(t, l)) r->dead_owned++;
+        if (l && l != LATCH_ORPHANED && !shm_token_alive(t, l)) r->dead_owned++;
     }
     /* duplicates: sort live slots by hash, compare keys within equal hashes */
     uint64_t *hs = malloc(nl * 2 * sizeof *hs + 1);

@@ -4,6 +4,8 @@
  * must answer with a status, never a crash, a hang or a wrong success.
  *   - an increment that would overflow, raced by a large add on the CAS path, is refused;
  *   - a header whose participant high-water mark is out of range: stats and operations work;
+ *   - participant records whose mutex kind is damaged are left alone, not locked;
+ *   - a record whose incarnation is spent (its tokens would repeat) is never claimed;
  *   - geometry changed in the header after attach (value_max, key_max raised) moves nothing;
  *   - probe bounds of 0xffffffff in every slot: lookups end;
  *   - a cleanup interval of 0 is refused at attach;
@@ -11,6 +13,12 @@
  *     the entry expired from the log it replaces (found in review: one admission too many);
  *   - the table's clock (shm/clock.c, the TSC calibrated in the header) keeps within 50 µs of
  *     CLOCK_MONOTONIC and never goes back, in two processes at once;
+ *   - damaged clock parameters in the header (a base 10^6 s ahead with an endless span, a
+ *     huge rate, a first anchor far back) are replaced within a resync period, and the
+ *     clock is CLOCK_MONOTONIC again;
+ *   - a decision whose clock reading runs ahead of CLOCK_MONOTONIC (as a damaged table clock
+ *     did; fuzz_table found it) on an entry expired by that reading and alive by
+ *     CLOCK_MONOTONIC replaces it, instead of looking it up again until the two agree;
  *   - a full /dev/shm (a 4 MiB tmpfs in a private mount namespace; needs root, as CI runs)
  *     makes operations fail with TRAFFIC_EFULL instead of killing the process with SIGBUS,
  *     and what was stored stays readable.
@@ -169,6 +177,58 @@ START_TEST(h_part_hwm_out_of_range)
         traffic_close(b);
         traffic_memory_unlink(name);
     }
+}
+END_TEST
+
+/* Participant records whose mutex kind is damaged (glibc then took the elision path of
+ * pthread_mutex_trylock: SIGILL on a CPU without RTM; fuzz_table found it): never locked,
+ * and the table works on the records after them. */
+static void create_table(const char *name)
+{
+    traffic_backend *b = open_named(name, "max_size=100");
+    if (traffic_set(b, "k", "v", 1, 0) != TRAFFIC_OK) _exit(3);
+    traffic_close(b);
+}
+
+START_TEST(h_part_mutex_kind_damaged)
+{
+#ifdef __GLIBC__
+    const char *name = tu_name("kind");
+    ck_assert_int_eq(in_child(create_table, name, 20), 0); /* nothing of this process in it */
+    struct shm_header h;
+    peek(name, 0, &h, sizeof h);
+    int kinds[] = {0x100, 0x7fffffff, -1};
+    for (int i = 0; i < 4; i++) {
+        off_t at = (off_t)(h.parts_off + i * sizeof(struct shm_part) +
+                           offsetof(struct shm_part, lock) + offsetof(pthread_mutex_t, __data.__kind));
+        poke(name, at, &kinds[i % 3], sizeof(int));
+    }
+    ck_assert_msg(in_child(stats_and_ops, name, 20) == 0, "a damaged mutex kind: stats or an operation failed");
+    traffic_memory_unlink(name);
+#endif
+}
+END_TEST
+
+/* A record whose incarnation reached TOKEN_INC_SPENT is never claimed again (its tokens would
+ * repeat those of dead holders, layout.h); with every record spent, operations fail with
+ * TRAFFIC_EFULL rather than reuse one. */
+START_TEST(h_spent_records_not_claimed)
+{
+    shm_params p = {0};
+    shm_table *t;
+    char err[128];
+    int64_t n;
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    atomic_store(&t->parts[0].incarnation, TOKEN_INC_SPENT);
+    ck_assert_int_eq(shm_incr(t, "k", 1, 1, 0, &n), SHM_OK);
+    ck_assert_int_eq(atomic_load(&t->parts[0].pid), 0);
+    ck_assert_int_eq(atomic_load(&t->parts[1].pid), getpid());
+    shm_close_table(t);
+
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    for (uint32_t i = 0; i < SHM_MAX_PARTS; i++) atomic_store(&t->parts[i].incarnation, TOKEN_INC_SPENT + i % 3);
+    ck_assert_int_eq(shm_incr(t, "k", 1, 1, 0, &n), SHM_EFULL);
+    shm_close_table(t);
 }
 END_TEST
 
@@ -346,7 +406,110 @@ START_TEST(h_table_clock)
 }
 END_TEST
 
-/* ---- 8. a full /dev/shm ---------------------------------------------------------------------- */
+/* Damages the clock parameters (which: 0 base far ahead with an endless span, 1 a huge
+ * rate, 2 a first anchor far back), then: 0 if within 300 ms the clock is back within 100 µs
+ * of CLOCK_MONOTONIC and stays there for 200 ms. */
+static int clock_heals(shm_table *t, int which)
+{
+    struct shm_header *h = t->h;
+    int64_t end = mono_us() + 200000;
+    while (mono_us() < end || !atomic_load(&h->clk[atomic_load(&h->clk_ver) & 1].mult))
+        (void)shm_clock_us(t); /* calibrated, as a table in use is */
+    for (int i = 0; i < 2; i++) {
+        if (which == 0) {
+            atomic_fetch_add(&h->clk[i].ns, INT64_C(1000000000000000));
+            atomic_store(&h->clk[i].max_ticks, UINT64_MAX);
+        } else if (which == 1) {
+            atomic_store(&h->clk[i].mult, UINT64_MAX);
+        }
+    }
+    if (which == 2) atomic_fetch_sub(&h->clk_first_ns, INT64_C(1000000000000000));
+    int64_t deadline = mono_us() + 300000, good_since = 0;
+    for (;;) {
+        int64_t a = mono_us(), c = shm_clock_us(t), b = mono_us(), now = b;
+        if (c >= a - 100 && c <= b + 100) {
+            if (!good_since) good_since = now;
+            if (now - good_since >= 200000) return 0;
+        } else {
+            if (good_since || now > deadline) {
+                fprintf(stderr, "damage %d: table clock %lld us, CLOCK_MONOTONIC [%lld, %lld]%s\n", which,
+                        (long long)c, (long long)a, (long long)b, good_since ? " after it had healed" : "");
+                return 1;
+            }
+        }
+    }
+}
+
+START_TEST(h_table_clock_damaged)
+{
+    for (int which = 0; which < 3; which++) {
+        shm_params p = {0};
+        shm_table *t;
+        char err[128];
+        ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+        ck_assert_msg(clock_heals(t, which) == 0, "damage %d was not repaired", which);
+        shm_close_table(t);
+    }
+}
+END_TEST
+
+/* ---- 8. a decision ahead of CLOCK_MONOTONIC ------------------------------------------------ */
+
+struct ahead {
+    int64_t expires_ms;
+    int calls;
+};
+
+static int store_fn(void *ctx, int present, uint64_t old_word, const void *old_blob, size_t old_len, shm_update *u,
+                    void *buf, size_t cap)
+{
+    (void)present, (void)old_word, (void)old_blob, (void)old_len;
+    struct ahead *a = ctx;
+    a->calls++;
+    u->store = 1;
+    u->expires_ms = a->expires_ms;
+    if (buf && cap >= 8) {
+        memset(buf, 'x', 8);
+        u->len = 8;
+    } else {
+        u->word = 1;
+    }
+    return SHM_OK;
+}
+
+/* Exit status: 0, or the step that failed. */
+static void decide_ahead(const char *unused)
+{
+    (void)unused;
+    shm_params p = {0};
+    shm_table *t;
+    char err[128];
+    if (shm_open_table(&p, &t, err, sizeof err) != SHM_OK) _exit(2);
+    const unsigned types[2] = {SHM_TYPE_WORD(0), SHM_TYPE_BLOB(0)};
+    for (int i = 0; i < 2; i++) {
+        int64_t now = mono_us() / 1000;
+        struct ahead a = {.expires_ms = now + 60000};
+        if (shm_state_update(t, "k", 1 + (size_t)i, types[i], now, store_fn, &a) != SHM_OK) _exit(3);
+        /* 70 s on: expired by this reading, alive for 60 s more by CLOCK_MONOTONIC */
+        a = (struct ahead){.expires_ms = now + 130000};
+        if (shm_state_update(t, "k", 1 + (size_t)i, types[i], now + 70000, store_fn, &a) != SHM_OK) _exit(4);
+        if (a.calls > 3) _exit(5);
+        unsigned ty;
+        uint64_t w;
+        char buf[64];
+        size_t len;
+        if (shm_state_get(t, "k", 1 + (size_t)i, &ty, &w, buf, sizeof buf, &len) != SHM_OK || ty != types[i]) _exit(6);
+    }
+    shm_close_table(t);
+}
+
+START_TEST(h_decision_ahead_of_monotonic)
+{
+    ck_assert_msg(in_child(decide_ahead, NULL, 10) == 0, "a decision ahead of CLOCK_MONOTONIC failed or spun");
+}
+END_TEST
+
+/* ---- 9. a full /dev/shm ---------------------------------------------------------------------- */
 
 /* In a child with its own mount namespace and a 4 MiB tmpfs on /dev/shm: a default table
  * (60 MiB of slots) filled with values and long keys until the tmpfs is full. Exit codes:
@@ -415,12 +578,16 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, h_overflow_race_refused);
     tcase_add_test(tc, h_part_hwm_out_of_range);
+    tcase_add_test(tc, h_part_mutex_kind_damaged);
+    tcase_add_test(tc, h_spent_records_not_claimed);
     tcase_add_test(tc, h_geometry_raised_after_attach);
     tcase_add_test(tc, h_probe_max_damaged);
     tcase_add_test(tc, h_cleanup_interval_zero_refused);
     tcase_add_test(tc, h_log_write_not_lost_to_expiry);
     tcase_add_test(tc, h_full_dev_shm_is_efull);
     tcase_add_test(tc, h_table_clock);
+    tcase_add_test(tc, h_table_clock_damaged);
+    tcase_add_test(tc, h_decision_ahead_of_monotonic);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -9,6 +9,8 @@
  *   - a key revives its own tombstone at once only for an entry of the same type;
  *   - a process killed holding the insert latch of a slot in a page no entry ever used: a
  *     reaper pass (which visits used pages only) still clears it;
+ *   - a dead inserter's latch cleared by a reaper pass still makes the next inserter distrust
+ *     the home's probe bound;
  *   - every stored key byte is compared, in the slot's head and in its body, even when the
  *     hashes are equal (a stored byte is flipped behind the table's back).
  */
@@ -192,6 +194,43 @@ START_TEST(dead_latch_in_unused_page_is_cleared)
 }
 END_TEST
 
+/* A dead inserter's latch that a reaper pass clears must still tell the next inserter that
+ * the home's probe_max may be stale (nothing ordered the dead owner's last store to it before
+ * the reaper's CAS, in the C11 model). Simulated: a key K placed beyond its home H, H's
+ * probe_max wound back to 0 (the store "not seen"), H's latch holding a dead token. After a
+ * reaper pass, a set of K must find and replace the K beyond the bound, not add a second K. */
+START_TEST(orphaned_latch_distrusts_probe_max)
+{
+    shm_params p = {.max_size = 64};
+    shm_table *t;
+    char err[256], key[32];
+    ck_assert_int_eq(shm_open_table(&p, &t, err, sizeof err), SHM_OK);
+    int64_t at = -1;
+    for (int i = 0; i < 64 && at < 0; i++) {
+        int n = snprintf(key, sizeof key, "k%d", i);
+        ck_assert_int_eq(shm_set(t, key, (size_t)n, "v", 1, 0), SHM_OK);
+        int64_t slot = live_slot_of(t, key);
+        ck_assert_int_ge(slot, 0);
+        uint64_t h = atomic_load(&shm_slot_at(t, (uint64_t)slot)->hash);
+        if ((h & t->mask) != (uint64_t)slot) at = slot;
+    }
+    ck_assert_msg(at >= 0, "no key was placed beyond its home");
+    struct shm_slot *home = shm_slot_at(t, atomic_load(&shm_slot_at(t, (uint64_t)at)->hash));
+    atomic_store(&home->probe_max, 0);
+    struct shm_part *rec = &t->parts[7];
+    atomic_store(&home->latch, TOKEN_MAKE(7, atomic_load(&rec->incarnation) + 1)); /* dead: wrong incarnation */
+    ck_assert_int_eq(shm_reap_pass(t, NULL), SHM_OK);
+    ck_assert_uint_eq(atomic_load(&home->latch), LATCH_ORPHANED);
+    ck_assert_int_eq(shm_set(t, key, strlen(key), "w", 1, 0), SHM_OK);
+    shm_check_report r;
+    ck_assert_int_eq(shm_check(t, &r), SHM_OK);
+    ck_assert_uint_eq(r.duplicates, 0);
+    ck_assert_uint_eq(r.dead_owned, 0);
+    ck_assert_uint_eq(atomic_load(&home->latch), 0);
+    shm_close_table(t);
+}
+END_TEST
+
 /* Flips one stored key word of a live 200-byte key (head and body, layout.h) and expects the
  * key to be gone; puts it back and expects it again. The hash still matches, so only the
  * comparison of that word can tell. */
@@ -230,6 +269,7 @@ int main(void)
     tcase_add_test(tc, revival_only_for_the_same_type);
     tcase_add_test(tc, dead_latch_in_unused_page_is_cleared);
     tcase_add_test(tc, every_key_word_is_compared);
+    tcase_add_test(tc, orphaned_latch_distrusts_probe_max);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

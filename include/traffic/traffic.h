@@ -145,6 +145,22 @@ typedef struct traffic_memory_options {
  * (TRAFFIC_EINVAL otherwise). Same status codes as traffic_open. */
 TRAFFIC_API int traffic_memory_open(const traffic_memory_options *opts, traffic_backend **out);
 
+/* A damaged table. Every process that can write a named table's file (its mode decides who)
+ * shares its fate, so the library treats what it reads from the mapping as untrusted:
+ *   - defended: the header is validated at attach (TRAFFIC_ECORRUPT) and its geometry is
+ *     kept in the process, never re-read; every index, length, count, probe bound and
+ *     participant number read later is bounded before use; a waiting loop on a slot or latch
+ *     whose owner looks alive ends after 2 s with TRAFFIC_ETIMEDOUT; damaged clock parameters
+ *     are replaced within 50 ms; participant records whose mutex is malformed are left
+ *     unused. Damage then gives wrong values or a status, never a crash, a hang, or a write
+ *     outside the mapping (fuzz/fuzz_table.c runs this in CI).
+ *   - not defended: a participant's robust mutex is a glibc pthread_mutex_t in the mapping,
+ *     and glibc links the robust mutexes a thread holds through pointers stored in those
+ *     mutexes; a write into the record of a thread that holds it can crash that thread when
+ *     it next unlocks or exits. Wrong-but-wellformed data (a counter set to another number, a
+ *     key's state rewritten) is not detectable and is not detected.
+ * A full /dev/shm is not damage: operations that need new memory fail with TRAFFIC_EFULL. */
+
 /* Removes the named table /dev/shm/traffic.NAME. Processes that have it open keep using it
  * until they close it. @retval TRAFFIC_ENOTFOUND if there was no such table. */
 TRAFFIC_API int traffic_memory_unlink(const char *name);
