@@ -530,7 +530,11 @@ static int sq_busy(void *arg, int count)
  * and the next writer finds no transaction still reading it; under a steady stream of
  * writes from several processes that moment never comes, so the WAL grows without bound
  * and every commit pays a checkpoint's two fsyncs (measured: a 160 MiB WAL and 10-50 ms
- * commits with 4 writers). So each connection replaces that hook with sq_wal_hook below:
+ * commits with 4 writers and SQLite's own busy handler; with ours, the WAL of
+ * tests/test_sqlite_fs.c's t_wal_stays_bounded, 4 processes writing 96000 frames, reached
+ * 60-120 MB, and 48-85 MB with passive checkpoints only, against 40-44 MiB with the RESTART
+ * below: a "steady stream" leaves the moment now and then, not never). So each connection
+ * replaces that hook with sq_wal_hook below:
  * a passive checkpoint once per SQ_WAL_CKPT_FRAMES frames of growth, and past
  * SQ_WAL_RESTART_FRAMES a RESTART checkpoint, which waits (through the busy handler) for
  * the transactions in flight, holds writers back for the one copy and fsync, and leaves the
