@@ -510,6 +510,12 @@ TRAFFIC_API int traffic_scan(traffic_backend *b, const char *glob, traffic_scan_
 /* first (the file is created next to the database, like PATH-wal and PATH-shm, and is only */
 /* ever locked).                                                                            */
 /*                                                                                          */
+/* A full disk, or a file system the kernel turned read-only: writes fail with TRAFFIC_EIO  */
+/* and a message naming it ("disk full", "disk quota exceeded", "read-only file system"),   */
+/* not TRAFFIC_EFULL; reads keep working, the file stays consistent, no write that returned */
+/* TRAFFIC_OK is lost (a checkpoint that cannot finish leaves the WAL as it was), and the   */
+/* same handle writes again as soon as the file system recovers.                            */
+/*                                                                                          */
 /* fork(): the child opens its own connections on first use and never uses the parent's.   */
 /* A pthread_atfork handler waits for the calls in flight in other threads and closes this  */
 /* process's idle connections, so that no SQLite lock state crosses fork() (SQLite's rule:  */
