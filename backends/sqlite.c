@@ -532,7 +532,7 @@ static int sq_busy(void *arg, int count)
  * and every commit pays a checkpoint's two fsyncs (measured: a 160 MiB WAL and 10-50 ms
  * commits with 4 writers and SQLite's own busy handler; with ours, the WAL of
  * tests/test_sqlite_fs.c's t_wal_stays_bounded, 4 processes writing 96000 frames, reached
- * 60-120 MB, and 48-85 MB with passive checkpoints only, against 40-44 MiB with the RESTART
+ * 46-117 MB, and 60-85 MB with passive checkpoints only, against 40-44 MiB with the RESTART
  * below: a "steady stream" leaves the moment now and then, not never). So each connection
  * replaces that hook with sq_wal_hook below:
  * a passive checkpoint once per SQ_WAL_CKPT_FRAMES frames of growth, and past

@@ -446,9 +446,9 @@ END_TEST
  * frames, RESTART past 10000) make one. Each writer samples the WAL's size; the largest must
  * stay below 13000 frames: 10000 and the RESTARTs that found the lock taken (one try per 1000
  * frames). The writers' total is 96000 frames. Measured (6 runs each): 39.7-43.9 MiB with
- * the checkpoints; without sq_wal_hook (SQLite's auto-checkpoint) 60-117 MB, and with
- * passive checkpoints only 48-85 MB: the test fails 5 runs in 6 of those mutants, as SQLite
- * itself restarts the WAL now and then. */
+ * the checkpoints; without sq_wal_hook (SQLite's auto-checkpoint) 46-117 MB, and with
+ * passive checkpoints only 60-85 MB: the test failed 2 runs in 3 of each of those mutants
+ * (3 runs each), as SQLite itself restarts the WAL now and then. */
 #define WAL_WRITERS 4
 #define WAL_WRITES  8000
 #define WAL_FRAME   (4096 + 24)
