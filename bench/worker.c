@@ -80,11 +80,13 @@ static int tsc_invariant(void)
     return ok;
 }
 
+#if HAVE_RDTSC /* only the TSC calibration sorts (elsewhere -Wunused-function fails the build) */
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
+#endif
 
 /* Uses the TSC when it is invariant (constant rate, not stopped in idle), calibrated against
  * CLOCK_MONOTONIC over three 30 ms busy windows (the median is kept). */

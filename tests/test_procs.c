@@ -82,6 +82,7 @@ static int child_main(const char *name)
 
 START_TEST(named_table_unrelated_process)
 {
+    if (tu_skip(tu_emulated(), "named_table_unrelated_process", TU_WHY_NO_EXEC)) return;
     const char *name = tu_name("named");
     char url[300];
     tu_memory_url(url, sizeof url, name, NULL);
@@ -146,6 +147,7 @@ static int64_t reaper_pid(traffic_backend *b)
 
 START_TEST(reaper_elected_and_taken_over)
 {
+    if (tu_skip(!tu_robust_futexes(), "reaper_elected_and_taken_over", TU_WHY_NO_ROBUST)) return;
     const char *name = tu_name("reaper");
     char url[300];
     tu_memory_url(url, sizeof url, name, "cleanup_interval=0.05");
@@ -212,6 +214,7 @@ END_TEST
 
 START_TEST(attached_counts_processes_and_recovers_dead)
 {
+    if (tu_skip(!tu_robust_futexes(), "attached_counts_processes_and_recovers_dead", TU_WHY_NO_ROBUST)) return;
     traffic_backend *b;
     TU_OK(NULL, traffic_open("memory://", &b));
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL)); /* attaches this thread */

@@ -41,6 +41,7 @@ static pid_t crash_child(const char *url, int point, const char *key)
 
 START_TEST(reserve_leak_is_repaired)
 {
+    if (tu_skip(!tu_robust_futexes(), "reserve_leak_is_repaired", TU_WHY_NO_ROBUST)) return;
     const char *name = tu_name("leak");
     char url[256];
     tu_memory_url(url, sizeof url, name, "max_size=50");
@@ -106,6 +107,7 @@ static shm_table *table_after_latch_crash(const char *name, const char *params, 
 
 START_TEST(own_stale_latch_token_is_taken_over)
 {
+    if (tu_skip(!tu_robust_futexes(), "own_stale_latch_token_is_taken_over", TU_WHY_NO_ROBUST)) return;
     const char *name = tu_name("wrap");
     char url[256];
     /* A child dies holding the home latch of "victim". This process does no operation of its
@@ -180,6 +182,7 @@ END_TEST
  * page was claimed: the page must still be one that reaper passes visit. */
 START_TEST(dead_latch_in_unused_page_is_cleared)
 {
+    if (tu_skip(!tu_robust_futexes(), "dead_latch_in_unused_page_is_cleared", TU_WHY_NO_ROBUST)) return;
     const char *name = tu_name("latchpage");
     char url[256];
     shm_table *t = table_after_latch_crash(name, "max_size=100000", "first-key", url, sizeof url);

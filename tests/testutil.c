@@ -11,11 +11,43 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 static pid_t main_pid;
+
+int tu_robust_futexes(void)
+{
+    void *head;
+    size_t len;
+    return syscall(SYS_get_robust_list, 0, &head, &len) == 0;
+}
+
+int tu_emulated(void)
+{
+#if defined(__x86_64__)
+    const char *mine = "x86_64";
+#elif defined(__aarch64__)
+    const char *mine = "aarch64";
+#else
+    const char *mine = NULL; /* not told apart: taken as native */
+#endif
+    char arch[64] = "";
+    FILE *f = fopen("/proc/sys/kernel/arch", "r"); /* Linux 6.1 and later */
+    if (!f) return 0;
+    if (!fgets(arch, sizeof arch, f)) arch[0] = '\0';
+    fclose(f);
+    arch[strcspn(arch, "\n")] = '\0';
+    return mine && arch[0] && strcmp(arch, mine) != 0;
+}
+
+int tu_skip(int skip, const char *name, const char *why)
+{
+    if (skip) fprintf(stderr, "%s: skipped, %s\n", name, why);
+    return skip;
+}
 
 const char *tu_name(const char *tag)
 {

@@ -22,6 +22,25 @@
 #define TU_ASAN 0
 #endif
 
+/* Running under a user-mode emulator (qemu-user: scripts/cross-aarch64.sh runs the aarch64 tests
+ * on an x86-64 machine). Two of its limits are not the library's and cannot be worked around in
+ * it, so the few tests that meet them skip themselves with a line on stderr:
+ *   tu_robust_futexes(): 0 where the kernel keeps no robust futex list for this process. qemu-user
+ *     answers set_robust_list with ENOSYS (it cannot walk a guest's list at thread exit), so a
+ *     dead holder's robust mutex never reports EOWNERDEAD and a dead process's participant
+ *     records look held forever: nothing that needs a dead process noticed can pass there.
+ *   tu_emulated(): 1 when the kernel runs another architecture than this program's (read from
+ *     /proc/sys/kernel/arch, which qemu-user passes through). Without binfmt_misc such a program
+ *     cannot exec itself (ENOEXEC), and qemu 7.2 aborts a child forked from a threaded parent as
+ *     soon as the child starts a thread (its TCG plugin hook asserts). */
+int tu_robust_futexes(void);
+int tu_emulated(void);
+/* Prints "name: skipped, why" on stderr when skip is true; returns skip. */
+int tu_skip(int skip, const char *name, const char *why);
+#define TU_WHY_NO_ROBUST   "no robust futex list (qemu-user): a dead process is never noticed"
+#define TU_WHY_NO_EXEC     "a foreign-architecture program cannot exec itself (qemu-user, no binfmt_misc)"
+#define TU_WHY_FORK_THREAD "qemu-user aborts a thread started in the child of a threaded parent"
+
 /* "t<pid>-<counter>-<tag>": unique per test process and call. */
 const char *tu_name(const char *tag);
 /* memory://NAME?extra into buf; extra may be NULL. */
