@@ -3,7 +3,7 @@
  * freezes and is failed over, UNLINKs the server refuses, a cluster that grew a node, sentinels
  * that lie or hang, a timer signal during a frozen server, slot-map reload storms, a primary
  * that turned replica behind one address, a full server, ports that are not ports, Redis 6's
- * INFO.
+ * INFO; and issue 11's: a SCAN that never ends.
  *
  * Real redis-server, Sentinel and Cluster processes on loopback ports (redis_harness.c), each
  * test starting its own. Where a real server cannot misbehave the way a test needs (a sentinel
@@ -781,6 +781,17 @@ START_TEST(t_ports_are_ports)
                   traffic_errmsg(NULL));
     ck_assert_msg(strstr(traffic_errmsg(NULL), "port"), "message: %s", traffic_errmsg(NULL));
     fake_stop(&sent);
+    /* nor any other port that is not 1..65535 (atoi made 80x port 80, and 65536 wrapped) */
+    static const char *const garbage[] = {"65536", "80x", "-6379", "+6379", "0x50", "100000"};
+    for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
+        snprintf(answer, sizeof answer, "127.0.0.1 %s", garbage[i]);
+        fake_start(&sent, FAKE_ANSWER, sentinel_answer, answer);
+        rc = traffic_open(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=pp:&timeout=1", sent.port), &b);
+        ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE && strstr(traffic_errmsg(NULL), "named the port"),
+                      "a sentinel naming port \"%s\" -> %s (%s)", garbage[i], traffic_strerror(rc),
+                      traffic_errmsg(NULL));
+        fake_stop(&sent);
+    }
 
     struct fake_node slots0 = {.sock = real.sock, .port0_slots = 1};
     fake_server node;
@@ -1051,6 +1062,96 @@ START_TEST(t_fallback_primary_no_backoff)
 }
 END_TEST
 
+/* ---- issue 11: a SCAN that never ends ------------------------------------------------- */
+
+/* A server whose SCAN never answers cursor 0 (f->arg): the same cursor every time, a cycle
+ * entered after some steps, or a count that never repeats (and DBSIZE says 100, then 200). */
+enum { ENDLESS_SAME, ENDLESS_CYCLE, ENDLESS_COUNT };
+struct endless {
+    int mode;
+    atomic_long scans, dbsizes;
+};
+
+static const char *endless_answer(fake_server *f, int argc, char **argv)
+{
+    struct endless *e = f->arg;
+    if (argc == 3 && !strcasecmp(argv[0], "SCRIPT") && !strcasecmp(argv[1], "LOAD"))
+        return "$40\r\n0123456789012345678901234567890123456789\r\n";
+    if (!strcasecmp(argv[0], "INFO")) return "$16\r\nused_memory:1234\r\n";
+    if (!strcasecmp(argv[0], "DBSIZE")) {
+        long n = atomic_fetch_add(&e->dbsizes, 1) + 1;
+        snprintf(f->reply, sizeof f->reply, ":%d\r\n", n < 2 ? 100 : 200);
+        return f->reply;
+    }
+    if (argc >= 2 && !strcasecmp(argv[0], "SCAN")) {
+        long n = atomic_fetch_add(&e->scans, 1) + 1;
+        long cursor = e->mode == ENDLESS_SAME ? 17 : e->mode == ENDLESS_CYCLE ? (n < 40 ? n : 1000 + n % 7) : n;
+        char c[24];
+        int len = snprintf(c, sizeof c, "%ld", cursor);
+        snprintf(f->reply, sizeof f->reply, "*2\r\n$%d\r\n%s\r\n*0\r\n", len, c);
+        return f->reply;
+    }
+    return "-ERR unknown command\r\n";
+}
+
+static int scan_nothing(void *ctx, const char *key, size_t klen, int kind, double ttl)
+{
+    (void)ctx, (void)key, (void)klen, (void)kind, (void)ttl;
+    return 0;
+}
+
+struct walk_call {
+    traffic_backend *b;
+    int op; /* 0 clear, 1 stats, 2 scan */
+    int rc;
+    char msg[512]; /* traffic_errmsg, which is the calling thread's */
+};
+
+static void *walk_main(void *arg)
+{
+    struct walk_call *w = arg;
+    struct traffic_stats st;
+    w->rc = w->op == 0   ? traffic_clear(w->b)
+            : w->op == 1 ? traffic_stats(w->b, &st)
+                         : traffic_scan(w->b, NULL, scan_nothing, NULL);
+    snprintf(w->msg, sizeof w->msg, "%s", traffic_errmsg(w->b));
+    return NULL;
+}
+
+START_TEST(t_scan_never_ends)
+{
+    /* The fuzzer's lying server: SCAN never answered cursor 0, so clear and stats (and
+     * traffic_scan) looped for ever. Each must end with TRAFFIC_EIO and say why; the call runs
+     * in a thread so that a loop is a failure here, not the suite's timeout. */
+    static const char *const ops[3] = {"clear", "stats", "scan"};
+    static const char *const modes[3] = {"the same cursor", "a cycle of cursors", "cursors that never repeat"};
+    for (int mode = ENDLESS_SAME; mode <= ENDLESS_COUNT; mode++)
+        for (int op = 0; op < 3; op++) {
+            struct endless e = {.mode = mode};
+            fake_server node;
+            fake_start(&node, FAKE_ANSWER, endless_answer, &e);
+            struct walk_call w = {.b = open_url(rh_url("redis://127.0.0.1:%d?prefix=ne:&timeout=1", node.port)),
+                                  .op = op};
+            pthread_t tid;
+            ck_assert_int_eq(pthread_create(&tid, NULL, walk_main, &w), 0);
+            ck_assert_msg(join_within(tid, 120000) == 0,
+                          "%s on a server answering %s: still going after 120 s (%ld SCANs)", ops[op], modes[mode],
+                          atomic_load(&e.scans));
+            ck_assert_msg(w.rc == TRAFFIC_EIO && strstr(w.msg, "never ends"), "%s on a server answering %s -> %s (%s)",
+                          ops[op], modes[mode], traffic_strerror(w.rc), w.msg);
+            if (mode == ENDLESS_SAME) ck_assert_int_eq(atomic_load(&e.scans), 2); /* the second repeats the first */
+            if (mode == ENDLESS_CYCLE) ck_assert_int_lt(atomic_load(&e.scans), 200);
+            if (mode != ENDLESS_COUNT) ck_assert_int_eq(atomic_load(&e.dbsizes), 0);
+            if (mode == ENDLESS_COUNT) { /* 16384 free steps, +100 (DBSIZE), +100 (it grew), then no more */
+                ck_assert_int_eq(atomic_load(&e.dbsizes), 3);
+                ck_assert_int_eq(atomic_load(&e.scans), 16384 + 200);
+            }
+            TU_OK(w.b, traffic_close(w.b));
+            fake_stop(&node);
+        }
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -1074,6 +1175,7 @@ int main(void)
         {"stats_redis6", t_stats_redis6},
         {"cancel", t_cancel_inside_calls},
         {"fallback_primary_no_backoff", t_fallback_primary_no_backoff},
+        {"scan_never_ends", t_scan_never_ends},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */
