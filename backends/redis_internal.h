@@ -280,5 +280,9 @@ int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_ep
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);
 /* Frees p's map (p is being freed: no reader is left). */
 void rx_cluster_free_map(rx_proc *p);
+/* Tests only: a function every RCU reader calls inside its read-side section (NULL: none),
+ * and whether a fork is waiting at the gate for readers to leave. */
+extern _Atomic(void (*)(void)) rx_rcu_test_inside;
+int rx_rcu_test_gate_closed(void);
 
 #endif
