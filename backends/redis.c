@@ -24,8 +24,7 @@
 #define RX_DEFAULT_PREFIX  "traffic:"
 #define RX_DEFAULT_TIMEOUT 1.0 /* seconds */
 #define RX_DEFAULT_POOL    4
-#define RX_SCAN_COUNT      "1000" /* keys a SCAN step looks at */
-#define RX_STACK_VALUE     2048   /* values up to this size are tagged in a stack buffer */
+#define RX_STACK_VALUE     2048 /* values up to this size are tagged in a stack buffer */
 
 /* KEYS[1] the prefixed key, ARGV[1] the amount, ARGV[2] the TTL in ms (0: none). Returns the
  * new value as text (a Lua number would lose precision above 2^53), or an error reply
@@ -313,23 +312,17 @@ static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
 static int scan_node(rx_handle *h, rx_conn *c, void *arg)
 {
     scan_job *job = arg;
-    char cursor[32] = "0";
+    rx_scan_walk w = {.cursor = "0"};
     do {
-        const char *argv[6] = {"SCAN", cursor, "MATCH", job->pattern, "COUNT", RX_SCAN_COUNT};
-        size_t argvlen[6] = {4, strlen(cursor), 5, strlen(job->pattern), 5, strlen(RX_SCAN_COUNT)};
         redisReply *r;
-        int rc = rx_conn_command(h, c, 6, argv, argvlen, &r);
+        int rc = rx_scan_step(h, c, &w, job->pattern, &r);
         if (rc) return rc;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY)
-            return rx_unexpected(h, r, "SCAN", job->pattern);
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         redisReply *keys = r->element[1];
         job->keys += keys->elements;
         rc = job->unlink && keys->elements ? unlink_batch(h, c, keys) : TRAFFIC_OK;
         freeReplyObject(r);
         if (rc) return rc;
-    } while (strcmp(cursor, "0") != 0);
+    } while (strcmp(w.cursor, "0") != 0);
     return TRAFFIC_OK;
 }
 

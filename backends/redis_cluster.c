@@ -160,6 +160,18 @@ static int rx_rcu_register(rx_handle *h)
     return TRAFFIC_OK;
 }
 
+/* Tests only (test_redis.c, t_cluster_fork_gate): when set, called by every thread inside its
+ * read-side section, right after entering it, so that a test can hold a reader there while
+ * another thread forks. NULL in every program but that test; set before the threads that
+ * read it start. */
+_Atomic(void (*)(void)) rx_rcu_test_inside; /* relaxed: a test sets it before its threads start */
+
+/* Tests only: 1 while a thread is forking and waits for readers to leave (the gate is closed). */
+int rx_rcu_test_gate_closed(void)
+{
+    return atomic_load(&rx_rcu_fork_gate);
+}
+
 static int rx_rcu_read_enter(rx_handle *h)
 {
     if (!rx_rcu_self) {
@@ -175,6 +187,8 @@ static int rx_rcu_read_enter(rx_handle *h)
             sched_yield();
     }
     urcu_memb_read_lock();
+    void (*test_inside)(void) = atomic_load_explicit(&rx_rcu_test_inside, memory_order_relaxed);
+    if (test_inside) test_inside();
     return TRAFFIC_OK;
 }
 

@@ -6,7 +6,8 @@
  *   redis_conn.c     connections and their pools, reconnect backoff, fork(), Sentinel discovery,
  *                    and rx_run: one command, routed, redirected and retried until it has a reply
  *   redis_cluster.c  CRC16 slot routing and the slot map, published to reader threads by RCU
- *   redis_scan.c     listing keys (traffic_scan): SCAN MATCH on every master
+ *   redis_scan.c     listing keys (traffic_scan): SCAN MATCH on every master; the SCAN walk that
+ *                    clear and stats use too
  *
  * Ownership, from the handle down (see each struct for who may touch which field):
  *   rx_handle (one per traffic_open) -> rx_proc (one per process using the handle: a child after
@@ -180,6 +181,23 @@ int rx_limit_json(rx_handle *h, const char *key, const char *v, size_t n, void *
 
 /* ---- redis_scan.c ---------------------------------------------------------------------- */
 
+#define RX_CURSOR_LEN 32 /* a SCAN cursor, NUL included (Redis's are at most 20 digits) */
+
+/* One master's SCAN from cursor 0 to cursor 0, and what keeps it from never ending (a server
+ * that never answers cursor 0: see rx_scan_step). A walk starts as {.cursor = "0"}. */
+typedef struct rx_scan_walk {
+    char cursor[RX_CURSOR_LEN];
+    uint64_t steps;           /* SCAN replies so far */
+    uint64_t allowed;         /* steps before DBSIZE is asked (again); 0: RX_SCAN_FREE_STEPS */
+    uint64_t lap, lap_len;    /* Brent's cycle finding: steps since `seen`, and the lap's length */
+    char seen[RX_CURSOR_LEN]; /* a cursor this walk returned, "" before the first */
+} rx_scan_walk;
+
+/* One step of w on c: SCAN w->cursor MATCH pattern COUNT RX_SCAN_COUNT. *out: the reply, whose
+ * element[1] is an array of strings (the keys), w->cursor the next cursor ("0": the walk is
+ * over). TRAFFIC_EIO for a reply of another shape, and for a walk that would never end. */
+int rx_scan_step(rx_handle *h, rx_conn *c, rx_scan_walk *w, const char *pattern, redisReply **out);
+
 /* The SCAN pattern of the keys under the prefix whose rest matches glob (NULL: all of them):
  * the prefix glob-escaped, then glob. malloc'd; NULL: out of memory. */
 char *rx_scan_pattern(const rx_handle *h, const char *glob);
@@ -262,5 +280,9 @@ int rx_cluster_refresh(rx_handle *h, rx_proc *p, rx_node *hint, uint64_t seen_ep
 int rx_cluster_masters(rx_handle *h, rx_proc *p, int64_t deadline, rx_node ***out, size_t *n);
 /* Frees p's map (p is being freed: no reader is left). */
 void rx_cluster_free_map(rx_proc *p);
+/* Tests only: a function every RCU reader calls inside its read-side section (NULL: none),
+ * and whether a fork is waiting at the gate for readers to leave. */
+extern _Atomic(void (*)(void)) rx_rcu_test_inside;
+int rx_rcu_test_gate_closed(void);
 
 #endif

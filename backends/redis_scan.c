@@ -3,7 +3,7 @@
  * need): SCAN with MATCH over this handle's prefix, on every master.
  *
  * Each master (the one server; each node of a Cluster) is scanned with its own cursor,
- *     SCAN cursor MATCH <escaped prefix><glob> COUNT RX_SCAN_STEP
+ *     SCAN cursor MATCH <escaped prefix><glob> COUNT RX_SCAN_COUNT
  * and the kind and TTL of each step's keys come from one pipelined round trip of
  * GETRANGE key 0 1 (the tag bytes: '=' bytes, '!' and a digit a rate-limit state, anything
  * else a counter, as traffic_get reads them) and PTTL key. The pattern is the prefix with its
@@ -16,6 +16,9 @@
  *
  * The connection is taken for one step and given back before fn runs, so fn may take its
  * time and use the handle (pool_size=1 included).
+ *
+ * A walk's steps (rx_scan_step, which clear and stats use too) check the reply and that the
+ * walk is going to end: see "A walk that ends".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +26,9 @@
 
 #include "redis_internal.h"
 
-#define RX_SCAN_STEP "1000" /* COUNT: keys a SCAN step looks at */
+#define RX_SCAN_COUNT "1000" /* COUNT: keys a SCAN step looks at */
+/* Steps a walk may take before DBSIZE is asked: see "A walk that ends" below. */
+#define RX_SCAN_FREE_STEPS 16384
 
 /* The escaped prefix, then glob (NULL: "*"), malloc'd. */
 char *rx_scan_pattern(const rx_handle *h, const char *glob)
@@ -39,6 +44,87 @@ char *rx_scan_pattern(const rx_handle *h, const char *glob)
     }
     memcpy(w, glob, gl + 1);
     return p;
+}
+
+/* ---- A walk that ends --------------------------------------------------------------------
+ *
+ * A SCAN walk ends when the server answers cursor 0. One that never does (the fuzzer's lying
+ * server; a proxy or fork of Redis with a bug) would keep clear, stats and scan looping for
+ * ever, each step within the timeout. A deadline cannot bound the walk (clearing millions of
+ * keys takes many timeouts, legitimately), so two checks do, and either fails the call with
+ * TRAFFIC_EIO:
+ *   - a cursor returned twice. Redis's cursor runs through a table in reverse-binary order and
+ *     each step moves its bit-reversed value strictly up, a table resized meanwhile included
+ *     (Redis 8's per-slot tables carry the slot, which only grows, in the low bits), so a real
+ *     walk never repeats one; a server that repeats one goes round for ever. Brent's cycle
+ *     finding keeps one cursor and catches any cycle of length L entered after M steps within
+ *     about 2 max(M, L) + L steps, in constant memory.
+ *   - too many steps for the server's size. A step looks at COUNT entries, or at 10 COUNT empty
+ *     buckets, so a walk over K keys in B buckets takes about K / COUNT + B / (10 COUNT) steps.
+ *     After RX_SCAN_FREE_STEPS steps (160 million empty buckets, or 16 million keys) DBSIZE is
+ *     asked, and the walk may take one more step per key it reports - a thousand times what
+ *     those keys need - asking again when it gets there (the server may have grown). This
+ *     catches cursors that never repeat; a server that lies about DBSIZE too is not caught.
+ * A real walk pays a string comparison per step, and one DBSIZE if it gets that long. */
+
+/* After a step that answered cursor cur (not "0"): TRAFFIC_OK if the walk may go on. */
+static int walk_check(rx_handle *h, rx_conn *c, rx_scan_walk *w, const char *pattern, const char *cur)
+{
+    if (w->seen[0] && strcmp(cur, w->seen) == 0)
+        return traffic_backend_fail(&h->base, TRAFFIC_EIO,
+                                    "SCAN %s on %s: cursor %s came back after %llu steps (a scan that never ends)",
+                                    pattern, c->addr, cur, (unsigned long long)w->steps);
+    if (++w->lap >= w->lap_len) { /* Brent: remember this one, and look twice as far ahead */
+        snprintf(w->seen, sizeof w->seen, "%s", cur);
+        w->lap_len = w->lap_len ? 2 * w->lap_len : 1;
+        w->lap = 0;
+    }
+    if (!w->allowed) w->allowed = RX_SCAN_FREE_STEPS;
+    if (w->steps < w->allowed) return TRAFFIC_OK;
+    const char *argv[1] = {"DBSIZE"};
+    size_t argvlen[1] = {6};
+    redisReply *r;
+    int rc = rx_conn_command(h, c, 1, argv, argvlen, &r);
+    if (rc) return rc;
+    if (r->type != REDIS_REPLY_INTEGER || r->integer < 0) return rx_unexpected(h, r, "DBSIZE", pattern);
+    long long keys = r->integer;
+    freeReplyObject(r);
+    w->allowed = RX_SCAN_FREE_STEPS + (uint64_t)keys;
+    if (w->steps < w->allowed) return TRAFFIC_OK;
+    return traffic_backend_fail(&h->base, TRAFFIC_EIO,
+                                "SCAN %s on %s: no end after %llu steps, on a server of %lld keys (a scan that "
+                                "never ends)",
+                                pattern, c->addr, (unsigned long long)w->steps, keys);
+}
+
+int rx_scan_step(rx_handle *h, rx_conn *c, rx_scan_walk *w, const char *pattern, redisReply **out)
+{
+    const char *argv[6] = {"SCAN", w->cursor, "MATCH", pattern, "COUNT", RX_SCAN_COUNT};
+    size_t argvlen[6] = {4, strlen(w->cursor), 5, strlen(pattern), 5, strlen(RX_SCAN_COUNT)};
+    redisReply *r;
+    int rc = rx_conn_command(h, c, 6, argv, argvlen, &r);
+    if (rc) return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_ARRAY)
+        return rx_unexpected(h, r, "SCAN", pattern);
+    const redisReply *cur = r->element[0], *keys = r->element[1];
+    for (size_t i = 0; !rc && i < keys->elements; i++)
+        if (keys->element[i]->type != REDIS_REPLY_STRING)
+            rc = traffic_backend_fail(&h->base, TRAFFIC_EIO, "SCAN %s: a key of type %d", pattern,
+                                      keys->element[i]->type);
+    if (!rc && (cur->len == 0 || cur->len >= RX_CURSOR_LEN || strlen(cur->str) != cur->len))
+        rc = traffic_backend_fail(&h->base, TRAFFIC_EIO, "SCAN %s: a cursor of %zu bytes", pattern, cur->len);
+    if (!rc) {
+        w->steps++;
+        memcpy(w->cursor, cur->str, cur->len + 1);
+        if (strcmp(w->cursor, "0") != 0) rc = walk_check(h, c, w, pattern, w->cursor);
+    }
+    if (rc) {
+        freeReplyObject(r);
+        return rc;
+    }
+    *out = r;
+    return TRAFFIC_OK;
 }
 
 /* The kind of a string that starts with tag[0..n) (GETRANGE 0 1). */
@@ -109,33 +195,17 @@ static int step_describe(rx_handle *h, rx_conn *c, step *s)
     return rc;
 }
 
-/* One SCAN step on node n from cursor (updated), with its keys described, on a connection
- * held for the step only. */
-static int step_run(rx_handle *h, rx_proc *p, rx_node *n, const char *pattern, char *cursor, size_t cursor_cap, step *s)
+/* One step of w on node n, with its keys described, on a connection held for the step
+ * only. */
+static int step_run(rx_handle *h, rx_proc *p, rx_node *n, const char *pattern, rx_scan_walk *w, step *s)
 {
     rx_conn *c;
     int rc = rx_conn_acquire(h, p, n, rx_now_ms() + h->cfg.timeout_ms, &c);
     if (rc) return rc;
-    const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", RX_SCAN_STEP};
-    size_t argvlen[6] = {4, strlen(cursor), 5, strlen(pattern), 5, strlen(RX_SCAN_STEP)};
-    rc = rx_conn_command(h, c, 6, argv, argvlen, &s->scan);
+    rc = rx_scan_step(h, c, w, pattern, &s->scan);
     if (!rc) {
-        redisReply *r = s->scan;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY) {
-            s->scan = NULL;
-            rc = rx_unexpected(h, r, "SCAN", pattern);
-        } else {
-            snprintf(cursor, cursor_cap, "%s", r->element[0]->str);
-            s->keys = r->element[1];
-            for (size_t i = 0; i < s->keys->elements; i++)
-                if (s->keys->element[i]->type != REDIS_REPLY_STRING) {
-                    rc = traffic_backend_fail(&h->base, TRAFFIC_EIO, "SCAN %s: a key of type %d", pattern,
-                                              s->keys->element[i]->type);
-                    break;
-                }
-            if (!rc && s->keys->elements) rc = step_describe(h, c, s);
-        }
+        s->keys = s->scan->element[1];
+        if (s->keys->elements) rc = step_describe(h, c, s);
     }
     int healthy = c->ctx && c->ctx->err == 0;
     rx_conn_release(c, healthy);
@@ -162,14 +232,14 @@ static int step_report(const rx_handle *h, const step *s, traffic_scan_fn fn, vo
 
 static int scan_node(rx_handle *h, rx_proc *p, rx_node *n, const char *pattern, traffic_scan_fn fn, void *ctx)
 {
-    char cursor[32] = "0";
+    rx_scan_walk w = {.cursor = "0"};
     int rc;
     do {
         step s = {0};
-        rc = step_run(h, p, n, pattern, cursor, sizeof cursor, &s);
+        rc = step_run(h, p, n, pattern, &w, &s);
         if (!rc) rc = step_report(h, &s, fn, ctx);
         step_free(&s);
-    } while (!rc && strcmp(cursor, "0") != 0);
+    } while (!rc && strcmp(w.cursor, "0") != 0);
     return rc;
 }
 

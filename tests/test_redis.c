@@ -15,8 +15,10 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,9 @@
 
 /* White-box: the backend's slot function (backends/redis_cluster.c), checked against Redis. */
 unsigned rx_key_slot(const char *key, size_t len);
+/* White-box: the fork gate's test hooks (backends/redis_cluster.c). */
+extern _Atomic(void (*)(void)) rx_rcu_test_inside;
+int rx_rcu_test_gate_closed(void);
 
 static rh_server S;   /* a standalone server, with a unix socket */
 static rh_cluster CL; /* three cluster masters */
@@ -1024,6 +1029,73 @@ START_TEST(t_cluster_fork_under_load)
 }
 END_TEST
 
+/* One reader held inside its read-side section (rx_rcu_test_inside) until the fork is over
+ * (the parent's atfork handler), or until a fork waits at the gate for it to leave. */
+static _Thread_local int hold_me;
+static atomic_int held, released;
+
+static void hold_reader(void)
+{
+    if (!hold_me) return;
+    hold_me = 0; /* its first section only */
+    atomic_store(&held, 1);
+    while (!atomic_load(&released) && !rx_rcu_test_gate_closed())
+        sched_yield();
+}
+
+static void release_reader(void)
+{
+    atomic_store(&released, 1);
+}
+
+static void *held_main(void *arg)
+{
+    hold_me = 1;
+    return (void *)(intptr_t)traffic_increment(arg, "k0", 1, 0, NULL);
+}
+
+START_TEST(t_cluster_fork_gate)
+{
+    /* The fork gate, made deterministic: a thread is held inside an RCU read-side section
+     * while the main thread forks. With the gate, fork() waits until it has left; the child's
+     * grace period then passes. Without it, the child inherits a registry naming a reader
+     * that is inside a section for ever, and its first grace period never ends (alarm). */
+#if TU_ASAN
+    return; /* the reader allocates while the main thread forks: not under this ASan (testutil.h) */
+#endif
+    traffic_backend *b = open_cluster(prefix_of("fg"), NULL);
+    TU_OK(b, traffic_increment(b, "k0", 1, 0, NULL)); /* the library's atfork handlers are in place */
+    ck_assert_int_eq(pthread_atfork(NULL, release_reader, NULL), 0);
+    atomic_store(&rx_rcu_test_inside, hold_reader);
+    pthread_t tid;
+    ck_assert_int_eq(pthread_create(&tid, NULL, held_main, b), 0);
+    for (int64_t end = tu_now_ms() + 10000; !atomic_load(&held) && tu_now_ms() < end;)
+        tu_sleep_ms(1);
+    ck_assert_msg(atomic_load(&held), "the reader never entered a read-side section");
+    pid_t pid = fork();
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL); /* Check's handler would kill the whole test, parent included */
+        alarm(10);
+        int rc = traffic_increment(b, "k0", 1, 0, NULL);
+        urcu_memb_synchronize_rcu();
+        _exit(rc == TRAFFIC_OK ? 0 : 1);
+    }
+    ck_assert_int_gt(pid, 0);
+    release_reader(); /* also done by the atfork handler: after fork(), in the parent */
+    void *rc;
+    pthread_join(tid, &rc);
+    atomic_store(&rx_rcu_test_inside, NULL);
+    ck_assert_int_eq((int)(intptr_t)rc, TRAFFIC_OK);
+    int st = tu_wait(pid);
+    ck_assert_msg(st == 0, "the child %s",
+                  st == 128 + SIGALRM ? "never finished its grace period: fork() left a reader inside"
+                                      : "failed its increment");
+    ck_assert_int_eq(tu_counter(b, "k0"), 3);
+    TU_OK(b, traffic_clear(b));
+    TU_OK(b, traffic_close(b));
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -1066,6 +1138,10 @@ int main(void)
     tcase_add_test(c, t_cluster_exact_processes);
     tcase_add_test(c, t_cluster_fork_under_load);
     suite_add_tcase(s, c);
+
+    TCase *g = tcase_create("fork_gate"); /* its own case: CK_RUN_CASE=fork_gate runs it alone */
+    tcase_add_test(g, t_cluster_fork_gate);
+    suite_add_tcase(s, g);
 
     int rc = tu_run(s);
     rh_cluster_stop(&CL);

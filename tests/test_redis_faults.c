@@ -3,7 +3,8 @@
  * freezes and is failed over, UNLINKs the server refuses, a cluster that grew a node, sentinels
  * that lie or hang, a timer signal during a frozen server, slot-map reload storms, a primary
  * that turned replica behind one address, a full server, ports that are not ports, Redis 6's
- * INFO.
+ * INFO; and issue 11's: a SCAN that never ends, and the claims of earlier issues (reconnect
+ * back-off, Sentinel ROLE rediscovery, an increment not sent twice).
  *
  * Real redis-server, Sentinel and Cluster processes on loopback ports (redis_harness.c), each
  * test starting its own. Where a real server cannot misbehave the way a test needs (a sentinel
@@ -94,9 +95,11 @@ static long long cmdstat(const rh_server *s, const char *name, const char *field
  *
  * Listens on a loopback port. FAKE_HUNG never accepts (the kernel completes connections into
  * the backlog, so a client connects and then waits for replies forever); FAKE_ANSWER accepts
- * in a thread and answers each command with what `answer` returns (a complete RESP reply). */
+ * in a thread and answers each command with what `answer` returns (a complete RESP reply, or
+ * FAKE_CLOSE). */
 
 enum { FAKE_HUNG, FAKE_ANSWER };
+static const char FAKE_CLOSE[] = ""; /* an answer function's reply: close the connection instead */
 #define FAKE_CLIENTS 16
 #define FAKE_BUF     65536 /* the rate-limit script, sent whole by SCRIPT LOAD, fits */
 
@@ -182,6 +185,11 @@ static void *fake_main(void *arg)
                 if (used == 0) break;
                 atomic_fetch_add(&f->commands, 1);
                 const char *r = f->answer(f, argc, argv);
+                if (r == FAKE_CLOSE) {
+                    close(cl[i].fd);
+                    cl[i].fd = -1;
+                    break;
+                }
                 if (r && send(cl[i].fd, r, strlen(r), MSG_NOSIGNAL) < 0) {
                 }
                 memmove(cl[i].buf, cl[i].buf + used, cl[i].len - (size_t)used);
@@ -781,6 +789,17 @@ START_TEST(t_ports_are_ports)
                   traffic_errmsg(NULL));
     ck_assert_msg(strstr(traffic_errmsg(NULL), "port"), "message: %s", traffic_errmsg(NULL));
     fake_stop(&sent);
+    /* nor any other port that is not 1..65535 (atoi made 80x port 80, and 65536 wrapped) */
+    static const char *const garbage[] = {"65536", "80x", "-6379", "+6379", "0x50", "100000"};
+    for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
+        snprintf(answer, sizeof answer, "127.0.0.1 %s", garbage[i]);
+        fake_start(&sent, FAKE_ANSWER, sentinel_answer, answer);
+        rc = traffic_open(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=pp:&timeout=1", sent.port), &b);
+        ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE && strstr(traffic_errmsg(NULL), "named the port"),
+                      "a sentinel naming port \"%s\" -> %s (%s)", garbage[i], traffic_strerror(rc),
+                      traffic_errmsg(NULL));
+        fake_stop(&sent);
+    }
 
     struct fake_node slots0 = {.sock = real.sock, .port0_slots = 1};
     fake_server node;
@@ -906,6 +925,7 @@ typedef struct forwarder {
     pthread_mutex_t mu;     /* lfd and pair, between the thread and down/up */
     pthread_t tid;
     atomic_int stop;
+    atomic_int cut; /* 1: a reply from the server closes the pair instead (the command ran, its reply is lost) */
 } forwarder;
 
 static int fwd_listen(forwarder *w)
@@ -956,7 +976,8 @@ static void *fwd_main(void *arg)
                 if (p->fd < 0 || p->fd != w->pair[i][k] || !(p->revents & (POLLIN | POLLHUP | POLLERR))) continue;
                 char buf[65536];
                 ssize_t n = read(p->fd, buf, sizeof buf);
-                if (n <= 0 || send(w->pair[i][!k], buf, (size_t)n, MSG_NOSIGNAL) != n) {
+                if (n <= 0 || (k == 1 && atomic_load(&w->cut)) ||
+                    send(w->pair[i][!k], buf, (size_t)n, MSG_NOSIGNAL) != n) {
                     close(w->pair[i][0]), close(w->pair[i][1]);
                     w->pair[i][0] = w->pair[i][1] = -1;
                 }
@@ -1051,6 +1072,280 @@ START_TEST(t_fallback_primary_no_backoff)
 }
 END_TEST
 
+/* ---- issue 11: a SCAN that never ends ------------------------------------------------- */
+
+/* A server whose SCAN never answers cursor 0 (f->arg): the same cursor every time, a cycle
+ * entered after some steps, or a count that never repeats (and DBSIZE says 100, then 200). */
+enum { ENDLESS_SAME, ENDLESS_CYCLE, ENDLESS_COUNT };
+struct endless {
+    int mode;
+    atomic_long scans, dbsizes;
+};
+
+static const char *endless_answer(fake_server *f, int argc, char **argv)
+{
+    struct endless *e = f->arg;
+    if (argc == 3 && !strcasecmp(argv[0], "SCRIPT") && !strcasecmp(argv[1], "LOAD"))
+        return "$40\r\n0123456789012345678901234567890123456789\r\n";
+    if (!strcasecmp(argv[0], "INFO")) return "$16\r\nused_memory:1234\r\n";
+    if (!strcasecmp(argv[0], "DBSIZE")) {
+        long n = atomic_fetch_add(&e->dbsizes, 1) + 1;
+        snprintf(f->reply, sizeof f->reply, ":%d\r\n", n < 2 ? 100 : 200);
+        return f->reply;
+    }
+    if (argc >= 2 && !strcasecmp(argv[0], "SCAN")) {
+        long n = atomic_fetch_add(&e->scans, 1) + 1;
+        long cursor = e->mode == ENDLESS_SAME ? 17 : e->mode == ENDLESS_CYCLE ? (n < 40 ? n : 1000 + n % 7) : n;
+        char c[24];
+        int len = snprintf(c, sizeof c, "%ld", cursor);
+        snprintf(f->reply, sizeof f->reply, "*2\r\n$%d\r\n%s\r\n*0\r\n", len, c);
+        return f->reply;
+    }
+    return "-ERR unknown command\r\n";
+}
+
+static int scan_nothing(void *ctx, const char *key, size_t klen, int kind, double ttl)
+{
+    (void)ctx, (void)key, (void)klen, (void)kind, (void)ttl;
+    return 0;
+}
+
+struct walk_call {
+    traffic_backend *b;
+    int op; /* 0 clear, 1 stats, 2 scan */
+    int rc;
+    char msg[512]; /* traffic_errmsg, which is the calling thread's */
+};
+
+static void *walk_main(void *arg)
+{
+    struct walk_call *w = arg;
+    struct traffic_stats st;
+    w->rc = w->op == 0   ? traffic_clear(w->b)
+            : w->op == 1 ? traffic_stats(w->b, &st)
+                         : traffic_scan(w->b, NULL, scan_nothing, NULL);
+    snprintf(w->msg, sizeof w->msg, "%s", traffic_errmsg(w->b));
+    return NULL;
+}
+
+START_TEST(t_scan_never_ends)
+{
+    /* The fuzzer's lying server: SCAN never answered cursor 0, so clear and stats (and
+     * traffic_scan) looped for ever. Each must end with TRAFFIC_EIO and say why; the call runs
+     * in a thread so that a loop is a failure here, not the suite's timeout. */
+    static const char *const ops[3] = {"clear", "stats", "scan"};
+    static const char *const modes[3] = {"the same cursor", "a cycle of cursors", "cursors that never repeat"};
+    for (int mode = ENDLESS_SAME; mode <= ENDLESS_COUNT; mode++)
+        for (int op = 0; op < 3; op++) {
+            struct endless e = {.mode = mode};
+            fake_server node;
+            fake_start(&node, FAKE_ANSWER, endless_answer, &e);
+            struct walk_call w = {.b = open_url(rh_url("redis://127.0.0.1:%d?prefix=ne:&timeout=1", node.port)),
+                                  .op = op};
+            pthread_t tid;
+            ck_assert_int_eq(pthread_create(&tid, NULL, walk_main, &w), 0);
+            ck_assert_msg(join_within(tid, 120000) == 0,
+                          "%s on a server answering %s: still going after 120 s (%ld SCANs)", ops[op], modes[mode],
+                          atomic_load(&e.scans));
+            ck_assert_msg(w.rc == TRAFFIC_EIO && strstr(w.msg, "never ends"), "%s on a server answering %s -> %s (%s)",
+                          ops[op], modes[mode], traffic_strerror(w.rc), w.msg);
+            if (mode == ENDLESS_SAME) ck_assert_int_eq(atomic_load(&e.scans), 2); /* the second repeats the first */
+            if (mode == ENDLESS_CYCLE) ck_assert_int_lt(atomic_load(&e.scans), 200);
+            if (mode != ENDLESS_COUNT) ck_assert_int_eq(atomic_load(&e.dbsizes), 0);
+            if (mode == ENDLESS_COUNT) { /* 16384 free steps, +100 (DBSIZE), +100 (it grew), then no more */
+                ck_assert_int_eq(atomic_load(&e.dbsizes), 3);
+                ck_assert_int_eq(atomic_load(&e.scans), 16384 + 200);
+            }
+            TU_OK(w.b, traffic_close(w.b));
+            fake_stop(&node);
+        }
+}
+END_TEST
+
+/* ---- issue 11: claims of earlier issues, each with a test that fails without it --------- */
+
+/* A server that, while `down`, closes every connection at its first command, and notes when
+ * each new connection's AUTH came (a connect attempt). */
+#define FLAKY_MAX 64
+struct flaky {
+    atomic_int down;
+    pthread_mutex_t mu;
+    int64_t at[FLAKY_MAX]; /* tu_now_ms of each attempt while down, under mu */
+    int n;
+};
+
+static const char *flaky_answer(fake_server *f, int argc, char **argv)
+{
+    struct flaky *k = f->arg;
+    int down = atomic_load(&k->down);
+    if (down && !strcasecmp(argv[0], "AUTH")) {
+        pthread_mutex_lock(&k->mu);
+        if (k->n < FLAKY_MAX) k->at[k->n] = tu_now_ms();
+        k->n++;
+        pthread_mutex_unlock(&k->mu);
+    }
+    if (down) return FAKE_CLOSE;
+    if (!strcasecmp(argv[0], "AUTH")) return "+OK\r\n";
+    if (argc == 3 && !strcasecmp(argv[0], "SCRIPT") && !strcasecmp(argv[1], "LOAD"))
+        return "$40\r\n0123456789012345678901234567890123456789\r\n";
+    if (!strcasecmp(argv[0], "GET")) return "$-1\r\n";
+    return "-ERR unknown command\r\n";
+}
+
+/* The N of "(next try in N ms)" in msg, or -1. */
+static long next_try_ms(const char *msg)
+{
+    const char *m = strstr(msg, "next try in ");
+    return m ? atol(m + 12) : -1;
+}
+
+START_TEST(t_reconnect_backoff)
+{
+    /* redis_conn.c: after a failed connect, calls fail at once for 25 ms, then 50, 100, ... up
+     * to 1 s, and the first call after each window connects again; a connect that works ends
+     * the back-off. The server here closes each connection at its AUTH: a connect that fails
+     * after the TCP handshake, which it counts. */
+    struct flaky k = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    fake_server node;
+    fake_start(&node, FAKE_ANSWER, flaky_answer, &k);
+    traffic_backend *b = open_url(rh_url("redis://:pw@127.0.0.1:%d?prefix=bo:&timeout=0.5&pool_size=1", node.port));
+    char buf[8];
+    size_t len;
+    ck_assert_int_eq(traffic_get(b, "k", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
+    atomic_store(&k.down, 1);
+    int calls = 0, refused = 0;
+    for (int64_t end = tu_now_ms() + 2200; tu_now_ms() < end; calls++) {
+        int rc = traffic_get(b, "k", buf, sizeof buf, &len);
+        ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "down: %s (%s)", traffic_strerror(rc), traffic_errmsg(b));
+        refused += next_try_ms(traffic_errmsg(b)) >= 0;
+        tu_sleep_ms(1);
+    }
+    pthread_mutex_lock(&k.mu);
+    int n = k.n;
+    int64_t at[FLAKY_MAX];
+    memcpy(at, k.at, sizeof at);
+    pthread_mutex_unlock(&k.mu);
+    /* attempts at 0, 25, 75, 175, 375, 775 and 1575 ms; without the back-off, one per call */
+    ck_assert_msg(n >= 3 && n <= 8, "%d connect attempts in 2.2 s of %d calls", n, calls);
+    for (int i = 1; i < n; i++) {
+        int want = 25 << (i - 1) < 1000 ? 25 << (i - 1) : 1000;
+        ck_assert_msg(at[i] - at[i - 1] >= want - 1, "attempt %d came %lld ms after the one before (back-off %d ms)", i,
+                      (long long)(at[i] - at[i - 1]), want);
+    }
+    ck_assert_int_ge(refused, calls - n); /* the others failed at once, saying when the next try is */
+    /* back up: the call after the last window connects, and that ends the back-off */
+    atomic_store(&k.down, 0);
+    int rc = TRAFFIC_EUNAVAILABLE;
+    for (int64_t end = tu_now_ms() + 5000; rc != TRAFFIC_ENOTFOUND && tu_now_ms() < end; tu_sleep_ms(10))
+        rc = traffic_get(b, "k", buf, sizeof buf, &len);
+    ck_assert_msg(rc == TRAFFIC_ENOTFOUND, "never reconnected: %s (%s)", traffic_strerror(rc), traffic_errmsg(b));
+    atomic_store(&k.down, 1);
+    ck_assert_int_eq(traffic_get(b, "k", buf, sizeof buf, &len), TRAFFIC_EUNAVAILABLE); /* a failed connect */
+    ck_assert_int_eq(traffic_get(b, "k", buf, sizeof buf, &len), TRAFFIC_EUNAVAILABLE); /* backing off */
+    long wait = next_try_ms(traffic_errmsg(b));
+    ck_assert_msg(wait >= 0 && wait <= 25, "after a working connect, the first back-off: %s", traffic_errmsg(b));
+    TU_OK(b, traffic_close(b));
+    fake_stop(&node);
+}
+END_TEST
+
+/* A sentinel naming 127.0.0.1:port for any master. */
+static const char *moving_sentinel_answer(fake_server *f, int argc, char **argv)
+{
+    atomic_int *port = f->arg;
+    if (argc == 3 && !strcasecmp(argv[0], "SENTINEL") && !strcasecmp(argv[1], "get-master-addr-by-name")) {
+        char p[16];
+        int n = snprintf(p, sizeof p, "%d", atomic_load(port));
+        snprintf(f->reply, sizeof f->reply, "*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n", n, p);
+        return f->reply;
+    }
+    return "-ERR unknown command\r\n";
+}
+
+START_TEST(t_sentinel_role_rediscovery)
+{
+    /* redis_conn.c: every new connection to a Sentinel master asks ROLE, and one that says
+     * replica sends the client to the sentinels again - even with no failure seen to doubt
+     * the address. Here the old master was demoted (a replica of a server that never
+     * answers, so it keeps its data and serves reads) while the client's idle connection
+     * closed; the sentinel names the new master. The read must come from the new master:
+     * without ROLE it came, stale, from the replica, which answers reads. */
+    rh_server m = {0}, r = {0};
+    ck_assert_int_eq(rh_start(&m, NULL), 0);
+    ck_assert_int_eq(rh_start(&r, NULL), 0);
+    ck_assert_int_eq(rh_str(&m, (char[8]){0}, 8, "SET ro:k =old"), 0);
+    ck_assert_int_eq(rh_str(&r, (char[8]){0}, 8, "SET ro:k =new"), 0);
+    atomic_int port = m.port;
+    fake_server sent, nowhere;
+    fake_start(&sent, FAKE_ANSWER, moving_sentinel_answer, &port);
+    fake_start(&nowhere, FAKE_HUNG, NULL, NULL);
+    traffic_backend *b =
+        open_url(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=ro:&timeout=1&pool_size=1", sent.port));
+    char buf[8];
+    size_t len = 0;
+    TU_OK(b, traffic_get(b, "k", buf, sizeof buf, &len));
+    ck_assert_int_eq((int)len, 3);
+    ck_assert_int_eq(memcmp(buf, "old", 3), 0);
+    int asked = atomic_load(&sent.commands);
+    /* the failover */
+    ck_assert_int_eq(rh_str(&m, (char[8]){0}, 8, "REPLICAOF 127.0.0.1 %d", nowhere.port), 0);
+    atomic_store(&port, r.port);
+    long long killed = rh_int(&m, "CLIENT KILL TYPE normal");
+    ck_assert_int_ge(killed, 1); /* the client's pooled connection */
+    TU_OK(b, traffic_get(b, "k", buf, sizeof buf, &len));
+    ck_assert_msg(len == 3 && memcmp(buf, "new", 3) == 0, "read \"%.*s\" after the failover", (int)len, buf);
+    ck_assert_int_eq(atomic_load(&sent.commands), asked + 1); /* asked again, once */
+    TU_OK(b, traffic_close(b));
+    fake_stop(&nowhere);
+    fake_stop(&sent);
+    rh_kill(&r);
+    rh_kill(&m);
+}
+END_TEST
+
+START_TEST(t_increment_not_resent)
+{
+    /* redis_conn.c: a command that is not idempotent (an increment; a decision that spends)
+     * is never sent again once it may have reached the server. Between the client and a real
+     * server, a forwarder passes the command on and drops the reply, closing the connection:
+     * the server ran it once, the client cannot know. The call must fail saying so, and the
+     * counter move once. Before the rule, the retry on a fresh connection ran it twice. */
+    rh_server s = {0};
+    ck_assert_int_eq(rh_start(&s, NULL), 0);
+    forwarder w;
+    fwd_start(&w, s.port);
+    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=nr:&timeout=0.5&pool_size=1", w.port));
+    int64_t v = 0;
+    TU_OK(b, traffic_increment(b, "c", 5, 0, &v));
+    ck_assert_int_eq(v, 5);
+    const traffic_rule rule = {TRAFFIC_FIXED_WINDOW, 10, 60, 0};
+    traffic_decision d;
+    TU_OK(b, traffic_limit(b, "l", &rule, 1, &d));
+    ck_assert_int_eq(d.remaining, 9);
+
+    atomic_store(&w.cut, 1);
+    char incr_msg[512], limit_msg[512];
+    int incr_rc = traffic_increment(b, "c", 7, 0, &v);
+    snprintf(incr_msg, sizeof incr_msg, "%s", traffic_errmsg(b));
+    int limit_rc = traffic_limit(b, "l", &rule, 1, &d);
+    snprintf(limit_msg, sizeof limit_msg, "%s", traffic_errmsg(b));
+    atomic_store(&w.cut, 0);
+
+    char raw[32];
+    ck_assert_int_eq(rh_str(&s, raw, sizeof raw, "GET nr:c"), 0);
+    ck_assert_msg(strcmp(raw, "12") == 0, "the counter is %s after +5 and a lost +7 (12: once)", raw);
+    TU_OK(b, traffic_limit(b, "l", &rule, 0, &d)); /* a peek */
+    ck_assert_msg(d.remaining == 8, "remaining %lld after one hit and one lost (8: once)", (long long)d.remaining);
+    ck_assert_msg(incr_rc == TRAFFIC_EUNAVAILABLE && strstr(incr_msg, "may or may not have run"),
+                  "an increment whose reply was lost -> %s (%s)", traffic_strerror(incr_rc), incr_msg);
+    ck_assert_msg(limit_rc == TRAFFIC_EUNAVAILABLE && strstr(limit_msg, "may or may not have run"),
+                  "a decision whose reply was lost -> %s (%s)", traffic_strerror(limit_rc), limit_msg);
+    TU_OK(b, traffic_close(b));
+    fwd_stop(&w);
+    rh_kill(&s);
+}
+END_TEST
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 int main(void)
@@ -1074,6 +1369,10 @@ int main(void)
         {"stats_redis6", t_stats_redis6},
         {"cancel", t_cancel_inside_calls},
         {"fallback_primary_no_backoff", t_fallback_primary_no_backoff},
+        {"scan_never_ends", t_scan_never_ends},
+        {"reconnect_backoff", t_reconnect_backoff},
+        {"sentinel_role_rediscovery", t_sentinel_role_rediscovery},
+        {"increment_not_resent", t_increment_not_resent},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */
