@@ -367,12 +367,12 @@ int traffic_stats_json(traffic_backend *b, char *buf, size_t cap)
                      "\"recovered\":%llu,\"epoch\":%llu,\"reaper_pid\":%lld,\"reaper_runs\":%llu,"
                      "\"expired_pending\":%llu,\"wal_bytes\":%llu,\"busy_retries\":%llu,\"decisions\":%llu,"
                      "\"denied\":%llu,\"serving\":%s,\"serving_since_ms\":%llu,\"switches\":%llu,\"probes\":%llu,"
-                     "\"primary_failures\":%llu}",
+                     "\"primary_failures\":%llu,\"huge_bytes\":%llu}",
                      s.backend ? s.backend : "", U(keys), U(capacity), U(max_size), U(bytes_used), U(bytes_resident),
                      U(hits), U(misses), U(sets), U(increments), U(deletes), U(evictions), U(expirations), U(attached),
                      U(recovered), U(epoch), (long long)s.reaper_pid, U(reaper_runs), U(expired_pending), U(wal_bytes),
                      U(busy_retries), U(decisions), U(denied), serving, U(serving_since_ms), U(switches), U(probes),
-                     U(primary_failures));
+                     U(primary_failures), U(huge_bytes));
 #undef U
     if (n < 0) return traffic_backend_fail(b, TRAFFIC_EIO, "formatting stats failed");
     if ((size_t)n >= cap && buf)

@@ -124,6 +124,7 @@ static int m_stats(traffic_backend *b, struct traffic_stats *o)
     o->max_size = s.max_size;
     o->bytes_used = s.map_bytes;
     o->bytes_resident = s.resident_bytes;
+    o->huge_bytes = s.huge_bytes;
     o->hits = s.hits;
     o->misses = s.misses;
     o->sets = s.sets;

@@ -46,6 +46,7 @@ int cmd_stats(cli_ctx *c)
     NONZERO(max_size);
     NONZERO(bytes_used);
     NONZERO(bytes_resident);
+    NONZERO(huge_bytes);
     ALWAYS(hits);
     ALWAYS(misses);
     ALWAYS(sets);

@@ -45,7 +45,7 @@ static unsigned char *tmpl_used; /* per page: 1 if the page holds a non-zero byt
 static struct shm_header geo;    /* the template's header: the geometry the records aim at */
 
 #define LONG_KEY                                                                                                       \
-    "a-key-long-enough-to-go-on-into-the-slot-body-because-it-is-longer-than-the-128-bytes-a-head-holds-inline-"       \
+    "a-key-long-enough-to-go-on-into-the-slot-body-because-it-is-longer-than-the-72-bytes-a-head-holds-inline-"       \
     "and-then-some-more-bytes-up-to-here"
 static const char *const keys[] = {
     "c1", "c2", "b1", "b2", "fw", "swc", "sw", "tb", "lb", "gone", "del", "new1", "new2", LONG_KEY,

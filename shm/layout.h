@@ -30,7 +30,7 @@
 #include "shm.h"
 
 #define SHM_MAGIC          0x31424154464652ull /* "RFFTAB1" */
-#define SHM_FORMAT_VERSION 4u
+#define SHM_FORMAT_VERSION 5u /* 5: 128-byte heads (issue 15); 4: 256-byte heads */
 #define SHM_LINE           64
 
 /* ---- owner tokens ------------------------------------------------------------------------
@@ -129,6 +129,7 @@ struct shm_header {
     _Atomic uint64_t reaper_runs;
     _Atomic uint32_t asym_pins; /* some process pins without a fence (part.c): advancers must
                                  * issue membarrier() or not advance */
+    _Atomic uint32_t huge_collapse; /* 1 once a process took on collapsing the heads (huge.c) */
 
     /* The table's TSC clock (clock.c): two parameter sets, `clk_ver` & 1 the current one,
      * rewritten only by the holder of `clk_owner` (a participant token). */
@@ -172,74 +173,67 @@ struct shm_part {
 };
 
 /* ---- slots ----------------------------------------------------------------------------------
- * A slot is a 256-byte head in one array and a body in another, both indexed by the slot
+ * A slot is a 128-byte head in one array and a body in another, both indexed by the slot
  * number. The head holds everything a lookup, an increment and a state change touch: the
- * control word, hash, counter, and the first SHM_KEY_INLINE bytes of the key. The body holds
- * the rest of a longer key and the two value buffers of a bytes entry. Split so that a table
- * of counters — the rate limiter's table — is a dense array: with 1M keys an increment lands
- * on a random page of a 512 MB head array instead of one of a 1.9 GB slot array (on this KVM
- * guest bench:raw-atomic's random fetch_add costs ~56 ns at 256 MB, ~90 ns at 1 GB, ~180 ns
- * at 2 GB, mostly the nested page walk), and body pages are never faulted in for such
- * entries.
+ * control word, hash, expiry, counter, and the first SHM_KEY_INLINE (72) bytes of the key.
+ * The body holds the rest of a longer key and the two value buffers of a bytes entry. Split
+ * so that a table of counters - the rate limiter's table - is a dense array whose entries
+ * never fault a body page in.
  *
- * The four lines of a head, and why 256 bytes rather than a denser 128:
- *   line 0  state and probing: read by every lookup that meets the slot
- *   line 1  key bytes 0-63     read-only while the entry lives
- *   line 2  key bytes 64-127   read-only while the entry lives
- *   line 3  counter, tick      written by every increment of this entry
- * The CPU fetches lines in 128-byte-aligned pairs (the adjacent-line prefetcher), so a
- * line that others read must not share a pair with a line that is written all the time.
- * Lookups of other keys read line 0 when they probe through the slot; its pair-mate is
- * the read-only line 1. The written line 3 pairs with line 2, which only lookups of this
- * very key (a full hash match) read. Measured, 2 processes on distinct keys of one 1k-key
- * table, 2-process over 1-process throughput: 1.32x with 128-byte heads (counter and key
- * on line 1, the pair-mate of line 0), 1.50-1.74x with this layout (noisy), 1.74-1.80x with
- * the unsplit 896-byte slots that came before.
+ * The two lines of a head:
+ *   line 0  control word, hash, expiry, counter, meta, latch, probe bound, LRU tick, version
+ *           source, key bytes 0-7: everything a lookup compares first and an increment or a
+ *           word-state decision writes
+ *   line 1  key bytes 8-71, read-only while the entry lives
+ * With 1M keys the head array is 256 MB (2M slots), and an operation on a key of up to 8
+ * bytes touches one line, one of up to 72 bytes two adjacent ones of the same page (fetched
+ * together: lookup prefetches line 1 with line 0). The page walk of each access is what
+ * large tables pay (issue 15: on an AMD EPYC KVM guest, a random access into 512 MB cost
+ * ~600 ns with the earlier 256-byte heads, whose counter sat on a third line fetched only
+ * after the key compared equal).
  *
- * Small tables (those whose slots fit in SHM_SMALL_TABLE_BYTES with 4 x headroom, map.c)
- * space their heads up to SHM_HEAD_STRIDE_SMALL bytes apart (as far as that limit allows:
- * 1024, 512 or 256), the rest of each stride unused: the
- * L2 streamer prefetches a few lines ahead of what a process reads, and in a dense array
- * those lines are other keys' counters. Measured the same way, three runs each: 1.50-1.64x
- * at 256 bytes, 1.62-1.70x at 512, 1.71-1.78x at 1024. Large tables keep 256: there the page walk of
- * every access is what costs, and two processes rarely work on neighbouring slots.
+ * Sharing. Line 0 is written by every increment of its entry and read by every lookup that
+ * probes through the slot. In a large table two processes rarely meet on a slot. Small
+ * tables (those whose slots fit in SHM_SMALL_TABLE_BYTES with 4 x headroom, map.c) space
+ * their heads SHM_HEAD_STRIDE_SMALL bytes apart (or 512, or 256, as far as that limit
+ * allows), the rest of each stride unused, so that neither the adjacent-line prefetcher
+ * (128-byte pairs) nor the L2 streamer, which fetches a few lines ahead of what a process
+ * reads, brings in another key's head. Measured with the earlier 256-byte heads, 2 processes
+ * on distinct keys of a 1k-key table, 2-process over 1-process throughput, three runs each:
+ * 1.50-1.64x at a 256-byte stride, 1.62-1.70x at 512, 1.71-1.78x at 1024.
  *
- * Fields other than ctl, vseq, counter, tick, latch and probe_max are written only by the
- * owner of an INSERTING slot and read only after an acquire load of ctl saw LIVE or WRITING;
- * the epoch scheme keeps them stable until every reader that saw them has unpinned. */
-#define SHM_HEAD_SIZE         256
+ * Fields other than ctl, vseq, counter, expires (word states), tick, latch and probe_max are
+ * written only by the owner of an INSERTING slot and read only after an acquire load of ctl
+ * saw LIVE or WRITING; the epoch scheme keeps them stable until every reader that saw them
+ * has unpinned. */
+#define SHM_HEAD_SIZE         128
 #define SHM_HEAD_STRIDE_SMALL 1024
-#define SHM_KEY_INLINE        128 /* key bytes in the head; a longer key goes on in the body */
+#define SHM_KEY_INLINE        72 /* key bytes in the head; a longer key goes on in the body */
 #define SHM_KEY_INLINE_WORDS  (SHM_KEY_INLINE / 8)
 struct shm_slot {
-    /* Line 0: written only when the slot's state changes (and by inserts through this home,
-     * for latch and probe_max). */
     _Atomic uint64_t ctl;
     _Atomic uint64_t hash;
     _Atomic int64_t expires; /* counters: absolute ms of CLOCK_MONOTONIC, 0: never */
+    _Atomic int64_t counter; /* counters: the value, updated by fetch_add */
     _Atomic uint32_t meta;   /* klen | type << 16 */
     /* The two fields below belong to the slot as the *home* of a hash bucket, not to the
      * entry stored in it, and survive reuse. */
     _Atomic uint32_t latch;     /* token of the inserter serialising inserts of this home */
     _Atomic uint32_t probe_max; /* farthest distance of any key ever inserted from this home */
-    uint32_t pad0;
+    _Atomic uint32_t tick;      /* LRU clock at last access; stored only when it changes */
     /* The source of this slot's versions, across all its entries. Whoever publishes a LIVE
      * word (the owner of INSERTING or WRITING) takes the next number from it, so a LIVE word
      * never repeats (its version modulo 2^32), even when the slot is reused for the same key
-     * at once. On line 0 because it is written only right before a store or CAS of
-     * ctl by the same thread: the line moves once for both. */
+     * at once. Written only right before a store or CAS of ctl by the same thread: the line
+     * moves once for both. */
     _Atomic uint64_t vseq;
-    uint64_t pad0b[2];
-    /* Lines 1-2: the key's first bytes as zero-padded words (relaxed atomics: see table.c). */
+    /* The key's first bytes as zero-padded words (relaxed atomics: see table.c); word 0 on
+     * line 0, words 1-8 on line 1. */
     _Atomic uint64_t key[SHM_KEY_INLINE_WORDS];
-    /* Line 3: written by every increment and access of this entry. */
-    _Atomic int64_t counter; /* counters: the value, updated by fetch_add */
-    _Atomic uint32_t tick;   /* LRU clock at last access; stored only when it changes */
-    uint32_t pad3[13];
 };
-_Static_assert(__builtin_offsetof(struct shm_slot, key) == SHM_LINE, "the key opens line 1");
-_Static_assert(__builtin_offsetof(struct shm_slot, counter) == 3 * SHM_LINE, "the counter opens line 3");
-_Static_assert(sizeof(struct shm_slot) == SHM_HEAD_SIZE, "a head is four lines");
+_Static_assert(__builtin_offsetof(struct shm_slot, key) + 8 == SHM_LINE, "key word 1 opens line 1");
+_Static_assert(__builtin_offsetof(struct shm_slot, counter) < SHM_LINE, "the counter is on line 0");
+_Static_assert(sizeof(struct shm_slot) == SHM_HEAD_SIZE, "a head is two lines");
 
 /* The body: [key words from SHM_KEY_INLINE on][value buffer 0][value buffer 1]. */
 struct shm_vbuf {
@@ -278,7 +272,20 @@ struct shm_table {
     pthread_t reaper_thread;
     pid_t reaper_owner_pid;       /* pid that started reaper_thread, 0: none */
     _Atomic uint32_t reaper_stop; /* futex word: 1 asks the thread to stop */
+    /* huge pages for the heads (huge.c): SHM_HUGE_*, and inserts counted towards the next
+     * look at the table's density */
+    _Atomic int huge_state;
+    _Atomic uint32_t huge_inserts;
 };
+enum { SHM_HUGE_UNDECIDED, SHM_HUGE_SMALL_TABLE, SHM_HUGE_ADVISING, SHM_HUGE_ADVISED, SHM_HUGE_UNSUPPORTED };
+/* huge.c: advise huge pages for the heads once the table is large and dense enough (at
+ * attach, and every few thousand inserts of this process); reserve a page of heads through
+ * the mapping once advised (SHM_OK / SHM_EFULL / SHM_EIO, or -1: use fallocate); the bytes
+ * of this table this process maps with huge pages. */
+void shm_huge_consider(struct shm_table *t);
+void shm_huge_after_insert(struct shm_table *t);
+int shm_huge_reserve(struct shm_table *t, uint64_t off, uint64_t len);
+uint64_t shm_huge_bytes(struct shm_table *t);
 
 static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i)
 {
@@ -322,6 +329,7 @@ struct shm_self {
     struct shm_part *part;
     uint32_t token;
     uint64_t pin; /* epoch this thread is pinned at while in an operation */
+    uint16_t ops; /* operations, wrapping: every 65536th looks at huge pages (huge.c) */
 };
 /* The calling thread's participant in t, registering it on first use; NULL when the table has
  * no free participant record (SHM_EFULL). */

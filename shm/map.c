@@ -126,10 +126,10 @@ static void geometry_compute(struct geometry *g, uint64_t max_size, uint32_t key
      * 1.57x the 1-process throughput at 49 % load, 1.72x at 24 %, 1.91x at 12 %; 1 process:
      * 31 -> 25 ns per increment) and space their heads as far apart as fits, up to
      * SHM_HEAD_STRIDE_SMALL (layout.h) — all within SHM_SMALL_TABLE_BYTES of slots. The limit
-     * keeps the default table's slots (10000 keys: 65536 slots, 256-byte heads, 60 MiB) the
+     * keeps the default table's slots (10000 keys: 65536 slots, 256-byte strides, 60 MiB) the
      * size of a container's default /dev/shm when it is named (traffic.h). The mapping is
      * touched lazily, so the headroom costs address space, and memory only where keys land. */
-    static const uint32_t strides[] = {SHM_HEAD_STRIDE_SMALL, SHM_HEAD_STRIDE_SMALL / 2, SHM_HEAD_SIZE};
+    static const uint32_t strides[] = {SHM_HEAD_STRIDE_SMALL, SHM_HEAD_STRIDE_SMALL / 2, SHM_HEAD_STRIDE_SMALL / 4};
     g->capacity = SHM_MIN_CAPACITY;
     while (g->capacity < 4 * max_size)
         g->capacity <<= 1;
@@ -241,8 +241,12 @@ static int validate(const unsigned char *base, size_t file_size, struct header_s
         return fail(err, errlen, SHM_ECORRUPT, "%s: bad magic %#llx (not a traffic table, or overwritten)", what,
                     (unsigned long long)h.magic);
     if (h.format != SHM_FORMAT_VERSION)
-        return fail(err, errlen, SHM_ECORRUPT, "%s: format version %u, this library reads %u", what, h.format,
-                    SHM_FORMAT_VERSION);
+        return fail(err, errlen, SHM_ECORRUPT,
+                    "%s: table format version %u%s, this library reads format %u (%s): a table is never "
+                    "converted in place; stop its users, remove it (traffic_memory_unlink) and let it be created "
+                    "anew",
+                    what, h.format, h.format == 4 ? " (256-byte slot heads)" : h.format < 4 ? " (an older library)" : "",
+                    SHM_FORMAT_VERSION, "128-byte slot heads");
     if (h.key_max < 1 || h.key_max > SHM_KEY_LIMIT || h.value_max < 1 || h.value_max > SHM_VALUE_LIMIT ||
         h.max_size < 1 || h.max_size > SHM_MAX_SIZE_LIMIT)
         return fail(err, errlen, SHM_ECORRUPT, "%s: geometry out of range", what);
@@ -417,6 +421,7 @@ static int make_handle(unsigned char *base, size_t size, const struct header_sna
     t->uid = atomic_fetch_add(&table_uids, 1);
     atomic_init(&t->refs, 1);
     pthread_mutex_init(&t->reaper_mu, NULL);
+    shm_huge_consider(t); /* an existing table may be dense already (huge.c) */
     shm_tables_register(t);
     *out = t;
     return SHM_OK;

@@ -56,6 +56,7 @@ typedef struct shm_stats {
     uint64_t hits, misses, sets, increments, deletes, evictions, expirations, recovered;
     uint64_t attached, epoch, reaper_runs, decisions, denied;
     int64_t reaper_pid;
+    uint64_t huge_bytes; /* of the mapping, in huge pages in this process (huge.c) */
 } shm_stats;
 
 int shm_open_table(const shm_params *p, shm_table **out, char *err, size_t errlen);

@@ -185,9 +185,6 @@ static inline void key_prepare(struct shm_table *t, const char *key, size_t klen
 static inline int key_matches(struct shm_table *t, struct shm_slot *s, const struct shm_key *k)
 {
     if (atomic_load_explicit(&s->hash, memory_order_relaxed) != k->h) return 0;
-    /* A full hash match: almost surely our key, whose counter line (layout.h) the caller
-     * reads or writes next. Fetch it while the key is compared. */
-    __builtin_prefetch(&s->counter);
     if ((atomic_load_explicit(&s->meta, memory_order_relaxed) & 0xffffu) != k->len) return 0;
     size_t head = k->nw < SHM_KEY_INLINE_WORDS ? k->nw : SHM_KEY_INLINE_WORDS;
     for (size_t i = 0; i < head; i++)
@@ -228,10 +225,9 @@ static inline struct shm_slot *lookup(struct shm_table *t, const struct shm_key 
 {
     if (!shm_touched(t, k->h)) return NULL; /* no key was ever placed from this home (layout.h) */
     struct shm_slot *home = shm_slot_at(t, k->h);
-    /* Most keys sit in their home slot, and their lookup reads its key line right after line
-     * 0: ask for both now, so that in a large table the two misses overlap. (Not the counter
-     * line: the home may hold another process's key; see key_matches.) */
-    __builtin_prefetch(&home->key[0]);
+    /* Most keys sit in their home slot, and a key longer than 8 bytes goes on in line 1
+     * (layout.h): ask for it with line 0, so that in a large table the two misses overlap. */
+    if (k->nw > 1) __builtin_prefetch(&home->key[1]);
     uint32_t bound = atomic_load_explicit(&home->probe_max, memory_order_acquire);
     /* Inserts never place a key beyond MAX_PROBE: a larger bound is damage, not a reason to
      * scan the whole table. */
@@ -282,6 +278,7 @@ int tbl_insert_retrying(struct shm_table *t, struct shm_self *me, const struct s
 #define ENTER(t, me)                                                                                                   \
     struct shm_self *me = shm_self_get(t);                                                                             \
     if (__builtin_expect(!me, 0)) return SHM_EFULL;                                                                    \
+    if (__builtin_expect(++me->ops == 0, 0)) shm_huge_consider(t);                                                     \
     shm_pin(t, me)
 
 

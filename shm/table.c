@@ -343,6 +343,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
     atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, v), memory_order_release);
     latch_release(home);
+    shm_huge_after_insert(t);
     return INS_DONE;
 }
 
@@ -600,8 +601,10 @@ int shm_touched_mark(struct shm_table *t, struct shm_slot *s)
 {
     uint64_t c = (shm_slot_index(t, s) << t->head_shift) >> SHM_CHUNK_SHIFT, bit = 1ull << (c % 64);
     if (atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & bit) return SHM_OK;
-    /* Backing before the bit (release): whoever sees the bit may touch the page. */
-    int rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
+    /* Backing before the bit (release): whoever sees the bit may touch the page. Through
+     * the mapping once huge pages are advised (huge.c), else fallocate. */
+    int rc = t->fd < 0 ? SHM_OK : shm_huge_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
+    if (rc < 0) rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
     if (rc) return rc;
     atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_release);
     return SHM_OK;
@@ -718,6 +721,7 @@ int shm_stats_get(shm_table *t, shm_stats *o)
     o->max_size = t->max_size;
     o->map_bytes = t->map_size;
     o->resident_bytes = resident_bytes(t);
+    o->huge_bytes = shm_huge_bytes(t);
     o->epoch = atomic_load(&h->epoch);
     o->reaper_runs = atomic_load(&h->reaper_runs);
     uint32_t rt = atomic_load(&h->reaper_token);

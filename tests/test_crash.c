@@ -70,6 +70,7 @@ struct scratch {
     _Atomic uint64_t ops[WORKERS];
     _Atomic int64_t acked[WORKERS][NKEYS];
     _Atomic uint64_t torn, wrongkey, errors;
+    _Atomic uint64_t stalls; /* MODE_REUSE: sets refused with TRAFFIC_EFULL (see reuse_step) */
     char errmsg[256];
     _Atomic int round;                                /* MODE_LIMIT */
     _Atomic int64_t admitted[5][LIMIT_ROUNDS];        /* costs acknowledged as allowed */
@@ -79,7 +80,7 @@ struct scratch {
 
 struct result {
     int kills, wedged;
-    uint64_t torn, wrongkey, errors, ops;
+    uint64_t torn, wrongkey, errors, ops, stalls;
     int64_t lost_keys, excess;
     shm_check_report check;
     int final_rc;
@@ -310,7 +311,14 @@ static void reuse_step(traffic_backend *b, struct scratch *sc, int w, uint64_t i
     int rc;
     snprintf(key, sizeof key, "u:%d:%llu", w, (unsigned long long)i);
     size_t n = make_value(buf, i, name_tag(key), 16 + rng(x) % (VALUE_MAX - 16));
-    if ((rc = traffic_set(b, key, buf, n, 0))) note_error(sc, b, "set reuse", rc);
+    /* A set that finds its probe window full of tombstones waits INSERT_WAIT_MS (200 ms) for
+     * the epoch to free them, then fails with TRAFFIC_EFULL (traffic.h): on a loaded machine a
+     * worker preempted while pinned holds the epoch that long now and then (CI saw 2-3 in
+     * 400k-1.3M operations). Counted apart; the test bounds them. */
+    if ((rc = traffic_set(b, key, buf, n, 0)) == TRAFFIC_EFULL)
+        atomic_fetch_add(&sc->stalls, 1);
+    else if (rc)
+        note_error(sc, b, "set reuse", rc);
     int o = (int)(rng(x) % WORKERS);
     uint64_t p = atomic_load_explicit(&sc->ops[o], memory_order_relaxed), back = rng(x) % 8;
     snprintf(key, sizeof key, "u:%d:%llu", o, (unsigned long long)(p > back ? p - back : 0));
@@ -508,6 +516,7 @@ static struct result run(int mode, double seconds, int kill_them, unsigned broke
     res.torn = atomic_load(&sc->torn);
     res.wrongkey = atomic_load(&sc->wrongkey);
     res.errors = atomic_load(&sc->errors);
+    res.stalls = atomic_load(&sc->stalls);
     for (int w = 0; w < WORKERS; w++)
         res.ops += atomic_load(&sc->ops[w]);
     if (res.errors) fprintf(stderr, "first worker error: %s\n", sc->errmsg);
@@ -622,6 +631,9 @@ START_TEST(slot_reuse_across_keys)
 {
     struct result r = run(MODE_REUSE, 3.0, 0, 0, 0);
     ck_assert_int_gt(r.ops, 10000);
+    if (r.stalls) fprintf(stderr, "reuse: %llu sets refused for a stalled epoch\n", (unsigned long long)r.stalls);
+    ck_assert_msg(r.stalls * 10000 <= r.ops, "%llu sets of %llu refused: more than a stall now and then",
+                  (unsigned long long)r.stalls, (unsigned long long)r.ops);
     assert_clean(&r, 0);
 }
 END_TEST
@@ -690,7 +702,11 @@ END_TEST
 
 START_TEST(broken_no_latch_is_caught)
 {
-    struct result r = run(MODE_FRESH, 60.0, 0, SHM_BROKEN_NO_LATCH, 0);
+    /* The race needs two workers inserting one key at the same moment; on a loaded machine
+     * the scheduler can keep them apart for a whole run (CI, ctest -j2): up to three runs. */
+    struct result r = {0};
+    for (int attempt = 0; attempt < 3 && r.lost_keys + r.check.duplicates == 0; attempt++)
+        r = run(MODE_FRESH, 60.0, 0, SHM_BROKEN_NO_LATCH, 0);
     ck_assert_msg(r.lost_keys + r.check.duplicates > 0, "inserting without the home latch went unnoticed");
 }
 END_TEST

@@ -382,7 +382,9 @@ struct traffic_stats {
     uint64_t probes;           /* host: calls sent to a failed primary to see if it is back */
     uint64_t primary_failures; /* this handle: calls the primary failed with EUNAVAILABLE /
                                   ETIMEDOUT (each answered by the fallback instead) */
-    uint64_t reserved[1];
+    uint64_t huge_bytes; /* memory: bytes of the table this process maps with huge pages (the
+                            heads of a large, dense table, where the system's transparent huge
+                            pages for shared memory allow it; see README, "Large tables") */
 };
 #define TRAFFIC_SERVING_PRIMARY 1  /* stats.serving: the primary answers */
 #define TRAFFIC_SERVING_FALLBACK 2 /* stats.serving: the primary is skipped, the fallback answers */
