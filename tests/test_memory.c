@@ -695,6 +695,27 @@ START_TEST(m_corrupt_format_and_layout)
 }
 END_TEST
 
+/* A table of the previous format (4: 256-byte heads) is refused, never misread, and the
+ * message names both formats and what to do. */
+START_TEST(m_old_format_refused)
+{
+    const char *name = tu_name("format4");
+    make_table(name);
+    uint32_t four = 4;
+    write_at(name, 8, &four, sizeof four); /* the header's format field */
+    char url[512];
+    tu_memory_url(url, sizeof url, name, NULL);
+    traffic_backend *b = (traffic_backend *)&b;
+    ck_assert_int_eq(traffic_open(url, &b), TRAFFIC_ECORRUPT);
+    ck_assert_ptr_null(b);
+    const char *msg = traffic_errmsg(NULL);
+    ck_assert_msg(strstr(msg, "format version 4 (256-byte slot heads)") && strstr(msg, "reads format 5") &&
+                      strstr(msg, "traffic_memory_unlink"),
+                  "message: %s", msg);
+    unlink_ok(name);
+}
+END_TEST
+
 /* ---- typed opener ---------------------------------------------------------------------- */
 
 START_TEST(m_typed_open)
@@ -930,6 +951,7 @@ int main(int argc, char **argv)
     tcase_add_test(n, m_corrupt_header);
     tcase_add_test(n, m_corrupt_small_files);
     tcase_add_test(n, m_corrupt_format_and_layout);
+    tcase_add_test(n, m_old_format_refused);
     suite_add_tcase(s, n);
 
     TCase *p = tcase_create("processes");
