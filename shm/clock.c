@@ -52,6 +52,12 @@
 #define CALIBRATE_NS 10000000ll /* a rate needs 10 ms of baseline */
 #define STEP_NS      1000000ll  /* offsets beyond 1 ms are stepped, not slewed */
 #define DAMAGE_NS    1000000000ll /* a clock 1 s ahead of CLOCK_MONOTONIC has damaged parameters */
+/* The rates a TSC can have, as mult (ns per tick << 32): 16 GHz to 62.5 MHz. A set outside
+ * them, or whose span (max_ticks) exceeds RESYNC_NS at the fastest of them, is damage: the
+ * reader re-anchors instead of using it (a mult of 1 froze the clock for years: review). */
+#define MULT_MIN  (1ull << 28)
+#define MULT_MAX  (1ull << 36)
+#define TICKS_MAX ((uint64_t)RESYNC_NS << 4) /* RESYNC_NS at 16 GHz */
 
 static int64_t real_ns(void)
 {
@@ -124,6 +130,7 @@ static void resync(struct shm_table *t, uint64_t ver)
         }
         __typeof__(h->clk[0]) *old = &h->clk[ver & 1], *nw = &h->clk[(ver + 1) & 1];
         uint64_t omult = atomic_load_explicit(&old->mult, memory_order_relaxed);
+        if (omult < MULT_MIN || omult > MULT_MAX) omult = 0; /* uncalibrated, or damaged: start over */
         int64_t base = now;
         uint64_t mult = 0, max_ticks = 0;
         /* The old set's value now, and how far CLOCK_MONOTONIC is ahead of it. A value more
@@ -147,7 +154,13 @@ static void resync(struct shm_table *t, uint64_t ver)
             omult = 0;
         }
         uint64_t measured = since >= CALIBRATE_NS ? (uint64_t)(((unsigned __int128)since << 32) / (tsc - ftsc)) : 0;
-        if (measured) { /* 0: not calibrated yet (or a damaged first anchor a long way back) */
+        if (measured && (measured < MULT_MIN || measured > MULT_MAX)) {
+            /* A rate no TSC has: the first anchor is damaged. Measure again from here. */
+            atomic_store_explicit(&h->clk_first_tsc, tsc, memory_order_relaxed);
+            atomic_store_explicit(&h->clk_first_ns, now, memory_order_relaxed);
+            measured = 0;
+        }
+        if (measured) { /* 0: not calibrated yet */
             mult = measured;
             if (omult) {
                 if (off > STEP_NS) {
@@ -193,7 +206,7 @@ int64_t shm_clock_us(shm_table *t)
             uint64_t tsc = __rdtsc();
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&h->clk_ver, memory_order_relaxed) != ver) continue; /* changed: again */
-            if (__builtin_expect(mult && tsc - btsc < maxt, 1)) {
+            if (__builtin_expect(mult >= MULT_MIN && mult <= MULT_MAX && maxt <= TICKS_MAX && tsc - btsc < maxt, 1)) {
                 /* A set spans at most RESYNC_NS: checked here too, so that damaged parameters
                  * (a huge max_ticks) are replaced within 50 ms instead of read forever. */
                 unsigned __int128 d = ((unsigned __int128)(tsc - btsc) * mult) >> 32;
@@ -201,6 +214,7 @@ int64_t shm_clock_us(shm_table *t)
                     return (int64_t)((uint64_t)bns + (uint64_t)d) / 1000;
             }
             if (!mult && tries) break; /* still calibrating */
+            /* (a set out of range - damage - is replaced by the resync below like a stale one) */
             /* Stale (tsc - btsc is also huge when the TSC went back) or not calibrated:
              * anchor anew if we may, then read the new set. Falling back to the real clock
              * on a calibrated table could step back by the µs the two differ. */

@@ -101,7 +101,9 @@ void shm_huge_consider(struct shm_table *t)
 {
     int st = atomic_load_explicit(&t->huge_state, memory_order_relaxed);
     if (st != SHM_HUGE_UNDECIDED) return;
-    if (heads_bytes(t) < HUGE_MIN_HEADS) {
+    /* Small tables space their heads 256-1024 bytes apart (layout.h): a page of them holds 4-16
+     * heads, too few for the density rule below; they are 64 MiB at most anyway. */
+    if (heads_bytes(t) < HUGE_MIN_HEADS || (1u << t->head_shift) != SHM_HEAD_SIZE) {
         atomic_store_explicit(&t->huge_state, SHM_HUGE_SMALL_TABLE, memory_order_relaxed);
         return;
     }
@@ -129,19 +131,24 @@ void shm_huge_after_insert(struct shm_table *t)
 
 int shm_huge_reserve(struct shm_table *t, uint64_t off, uint64_t len)
 {
-    if (atomic_load_explicit(&t->huge_state, memory_order_acquire) != SHM_HUGE_ADVISED) return -1;
+    if (atomic_load_explicit(&t->huge_state, memory_order_acquire) != SHM_HUGE_ADVISED) return 1;
     for (;;) {
         if (madvise(t->base + off, len, MADV_POPULATE_WRITE) == 0) return SHM_OK;
         if (errno == EINTR) continue;
         /* EINVAL: a kernel before 5.14 (the caller falls back to fallocate); EFAULT: the
          * fault would have been SIGBUS (tmpfs full); ENOMEM: no memory. */
-        if (errno == EINVAL) return -1;
+        if (errno == EINVAL) return 1;
         return errno == EFAULT || errno == ENOMEM || errno == ENOSPC ? SHM_EFULL : SHM_EIO;
     }
 }
 
 uint64_t shm_huge_bytes(struct shm_table *t)
 {
+    /* Reading smaps walks every mapping's page tables (ms for a large process): only for a
+     * table that asked for huge pages. */
+    if (atomic_load_explicit(&t->huge_state, memory_order_relaxed) != SHM_HUGE_ADVISED &&
+        heads_bytes(t) < HUGE_MIN_HEADS)
+        return 0;
     FILE *f = fopen("/proc/self/smaps", "re");
     if (!f) return 0;
     char line[512];

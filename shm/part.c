@@ -127,8 +127,9 @@ static int part_trylock(struct shm_part *p)
         pthread_mutexattr_init(&a);
         pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
         pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-        pthread_mutex_init(&m, &a);
+        int rc = pthread_mutex_init(&m, &a);
         pthread_mutexattr_destroy(&a);
+        if (rc != 0) return rc; /* no robust mutexes here: nothing can be locked (EFULL) */
         want = m.__data.__kind;
         pthread_mutex_destroy(&m);
         atomic_store_explicit(&ref_kind, want, memory_order_relaxed);
@@ -182,6 +183,7 @@ static int part_claim(struct shm_table *t, struct shm_self *me)
         me->part = p;
         me->token = TOKEN_MAKE(i, inc);
         me->pin = 0;
+        me->ops = 0;
         return SHM_OK;
     }
     return SHM_EFULL;

@@ -252,6 +252,15 @@ struct init {
     int64_t now_ms;
 };
 
+#define EXPIRES_DEAD 1 /* ms: long past, and never a real expiry (those are > now >= boot); state.c */
+
+/* Is expiry e passed at clock reading now_ms? EXPIRES_DEAD always is, whatever the reading (a
+ * damaged table clock can read below 1). */
+static inline int expired_at(int64_t e, int64_t now_ms)
+{
+    return e == EXPIRES_DEAD || (e != 0 && now_ms >= e);
+}
+
 enum { INS_DONE = 0, INS_FOUND = 1, INS_RETRY = 2 };
 
 /* Retires the entry whose control word is c (LIVE or WRITING) with one CAS; 1 if done. stat:
@@ -271,8 +280,16 @@ uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_sl
 int tbl_insert_retrying(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
                         struct shm_slot **found, uint64_t *fctl);
 
-#define ENTER_KEY(t, me)                                                                                               \
+/* The key's hash comes first, and the fetch of its home slot's line 0 starts before the pin:
+ * in a large table that fetch is a cache and TLB miss (most of an operation's time, bench/
+ * README.md "Large tables"), and the pin's work then overlaps it. A prefetch is only a hint:
+ * it reads nothing the protocol relies on, and never faults (a page without backing, in a
+ * named table, is not even asked for). */
+#define ENTER_KEY(t, me, k)                                                                                            \
     if (__builtin_expect(klen > t->key_max, 0)) return SHM_ETOOBIG;                                                 \
+    struct shm_key k;                                                                                                  \
+    key_prepare(t, key, klen, &k);                                                                                     \
+    if (shm_touched(t, k.h)) __builtin_prefetch(shm_slot_at(t, k.h));                                                \
     ENTER(t, me)
 
 #define ENTER(t, me)                                                                                                   \

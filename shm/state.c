@@ -44,7 +44,6 @@
 
 #include "slot.h"
 
-#define EXPIRES_DEAD 1 /* ms: long past, and never a real expiry (those are > now >= boot) */
 
 /* The word states' expiry protocol, reclaimer side (S3). */
 int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat,
@@ -57,7 +56,7 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
     if (type_is_word_state(meta_type(s))) {
         int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
         while (e != EXPIRES_DEAD) {
-            int expired = now_ms ? *now_ms >= e : shm_expired(e);
+            int expired = now_ms ? expired_at(e, *now_ms) : shm_expired(e);
             if (ctl_load(s) != c || !expired) return 0; /* another life, or raised since */
             if (atomic_compare_exchange_weak_explicit(&s->expires, &e, EXPIRES_DEAD, memory_order_relaxed,
                                                       memory_order_relaxed))
@@ -70,10 +69,6 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
 /* Expiry checks of a decision use the clock reading the decision was made with (one read
  * per call, which the caller takes anyway): an entry live then is used, one expired then is
  * treated as absent. S1-S3 hold whatever the reading: they order the CASes on `expires`. */
-static inline int expired_at(int64_t e, int64_t now_ms)
-{
-    return e != 0 && now_ms >= e;
-}
 
 /* The decider side (S2): 1 when `expires` covers want, 0 when the entry expired first. */
 /* A raise goes an eighth of the remaining time (and at least 1 ms) beyond what is wanted:
@@ -175,9 +170,7 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
 {
     int blob = !type_is_word_state(type);
     size_t cap = t->value_max;
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     int rc;
     for (;;) {
         uint64_t c;
@@ -238,9 +231,7 @@ int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, 
 int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, uint64_t *word, void *buf, size_t cap,
                   size_t *len)
 {
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     struct shm_slot *s = lookup(t, &k, &c);
     int rc = SHM_ENOTFOUND;

@@ -292,7 +292,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     struct shm_slot *s;
     while ((s = lookup_bounded(t, k, bound, &c))) {
         int64_t e = entry_expiry(t, s, c);
-        int expired = in->at_now ? e != 0 && in->now_ms >= e : shm_expired(e);
+        int expired = in->at_now ? expired_at(e, in->now_ms) : shm_expired(e);
         if (!expired && (in->type != TYPE_BYTES || meta_type(s) == TYPE_BYTES)) {
             latch_release(home);
             *found = s;
@@ -336,8 +336,12 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
         return young && !full ? INS_RETRY : SHM_EFULL;
     }
     fill(t, s, k, in, revived);
-    if (d > atomic_load_explicit(&home->probe_max, memory_order_relaxed))
-        atomic_store_explicit(&home->probe_max, d, memory_order_release);
+    /* A CAS-max, not load-then-store: after a stolen or orphaned latch the load may not see a
+     * dead owner's last (larger) store yet, and a plain store would lower the bound (I2). */
+    uint32_t pm = atomic_load_explicit(&home->probe_max, memory_order_relaxed);
+    while (d > pm && !atomic_compare_exchange_weak_explicit(&home->probe_max, &pm, d, memory_order_release,
+                                                            memory_order_relaxed)) {
+    }
     atomic_fetch_add_explicit(&t->h->inserts, 1, memory_order_relaxed);
     /* Publish: everything written above becomes visible with LIVE (I2, I3). */
     uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
@@ -389,9 +393,7 @@ static int format_counter(int64_t v, void *buf, size_t cap, size_t *len)
 
 int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, size_t *len)
 {
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     struct shm_slot *s = lookup(t, &k, &c);
     int rc = SHM_ENOTFOUND;
@@ -419,9 +421,7 @@ int shm_get(shm_table *t, const char *key, size_t klen, void *buf, size_t cap, s
 
 int shm_exists(shm_table *t, const char *key, size_t klen)
 {
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     struct shm_slot *s = lookup(t, &k, &c);
     int present = s && !shm_expired(entry_expiry(t, s, c));
@@ -432,9 +432,7 @@ int shm_exists(shm_table *t, const char *key, size_t klen)
 
 int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms)
 {
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     struct shm_slot *s = lookup(t, &k, &c);
     int rc = SHM_ENOTFOUND;
@@ -458,9 +456,7 @@ int shm_ttl(shm_table *t, const char *key, size_t klen, int64_t *ttl_ms)
 
 int shm_del(shm_table *t, const char *key, size_t klen)
 {
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     struct shm_slot *s;
     /* Retire whatever live entry the key has; a CAS lost to a concurrent write means the
@@ -513,9 +509,7 @@ static int counter_add(struct shm_table *t, struct shm_self *me, struct shm_slot
 
 int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t ttl_ms, int64_t *out)
 {
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     struct shm_slot *s = lookup(t, &k, &c);
     int rc;
@@ -568,9 +562,7 @@ static int write_in_place(struct shm_table *t, struct shm_self *me, struct shm_s
 int shm_set(shm_table *t, const char *key, size_t klen, const void *val, size_t len, int64_t ttl_ms)
 {
     if (len > t->value_max) return SHM_ETOOBIG;
-    ENTER_KEY(t, me);
-    struct shm_key k;
-    key_prepare(t, key, klen, &k);
+    ENTER_KEY(t, me, k);
     uint64_t c;
     int64_t expires = ttl_ms ? shm_now_ms() + ttl_ms : 0;
     struct init in = {.type = TYPE_BYTES, .val = val, .len = len, .expires = expires};
@@ -604,7 +596,7 @@ int shm_touched_mark(struct shm_table *t, struct shm_slot *s)
     /* Backing before the bit (release): whoever sees the bit may touch the page. Through
      * the mapping once huge pages are advised (huge.c), else fallocate. */
     int rc = t->fd < 0 ? SHM_OK : shm_huge_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
-    if (rc < 0) rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
+    if (rc > 0) rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
     if (rc) return rc;
     atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_release);
     return SHM_OK;

@@ -3,6 +3,8 @@
  * each test damages a table the way another process or a stray write could, and the library
  * must answer with a status, never a crash, a hang or a wrong success.
  *   - an increment that would overflow, raced by a large add on the CAS path, is refused;
+ *   - on each side of the fast path's bounds and of INT64_MAX / INT64_MIN, sums are exact and
+ *     overflows refused;
  *   - a header whose participant high-water mark is out of range: stats and operations work;
  *   - participant records whose mutex kind is damaged are left alone, not locked;
  *   - a record whose incarnation is spent (its tokens would repeat) is never claimed;
@@ -148,6 +150,46 @@ START_TEST(h_overflow_race_refused)
     ck_assert_msg(atomic_load(&r.wrong) == 0, "%ld negative results", atomic_load(&r.wrong));
     ck_assert_int_gt(atomic_load(&r.refused), 0); /* the race was really run */
     traffic_close(r.b);
+}
+END_TEST
+
+/* The fast path's bounds (|counter| < 2^62, |amount| < 2^48: one fetch_add) and the CAS path
+ * beyond them, one process: on each side of each bound the sum is exact, and an add past
+ * INT64_MAX / INT64_MIN is refused with the counter unchanged. */
+START_TEST(h_overflow_boundaries)
+{
+    const int64_t C = INT64_C(1) << 62, A = INT64_C(1) << 48;
+    const struct {
+        int64_t start, amount;
+        int overflows;
+    } cases[] = {
+        {C - 2, 1, 0},           {C - 1, 1, 0},          {C, 1, 0},
+        {C - 1, A - 1, 0},       {C - 1, A, 0},          {-C + 1, -(A - 1), 0},
+        {-C, -A, 0},             {INT64_MAX - A + 1, A - 1, 0},
+        {INT64_MAX - A + 2, A - 1, 1}, {INT64_MAX - 1, 1, 0}, {INT64_MAX, 1, 1},
+        {INT64_MIN + A - 1, -(A - 1), 0}, {INT64_MIN + A - 2, -(A - 1), 1}, {INT64_MIN, -1, 1},
+        {0, INT64_MAX, 0},       {-1, INT64_MIN, 1},     {0, INT64_MIN, 0},     {1, INT64_MAX, 1},
+        {C, C - 1, 0},           {C + 1, C - 1, 1},
+    };
+    traffic_backend *b = open_named(tu_name("edges"), "max_size=100");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "e%zu", i);
+        int64_t v = 0, got = 0;
+        TU_OK(b, traffic_increment(b, key, cases[i].start, 0, &v));
+        ck_assert_int_eq(v, cases[i].start);
+        int rc = traffic_increment(b, key, cases[i].amount, 0, &got);
+        if (cases[i].overflows) {
+            ck_assert_msg(rc == TRAFFIC_EOVERFLOW, "case %zu: %lld + %lld -> %s, %lld", i, (long long)cases[i].start,
+                          (long long)cases[i].amount, traffic_strerror(rc), (long long)got);
+            ck_assert_int_eq(tu_counter(b, key), cases[i].start);
+        } else {
+            ck_assert_msg(rc == TRAFFIC_OK && got == cases[i].start + cases[i].amount, "case %zu: %lld + %lld -> %s, %lld",
+                          i, (long long)cases[i].start, (long long)cases[i].amount, traffic_strerror(rc), (long long)got);
+            ck_assert_int_eq(tu_counter(b, key), got);
+        }
+    }
+    traffic_close(b);
 }
 END_TEST
 
@@ -407,8 +449,10 @@ START_TEST(h_table_clock)
 END_TEST
 
 /* Damages the clock parameters (which: 0 base far ahead with an endless span, 1 a huge
- * rate, 2 a first anchor far back), then: 0 if within 300 ms the clock is back within 100 µs
- * of CLOCK_MONOTONIC and stays there for 200 ms. */
+ * rate, 2 a first anchor far back, 3 a rate of 1 with an endless span anchored now - the
+ * clock stood still -, 4 a first anchor at TSC 1 a little before now - a rate a million times
+ * too slow), then: 0 if within 300 ms the clock is back within 100 µs of CLOCK_MONOTONIC and
+ * stays there for 200 ms. */
 static int clock_heals(shm_table *t, int which)
 {
     struct shm_header *h = t->h;
@@ -421,9 +465,20 @@ static int clock_heals(shm_table *t, int which)
             atomic_store(&h->clk[i].max_ticks, UINT64_MAX);
         } else if (which == 1) {
             atomic_store(&h->clk[i].mult, UINT64_MAX);
+        } else if (which == 3) {
+            atomic_store(&h->clk[i].mult, 1);
+            atomic_store(&h->clk[i].max_ticks, UINT64_MAX);
+            atomic_store(&h->clk[i].ns, mono_us() * 1000);
+#if defined(__x86_64__) || defined(__i386__)
+            atomic_store(&h->clk[i].tsc, __builtin_ia32_rdtsc());
+#endif
         }
     }
     if (which == 2) atomic_fetch_sub(&h->clk_first_ns, INT64_C(1000000000000000));
+    if (which == 4) {
+        atomic_store(&h->clk_first_tsc, 1);
+        atomic_store(&h->clk_first_ns, mono_us() * 1000 - 20000000);
+    }
     int64_t deadline = mono_us() + 300000, good_since = 0;
     for (;;) {
         int64_t a = mono_us(), c = shm_clock_us(t), b = mono_us(), now = b;
@@ -442,7 +497,7 @@ static int clock_heals(shm_table *t, int which)
 
 START_TEST(h_table_clock_damaged)
 {
-    for (int which = 0; which < 3; which++) {
+    for (int which = 0; which < 5; which++) {
         shm_params p = {0};
         shm_table *t;
         char err[128];
@@ -577,6 +632,7 @@ int main(void)
     TCase *tc = tcase_create("hardening");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, h_overflow_race_refused);
+    tcase_add_test(tc, h_overflow_boundaries);
     tcase_add_test(tc, h_part_hwm_out_of_range);
     tcase_add_test(tc, h_part_mutex_kind_damaged);
     tcase_add_test(tc, h_spent_records_not_claimed);

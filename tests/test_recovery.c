@@ -250,7 +250,7 @@ START_TEST(every_key_word_is_compared)
     int64_t i = live_slot_of(t, key);
     ck_assert_int_ge(i, 0);
     struct shm_slot *s = shm_slot_at(t, (uint64_t)i);
-    const size_t words[] = {0, 7, 8, 15, SHM_KEY_INLINE_WORDS, 24}; /* lines 1, 2; body */
+    const size_t words[] = {0, 7, 8, 15, SHM_KEY_INLINE_WORDS, 24}; /* line 0; line 1; body */
     for (size_t w = 0; w < sizeof words / sizeof words[0]; w++) {
         _Atomic uint64_t *kw = shm_slot_key_word(t, s, words[w]);
         atomic_fetch_xor(kw, 1ull << 9);

@@ -151,7 +151,7 @@ TRAFFIC_API int traffic_memory_open(const traffic_memory_options *opts, traffic_
  *     kept in the process, never re-read; every index, length, count, probe bound and
  *     participant number read later is bounded before use; a waiting loop on a slot or latch
  *     whose owner looks alive ends after 2 s with TRAFFIC_ETIMEDOUT; damaged clock parameters
- *     are replaced within 50 ms; participant records whose mutex is malformed are left
+ *     are replaced within a second (a rate no TSC has at once); participant records whose mutex is malformed are left
  *     unused. Damage then gives wrong values or a status, never a crash, a hang, or a write
  *     outside the mapping (fuzz/fuzz_table.c runs this in CI).
  *   - not defended: a participant's robust mutex is a glibc pthread_mutex_t in the mapping,
