@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pid.h"
 #include "redis_internal.h"
 
 #define RX_BACKOFF_MIN_MS 25   /* first pause after a failed connect */
@@ -732,7 +733,7 @@ static int proc_new(rx_handle *h, rx_proc *parent, rx_proc **out)
 {
     rx_proc *p = calloc(1, sizeof *p);
     if (!p) return traffic_backend_fail(&h->base, TRAFFIC_ENOMEM, "out of memory");
-    p->pid = getpid();
+    p->pid = tr_pid();
     pthread_mutex_init(&p->nodes_mu, NULL);
     pthread_mutex_init(&p->refresh_mu, NULL);
     const rx_config *cf = &h->cfg;
@@ -752,7 +753,7 @@ static int proc_new(rx_handle *h, rx_proc *parent, rx_proc **out)
 int rx_proc_get(rx_handle *h, rx_proc **out)
 {
     rx_proc *p = atomic_load_explicit(&h->proc, memory_order_acquire);
-    if (p && p->pid == getpid()) {
+    if (p && p->pid == tr_pid()) {
         *out = p;
         return TRAFFIC_OK;
     }
@@ -773,7 +774,7 @@ int rx_proc_get(rx_handle *h, rx_proc **out)
 
 void rx_proc_free(rx_handle *h, rx_proc *p)
 {
-    if (p->pid != getpid()) { /* a parent's: never close, never send, never lock */
+    if (p->pid != tr_pid()) { /* a parent's: never close, never send, never lock */
         proc_abandon(p);
         return;
     }

@@ -61,6 +61,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pid.h"
 #include "sqlite_internal.h"
 
 /* ---- format and tuning ----------------------------------------------------------------- */
@@ -231,7 +232,7 @@ static void conn_close(sq_conn *c);
 static void fork_close_idle(sqlite_backend *s)
 {
     sq_pool *p = atomic_load(&s->pool);
-    if (!p || p->pid != getpid()) return; /* our parent's pool: never touched here */
+    if (!p || p->pid != tr_pid()) return; /* our parent's pool: never touched here */
     pthread_mutex_lock(&p->mu);
     while (p->idle) {
         sq_conn *c = p->idle;
@@ -680,7 +681,7 @@ static sq_pool *pool_new(sqlite_backend *s)
     pthread_cond_init(&p->free_cv, &ca);
     pthread_cond_init(&p->reaper_cv, &ca);
     pthread_condattr_destroy(&ca);
-    p->pid = getpid();
+    p->pid = tr_pid();
     p->s = s;
     if (getrandom(&p->lease_owner, sizeof p->lease_owner, 0) != sizeof p->lease_owner)
         p->lease_owner = (uint64_t)sq_mono_ns() ^ ((uint64_t)p->pid << 40);
@@ -709,7 +710,7 @@ static void pool_free(sq_pool *p)
 sq_pool *sq_pool_current(sqlite_backend *s)
 {
     sq_pool *p = atomic_load_explicit(&s->pool, memory_order_acquire);
-    if (p && p->pid == getpid()) return p;
+    if (p && p->pid == tr_pid()) return p;
     sq_pool *fresh = pool_new(s);
     if (!fresh) return NULL;
     if (atomic_compare_exchange_strong_explicit(&s->pool, &p, fresh, memory_order_acq_rel, memory_order_acquire))
@@ -898,7 +899,7 @@ static int q_close(traffic_backend *b)
     sqlite_backend *s = S(b);
     int cancel_state = sq_nocancel();
     sq_pool *p = atomic_load(&s->pool);
-    if (p && p->pid == getpid()) {
+    if (p && p->pid == tr_pid()) {
         sq_reaper_stop(s, p);
         fork_enter(); /* no fork() between leaving fork_handles and closing the connections */
         fork_unregister(s);

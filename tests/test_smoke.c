@@ -1,7 +1,16 @@
 /* test_smoke.c — the library opens a memory table, counts, reads back and closes. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../backends/pid.h"
 #include "testutil.h"
 
 START_TEST(smoke_memory)
@@ -69,12 +78,39 @@ START_TEST(keys_of_every_length_distinct)
 }
 END_TEST
 
+/* tr_pid (backends/pid.h), which the SQLite and Redis backends use to tell a forked child from
+ * its parent, is right in a child of fork(), of _Fork() (no atfork handlers run) and of a
+ * raw clone(): each asks the kernel once. Exit status of a child: 0 if right. */
+static int child_pid_ok(void)
+{
+    return tr_pid() == getpid() && tr_pid() == getpid() ? 0 : 1;
+}
+
+START_TEST(pid_in_children)
+{
+    ck_assert_int_eq(tr_pid(), getpid());
+    pid_t c = fork();
+    if (c == 0) _exit(child_pid_ok());
+    ck_assert_int_eq(tu_wait(c), 0);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
+    c = _Fork();
+    if (c == 0) _exit(child_pid_ok());
+    ck_assert_int_eq(tu_wait(c), 0);
+#endif
+    c = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    if (c == 0) _exit(child_pid_ok());
+    ck_assert_int_eq(tu_wait(c), 0);
+    ck_assert_int_eq(tr_pid(), getpid());
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("smoke");
     TCase *tc = tcase_create("smoke");
     tcase_add_test(tc, smoke_memory);
     tcase_add_test(tc, keys_of_every_length_distinct);
+    tcase_add_test(tc, pid_in_children);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
