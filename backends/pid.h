@@ -9,7 +9,8 @@
  * a child zero-filled on every fork - fork(), _Fork(), clone() without CLONE_VM alike, atfork
  * handlers or not - so a child's first call reads 0 and asks the kernel once. (A vfork child
  * shares the page; it may only exec or _exit anyway.) Without MADV_WIPEONFORK (Linux < 4.14)
- * it is getpid().
+ * it is getpid(), and also where the advice is accepted but not applied (qemu-user 7.2, which
+ * a probe tells: pid.c). An atfork handler clears the page as well.
  */
 #ifndef TRAFFIC_PID_H
 #define TRAFFIC_PID_H
