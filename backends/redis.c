@@ -292,8 +292,9 @@ static int unlink_batch(rx_handle *h, rx_conn *c, const redisReply *keys)
     for (size_t i = 0; !rc && i < keys->elements; i++) {
         redisReply *r;
         if ((rc = rx_conn_read(h, c, deadline, &r))) break;
-        if (r->type == REDIS_REPLY_INTEGER || refused || strncmp(r->str, "MOVED ", 6) == 0 ||
-            strncmp(r->str, "ASK ", 4) == 0) {
+        /* (a nil or an array has no str: fuzz_redis's server answered UNLINK with one) */
+        int moved = r->str && (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0);
+        if (r->type == REDIS_REPLY_INTEGER || refused || moved) {
             freeReplyObject(r);
             continue;
         }
