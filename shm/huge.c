@@ -33,10 +33,8 @@
  * first touched after the advice come huge. A collapsed page serves every process; each
  * maps it huge once its own mapping is advised.
  *
- * Named tables reserve backing for each page of heads before first use (layout.h), with
- * fallocate, which would allocate small pages: once advised, the reservation is an
- * madvise(MADV_POPULATE_WRITE) of that page instead, which allocates through this mapping
- * (a huge page where allowed) and reports a full tmpfs as an error, not SIGBUS.
+ * Named tables reserve backing for each page of heads with fallocate before first use
+ * (layout.h), which allocates small pages; the collapse above turns them huge like any other.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -50,10 +48,6 @@
 #include <sys/mman.h>
 
 #include "layout.h"
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
-#endif
 
 #define HUGE_MIN_HEADS (8ull << 20) /* heads below 8 MiB (4 huge pages) stay small */
 #define HUGE_DENSITY   16
@@ -114,8 +108,7 @@ void shm_huge_consider(struct shm_table *t)
                                                  memory_order_relaxed))
         return;
     int ok = madvise(t->heads, heads_bytes(t), MADV_HUGEPAGE) == 0;
-    /* release: a thread that sees ADVISED (shm_huge_reserve) reserves through the mapping */
-    atomic_store_explicit(&t->huge_state, ok ? SHM_HUGE_ADVISED : SHM_HUGE_UNSUPPORTED, memory_order_release);
+    atomic_store_explicit(&t->huge_state, ok ? SHM_HUGE_ADVISED : SHM_HUGE_UNSUPPORTED, memory_order_relaxed);
     uint32_t none = 0;
     if (ok && atomic_compare_exchange_strong_explicit(&t->h->huge_collapse, &none, 1, memory_order_relaxed,
                                                       memory_order_relaxed))
@@ -127,19 +120,6 @@ void shm_huge_after_insert(struct shm_table *t)
     if (atomic_load_explicit(&t->huge_state, memory_order_relaxed) != SHM_HUGE_UNDECIDED) return;
     if (atomic_fetch_add_explicit(&t->huge_inserts, 1, memory_order_relaxed) % HUGE_RECHECK == HUGE_RECHECK - 1)
         shm_huge_consider(t);
-}
-
-int shm_huge_reserve(struct shm_table *t, uint64_t off, uint64_t len)
-{
-    if (atomic_load_explicit(&t->huge_state, memory_order_acquire) != SHM_HUGE_ADVISED) return 1;
-    for (;;) {
-        if (madvise(t->base + off, len, MADV_POPULATE_WRITE) == 0) return SHM_OK;
-        if (errno == EINTR) continue;
-        /* EINVAL: a kernel before 5.14 (the caller falls back to fallocate); EFAULT: the
-         * fault would have been SIGBUS (tmpfs full); ENOMEM: no memory. */
-        if (errno == EINVAL) return 1;
-        return errno == EFAULT || errno == ENOMEM || errno == ENOSPC ? SHM_EFULL : SHM_EIO;
-    }
 }
 
 uint64_t shm_huge_bytes(struct shm_table *t)

@@ -279,12 +279,10 @@ struct shm_table {
 };
 enum { SHM_HUGE_UNDECIDED, SHM_HUGE_SMALL_TABLE, SHM_HUGE_ADVISING, SHM_HUGE_ADVISED, SHM_HUGE_UNSUPPORTED };
 /* huge.c: advise huge pages for the heads once the table is large and dense enough (at
- * attach, and every few thousand inserts of this process); reserve a page of heads through
- * the mapping once advised (SHM_OK / SHM_EFULL / SHM_EIO, or 1: not advised here, use
- * fallocate); the bytes of this table this process maps with huge pages (0 unless advised). */
+ * attach, every few thousand inserts of this process and every 65536 operations of a
+ * thread); the bytes of this table this process maps with huge pages (0 for small tables). */
 void shm_huge_consider(struct shm_table *t);
 void shm_huge_after_insert(struct shm_table *t);
-int shm_huge_reserve(struct shm_table *t, uint64_t off, uint64_t len);
 uint64_t shm_huge_bytes(struct shm_table *t);
 
 static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i)

@@ -593,10 +593,8 @@ int shm_touched_mark(struct shm_table *t, struct shm_slot *s)
 {
     uint64_t c = (shm_slot_index(t, s) << t->head_shift) >> SHM_CHUNK_SHIFT, bit = 1ull << (c % 64);
     if (atomic_load_explicit(&t->touched[c / 64], memory_order_acquire) & bit) return SHM_OK;
-    /* Backing before the bit (release): whoever sees the bit may touch the page. Through
-     * the mapping once huge pages are advised (huge.c), else fallocate. */
-    int rc = t->fd < 0 ? SHM_OK : shm_huge_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
-    if (rc > 0) rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
+    /* Backing before the bit (release): whoever sees the bit may touch the page. */
+    int rc = shm_reserve(t, t->heads_off + (c << SHM_CHUNK_SHIFT), 1ull << SHM_CHUNK_SHIFT);
     if (rc) return rc;
     atomic_fetch_or_explicit(&t->touched[c / 64], bit, memory_order_release);
     return SHM_OK;
