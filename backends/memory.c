@@ -247,8 +247,8 @@ static int log_pack(const traffic_limit_state *st, void *blob, size_t cap, size_
 
 struct decide {
     limit_rule r;
-    int64_t now_us;  /* the instant decided at: the caller's, or -1 for real_us */
-    int64_t real_us; /* the clock now (shm_state_update_now sets it): expiries run on it */
+    int64_t now_us;  /* the instant decided at */
+    int64_t real_us; /* the clock now: expiries run on it */
     int64_t cost;
     traffic_decision *d;
     traffic_limit_entry *log;
@@ -259,18 +259,17 @@ static int decide_fn(void *ctx, int present, uint64_t old_word, const void *old_
                      void *buf, size_t cap)
 {
     struct decide *x = ctx;
-    int64_t now = x->now_us >= 0 ? x->now_us : x->real_us;
     traffic_limit_state st = {.log = x->log, .log_cap = x->log_cap};
     if (present) {
         if (x->r.algo == TRAFFIC_SLIDING_WINDOW) {
             int rc = log_unpack(old_blob, old_len, &st);
             if (rc) return rc;
         } else {
-            word_unpack(&x->r, old_word, now, &st);
+            word_unpack(&x->r, old_word, x->now_us, &st);
         }
     }
     int64_t reset_us;
-    int changed = limit_apply(&x->r, &st, now, x->cost, x->d, &reset_us);
+    int changed = limit_apply(&x->r, &st, x->now_us, x->cost, x->d, &reset_us);
     if (changed < 0) return SHM_ECORRUPT; /* the rule and now are checked: only the stored state is refused */
     u->denied = !x->d->allowed;
     if (changed) {
@@ -309,8 +308,9 @@ static int m_limit(traffic_backend *b, const char *key, size_t klen, const traff
         if (most > LOG_STACK && !(x.log = heap = malloc(most * sizeof *heap)))
             return traffic_backend_fail(b, TRAFFIC_ENOMEM, "no memory for a log of %zu entries", most);
     }
-    x.now_us = now_us;
-    int rc = shm_state_update_now(T(b), key, klen, state_type(x.r.algo), &x.real_us, decide_fn, &x);
+    x.real_us = shm_clock_us(T(b));
+    x.now_us = now_us >= 0 ? now_us : x.real_us;
+    int rc = shm_state_update(T(b), key, klen, state_type(x.r.algo), x.real_us / 1000, decide_fn, &x);
     free(heap);
     if (rc == SHM_EINVAL)
         return traffic_backend_fail(b, rc, "sliding_window: \"%.64s\" would log requests 2^40 us apart", key);

@@ -112,11 +112,6 @@ int64_t shm_clock_us(shm_table *t);
 
 int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, int64_t now_ms, shm_update_fn fn,
                      void *ctx);
-/* The same, on the table's clock: reads shm_clock_us into *clock_us once the fetch of the
- * key's slot has started (in a large table that fetch is a miss, which the clock read then
- * overlaps) and before fn first runs; expiry checks use it, in ms. */
-int shm_state_update_now(shm_table *t, const char *key, size_t klen, unsigned type, int64_t *clock_us,
-                         shm_update_fn fn, void *ctx);
 /* Reads a state entry: its type, and its word or blob (into buf, cap bytes; *len its length,
  * SHM_ERANGE if cap is short). SHM_ENOTFOUND if absent or expired, SHM_ETYPE if not a state. */
 int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, uint64_t *word, void *buf, size_t cap,

@@ -246,10 +246,9 @@ struct init {
      * so that insert and the decision never disagree on whether an entry is alive (they read
      * different clocks, which may differ by a fraction of a ms - or by anything, in a table
      * whose clock parameters are damaged - and a disagreement made state_update look the key
-     * up again for as long as it lasted: fuzz_table found it spinning). Without at_now:
+     * up again for as long as it lasted: fuzz_table found it spinning). NULL:
      * CLOCK_MONOTONIC. */
-    int at_now;
-    int64_t now_ms;
+    const int64_t *now_ms;
 };
 
 #define EXPIRES_DEAD 1 /* ms: long past, and never a real expiry (those are > now >= boot); state.c */

@@ -166,15 +166,11 @@ static int update_blob(struct shm_table *t, struct shm_self *me, struct shm_slot
 #define BLOB_STACK 4096 /* blob buffers up to this size live on the stack */
 
 static int state_update(struct shm_table *t, const char *key, size_t klen, unsigned type, shm_update_fn fn,
-                        void *ctx, int64_t now_ms, int64_t *clock_us, unsigned char *old, unsigned char *nbuf)
+                        void *ctx, int64_t now_ms, unsigned char *old, unsigned char *nbuf)
 {
     int blob = !type_is_word_state(type);
     size_t cap = t->value_max;
     ENTER_KEY(t, me, k);
-    if (clock_us) { /* read now, while the fetch of the key's slot ENTER_KEY asked for is under way */
-        *clock_us = shm_clock_us(t);
-        now_ms = *clock_us / 1000;
-    }
     int rc;
     for (;;) {
         uint64_t c;
@@ -196,7 +192,7 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
                 break;
             }
             struct init in = {.type = type, .amount = (int64_t)u.word, .val = nbuf, .len = u.len,
-                              .expires = u.expires_ms, .at_now = 1, .now_ms = now_ms};
+                              .expires = u.expires_ms, .now_ms = &now_ms};
             rc = tbl_insert_retrying(t, me, &k, &in, &s, &c);
             if (rc == INS_DONE) {
                 count(me, &u);
@@ -216,32 +212,20 @@ static int state_update(struct shm_table *t, const char *key, size_t klen, unsig
     return rc;
 }
 
-static int state_update_any(shm_table *t, const char *key, size_t klen, unsigned type, int64_t now_ms,
-                            int64_t *clock_us, shm_update_fn fn, void *ctx)
-{
-    if (type_is_word_state(type)) return state_update(t, key, klen, type, fn, ctx, now_ms, clock_us, NULL, NULL);
-    size_t cap = t->value_max;
-    if (cap <= BLOB_STACK) {
-        unsigned char old[BLOB_STACK], nbuf[BLOB_STACK];
-        return state_update(t, key, klen, type, fn, ctx, now_ms, clock_us, old, nbuf);
-    }
-    unsigned char *heap = malloc(2 * cap);
-    if (!heap) return SHM_ENOMEM;
-    int rc = state_update(t, key, klen, type, fn, ctx, now_ms, clock_us, heap, heap + cap);
-    free(heap);
-    return rc;
-}
-
 int shm_state_update(shm_table *t, const char *key, size_t klen, unsigned type, int64_t now_ms, shm_update_fn fn,
                      void *ctx)
 {
-    return state_update_any(t, key, klen, type, now_ms, NULL, fn, ctx);
-}
-
-int shm_state_update_now(shm_table *t, const char *key, size_t klen, unsigned type, int64_t *clock_us,
-                         shm_update_fn fn, void *ctx)
-{
-    return state_update_any(t, key, klen, type, 0, clock_us, fn, ctx);
+    if (type_is_word_state(type)) return state_update(t, key, klen, type, fn, ctx, now_ms, NULL, NULL);
+    size_t cap = t->value_max;
+    if (cap <= BLOB_STACK) {
+        unsigned char old[BLOB_STACK], nbuf[BLOB_STACK];
+        return state_update(t, key, klen, type, fn, ctx, now_ms, old, nbuf);
+    }
+    unsigned char *heap = malloc(2 * cap);
+    if (!heap) return SHM_ENOMEM;
+    int rc = state_update(t, key, klen, type, fn, ctx, now_ms, heap, heap + cap);
+    free(heap);
+    return rc;
 }
 
 int shm_state_get(shm_table *t, const char *key, size_t klen, unsigned *type, uint64_t *word, void *buf, size_t cap,

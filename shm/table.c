@@ -292,7 +292,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     struct shm_slot *s;
     while ((s = lookup_bounded(t, k, bound, &c))) {
         int64_t e = entry_expiry(t, s, c);
-        int expired = in->at_now ? expired_at(e, in->now_ms) : shm_expired(e);
+        int expired = in->now_ms ? expired_at(e, *in->now_ms) : shm_expired(e);
         if (!expired && (in->type != TYPE_BYTES || meta_type(s) == TYPE_BYTES)) {
             latch_release(home);
             *found = s;
@@ -307,7 +307,7 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
                 return SHM_ETIMEDOUT;
             }
         } else if (expired) {
-            tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, in->at_now ? &in->now_ms : NULL);
+            tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, in->now_ms);
         } else {
             tbl_retire(t, me, s, c, -1);
         }
