@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -33,13 +32,6 @@ static struct {
 } procs[RH_MAX_PROCS];
 static int nprocs;
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
 /* atexit: kill what this process started (not what its parent did), then its directory. */
 static void cleanup(void)
 {
@@ -50,7 +42,7 @@ static void cleanup(void)
             waitpid(procs[i].pid, NULL, 0);
             procs[i].pid = 0;
         }
-    if (dir[0] && dir_owner == me) nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (dir[0] && dir_owner == me) tu_scratch_remove(dir);
 }
 
 const char *rh_dir(void)

@@ -296,9 +296,7 @@ static void store_close(store *s)
     if (strcmp(s->kind, "memory") == 0) {
         traffic_memory_unlink(s->name);
     } else if (strcmp(s->kind, "sqlite") == 0) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->name);
-        ck_assert_int_eq(system(cmd), 0);
+        tu_scratch_remove(s->name);
     } else {
         rh_kill(&s->srv);
     }
@@ -418,9 +416,7 @@ START_TEST(t_missing_store)
     ck_assert_int_eq(stat(path, &st), 0);
     r = EXPECT(0, url, "stats"); /* exists now */
     run_free(&r);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_scratch_remove(dir);
     /* an unreachable server fails the operation, not the usage */
     EXPECT_ERR(1, "TRAFFIC_EUNAVAILABLE", "redis://127.0.0.1:1?timeout=0.2", "stats");
     r = EXPECT(1, "redis://:secret@127.0.0.1:1?timeout=0.2", "stats");

@@ -6,7 +6,6 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -20,23 +19,16 @@ static int open_fresh(traffic_backend **out, void *ctx)
     return traffic_open(url, out);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
 int main(void)
 {
-    char dir[] = "/tmp/traffic-contract-sqlite-XXXXXX";
-    if (!mkdtemp(dir)) return EXIT_FAILURE;
+    char dir[64];
+    if (!tu_scratch_make(dir, sizeof dir, "contract-sqlite")) return EXIT_FAILURE;
     contract_backend cb = {.name = "sqlite",
                            .open_fresh = open_fresh,
                            .ctx = dir,
                            .value_limit = TRAFFIC_SQLITE_VALUE_MAX,
                            .stats_exact = 1};
     int rc = tu_run(contract_suite(&cb));
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tu_scratch_remove(dir);
     return rc;
 }

@@ -192,9 +192,7 @@ START_TEST(f_sqlite_damaged_state)
     TU_OK(b, traffic_delete(b, "tb")); /* a reset repairs the key */
     TU_OK(b, traffic_limit(b, "tb", &tb, 1, &d));
     traffic_close(b);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_scratch_remove(dir);
 }
 END_TEST
 

@@ -217,9 +217,7 @@ START_TEST(t_sqlite_fn_holds_nothing)
     TU_OK(b, traffic_scan(b, NULL, count_fn, &n));
     ck_assert_int_eq(n, 0);
     traffic_close(b);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_scratch_remove(dir);
 }
 END_TEST
 
@@ -247,9 +245,7 @@ START_TEST(t_sqlite_prefix_ranges)
         keyset_free(&s);
     }
     traffic_close(b);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_scratch_remove(dir);
 }
 END_TEST
 
@@ -526,9 +522,7 @@ START_TEST(t_100k_sqlite)
     ck_assert_int_eq(n, BIG);
     printf("scan: sqlite, %d keys in %.3f s\n", BIG, s);
     traffic_close(b);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_scratch_remove(dir);
 }
 END_TEST
 

@@ -13,7 +13,6 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -39,30 +38,12 @@ static char base_dir[256];
 
 static void base_setup(void)
 {
-    snprintf(base_dir, sizeof base_dir, "/tmp/traffic-sqlite-XXXXXX");
-    if (!mkdtemp(base_dir)) abort();
-    chmod(base_dir, 0755); /* the read-only-directory test runs a child as nobody */
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    chmod(path, 0700);
-    remove(path);
-    return 0;
-}
-
-static int chmod_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)ftw;
-    if (flag == FTW_D || (st && S_ISDIR(st->st_mode))) chmod(path, 0700);
-    return 0;
+    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite")) abort();
 }
 
 static void base_teardown(void)
 {
-    nftw(base_dir, chmod_entry, 16, FTW_PHYS);
-    nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tu_scratch_remove(base_dir);
 }
 
 /* A fresh directory for one test. */

@@ -13,7 +13,6 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -67,21 +66,12 @@ static char base_dir[256];
 
 static void base_setup(void)
 {
-    snprintf(base_dir, sizeof base_dir, "/tmp/traffic-sqlite-faults-XXXXXX");
-    if (!mkdtemp(base_dir)) abort();
-    chmod(base_dir, 0755); /* tests run children as nobody */
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
+    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite-faults")) abort();
 }
 
 static void base_teardown(void)
 {
-    nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tu_scratch_remove(base_dir);
 }
 
 /* dir/t.db in a fresh directory for one test (static buffer per call site is enough). */

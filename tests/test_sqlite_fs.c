@@ -28,7 +28,6 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
@@ -90,20 +89,12 @@ static char base_dir[256];
 
 static void base_setup(void)
 {
-    snprintf(base_dir, sizeof base_dir, "/tmp/traffic-sqlite-fs-XXXXXX");
-    if (!mkdtemp(base_dir)) abort();
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
+    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite-fs")) abort();
 }
 
 static void base_teardown(void)
 {
-    nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tu_scratch_remove(base_dir);
 }
 
 /* A fresh directory for one test, into buf. */

@@ -12,7 +12,6 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include <ftw.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -36,20 +35,12 @@ static char base_dir[256];
 
 static void base_setup(void)
 {
-    snprintf(base_dir, sizeof base_dir, "/tmp/traffic-sqlite-limit-XXXXXX");
-    if (!mkdtemp(base_dir)) abort();
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
+    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite-limit")) abort();
 }
 
 static void base_teardown(void)
 {
-    nftw(base_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tu_scratch_remove(base_dir);
 }
 
 /* A new database path in a fresh directory for one test. */

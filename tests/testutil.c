@@ -5,6 +5,8 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -81,6 +83,34 @@ void *tu_shared(size_t bytes)
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ck_assert_ptr_ne(p, MAP_FAILED);
     return p;
+}
+
+char *tu_scratch_make(char *buf, size_t cap, const char *tag)
+{
+    snprintf(buf, cap, "/tmp/traffic-%s-XXXXXX", tag);
+    if (!mkdtemp(buf)) return NULL;
+    chmod(buf, 0755);
+    return buf;
+}
+
+static int scratch_chmod(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)ftw;
+    if (flag == FTW_D || (st && S_ISDIR(st->st_mode))) chmod(path, 0700);
+    return 0;
+}
+
+static int scratch_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void tu_scratch_remove(const char *dir)
+{
+    nftw(dir, scratch_chmod, 16, FTW_PHYS);
+    nftw(dir, scratch_rm, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int tu_wait(pid_t pid)

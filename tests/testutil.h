@@ -47,6 +47,12 @@ const char *tu_name(const char *tag);
 void tu_memory_url(char *buf, size_t n, const char *name, const char *extra);
 /* A zeroed MAP_SHARED|MAP_ANONYMOUS area that forked children write and the parent reads. */
 void *tu_shared(size_t bytes);
+/* A new directory /tmp/traffic-TAG-XXXXXX into buf (mode 0755: tests run children as
+ * nobody), or NULL. */
+char *tu_scratch_make(char *buf, size_t cap, const char *tag);
+/* Removes a directory tree, first making its directories writable again (a test may leave
+ * read-only ones behind). */
+void tu_scratch_remove(const char *dir);
 /* Waits for pid; returns its exit status, or 128+signal. */
 int tu_wait(pid_t pid);
 /* Asserts rc == TRAFFIC_OK, printing the status and message otherwise. */
