@@ -23,8 +23,9 @@
  * pages would all be touched anyway: live keys >= capacity / HUGE_DENSITY (with 16, about 2
  * keys per 4 KiB page of 32 heads, so few pages stay untouched), and only in tables whose
  * heads span at least HUGE_MIN_HEADS. Checked when a process attaches, then every
- * HUGE_RECHECK inserts it makes and every 65536 operations of each of its threads (the
- * advice is per mapping, so each process gives its own). Pages already in the table stay
+ * SHM_HUGE_RECHECK operations of each of its threads (ENTER, slot.h: a thread-local count, no
+ * shared write on the operation path; the advice is per mapping, so each process gives its
+ * own). Pages already in the table stay
  * small until collapsed: the first process to advise (one per table, elected through the
  * header's huge_collapse) starts a thread of its own that collapses the heads 2 MiB at a
  * time with madvise(MADV_COLLAPSE) (Linux 6.1; on the guest above 205 ms of copying for
@@ -51,7 +52,6 @@
 
 #define HUGE_MIN_HEADS (8ull << 20) /* heads below 8 MiB (4 huge pages) stay small */
 #define HUGE_DENSITY   16
-#define HUGE_RECHECK   4096
 
 static uint64_t heads_bytes(const struct shm_table *t)
 {
@@ -113,13 +113,6 @@ void shm_huge_consider(struct shm_table *t)
     if (ok && atomic_compare_exchange_strong_explicit(&t->h->huge_collapse, &none, 1, memory_order_relaxed,
                                                       memory_order_relaxed))
         start_collapse(t);
-}
-
-void shm_huge_after_insert(struct shm_table *t)
-{
-    if (atomic_load_explicit(&t->huge_state, memory_order_relaxed) != SHM_HUGE_UNDECIDED) return;
-    if (atomic_fetch_add_explicit(&t->huge_inserts, 1, memory_order_relaxed) % HUGE_RECHECK == HUGE_RECHECK - 1)
-        shm_huge_consider(t);
 }
 
 uint64_t shm_huge_bytes(struct shm_table *t)

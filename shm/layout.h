@@ -272,17 +272,14 @@ struct shm_table {
     pthread_t reaper_thread;
     pid_t reaper_owner_pid;       /* pid that started reaper_thread, 0: none */
     _Atomic uint32_t reaper_stop; /* futex word: 1 asks the thread to stop */
-    /* huge pages for the heads (huge.c): SHM_HUGE_*, and inserts counted towards the next
-     * look at the table's density */
-    _Atomic int huge_state;
-    _Atomic uint32_t huge_inserts;
+    _Atomic int huge_state; /* huge pages for the heads (huge.c): SHM_HUGE_* */
 };
 enum { SHM_HUGE_UNDECIDED, SHM_HUGE_SMALL_TABLE, SHM_HUGE_ADVISING, SHM_HUGE_ADVISED, SHM_HUGE_UNSUPPORTED };
 /* huge.c: advise huge pages for the heads once the table is large and dense enough (at
- * attach, every few thousand inserts of this process and every 65536 operations of a
- * thread); the bytes of this table this process maps with huge pages (0 for small tables). */
+ * attach, and every SHM_HUGE_RECHECK operations of a thread); the bytes of this table this
+ * process maps with huge pages (0 for small tables). */
+#define SHM_HUGE_RECHECK 4096 /* a power of two */
 void shm_huge_consider(struct shm_table *t);
-void shm_huge_after_insert(struct shm_table *t);
 uint64_t shm_huge_bytes(struct shm_table *t);
 
 static inline struct shm_slot *shm_slot_at(const struct shm_table *t, uint64_t i)
@@ -327,7 +324,7 @@ struct shm_self {
     struct shm_part *part;
     uint32_t token;
     uint64_t pin; /* epoch this thread is pinned at while in an operation */
-    uint16_t ops; /* operations, wrapping: every 65536th looks at huge pages (huge.c) */
+    uint32_t ops; /* operations: every SHM_HUGE_RECHECK-th looks at huge pages (huge.c) */
 };
 /* The calling thread's participant in t, registering it on first use; NULL when the table has
  * no free participant record (SHM_EFULL). */

@@ -294,7 +294,7 @@ int tbl_insert_retrying(struct shm_table *t, struct shm_self *me, const struct s
 #define ENTER(t, me)                                                                                                   \
     struct shm_self *me = shm_self_get(t);                                                                             \
     if (__builtin_expect(!me, 0)) return SHM_EFULL;                                                                    \
-    if (__builtin_expect(++me->ops == 0, 0)) shm_huge_consider(t);                                                     \
+    if (__builtin_expect((++me->ops & (SHM_HUGE_RECHECK - 1)) == 0, 0)) shm_huge_consider(t);                          \
     shm_pin(t, me)
 
 

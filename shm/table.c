@@ -347,7 +347,6 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
     uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
     atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, v), memory_order_release);
     latch_release(home);
-    shm_huge_after_insert(t);
     return INS_DONE;
 }
 
