@@ -59,18 +59,16 @@ int text_printable(const void *p, size_t n)
     return 1;
 }
 
-void text_put(FILE *f, const void *p, size_t n)
+/* "..." with escapes: \" \\ \n \r \t, other bytes outside printable ASCII and valid UTF-8
+ * as \xHH (text) or \u00HH (JSON: a control, or a byte of invalid UTF-8). Text also escapes
+ * multi-byte control characters, which JSON may carry as they are. */
+static void put_quoted(FILE *f, const unsigned char *s, size_t n, int json)
 {
-    const unsigned char *s = p;
-    if (text_printable(p, n)) {
-        fwrite(p, 1, n, f);
-        return;
-    }
     fputc('"', f);
     uint32_t cp;
     for (size_t i = 0, l; i < n; i += l) {
         l = utf8_seq(s + i, n - i, &cp);
-        if (l > 1 && !is_control(cp)) {
+        if (l > 1 && (json || !is_control(cp))) {
             fwrite(s + i, 1, l, f);
             continue;
         }
@@ -85,38 +83,23 @@ void text_put(FILE *f, const void *p, size_t n)
             if (s[i] >= 0x20 && s[i] < 0x7f)
                 fputc(s[i], f);
             else
-                fprintf(f, "\\x%02x", s[i]);
+                fprintf(f, json ? "\\u%04x" : "\\x%02x", s[i]);
         }
     }
     fputc('"', f);
 }
 
+void text_put(FILE *f, const void *p, size_t n)
+{
+    if (text_printable(p, n))
+        fwrite(p, 1, n, f);
+    else
+        put_quoted(f, p, n, 0);
+}
+
 void json_put_string(FILE *f, const void *p, size_t n)
 {
-    const unsigned char *s = p;
-    fputc('"', f);
-    uint32_t cp;
-    for (size_t i = 0, l; i < n; i += l) {
-        l = utf8_seq(s + i, n - i, &cp);
-        if (l > 1) {
-            fwrite(s + i, 1, l, f);
-            continue;
-        }
-        l = 1;
-        switch (s[i]) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        default:
-            if (s[i] >= 0x20 && s[i] < 0x7f)
-                fputc(s[i], f);
-            else
-                fprintf(f, "\\u%04x", s[i]); /* a control, or a byte of invalid UTF-8 */
-        }
-    }
-    fputc('"', f);
+    put_quoted(f, p, n, 1);
 }
 
 void text_put_hex(FILE *f, const void *p, size_t n)
