@@ -3,6 +3,8 @@ enough that every request passes, so each figure is the cost of deciding, not of
 TRAFFIC_BENCH_STORE picks the limiter:
 
     none                no limiter (the baseline)
+    headers             no limiter, but the three X-RateLimit-* headers a passing request gets
+                        (fixed values): what sending them costs the HTTP server by itself
     memory              @rate_limit on MemoryBackend() (anonymous, run with gunicorn --preload)
     redis:URL           @rate_limit on RedisBackend.from_url(URL)
     limits:URL          the `limits` package (python3-limits): FixedWindowRateLimiter on its
@@ -53,6 +55,17 @@ elif kind == "limits":
     async def root(request: Request):
         if not strategy.hit(item, "bench", request.client.host):
             return {"limited": True}
+        return {"ok": True}
+
+elif kind == "headers":
+    from fastapi import Response
+
+    RAW = [(b"x-ratelimit-limit", b"1000000"), (b"x-ratelimit-remaining", b"999999"),
+           (b"x-ratelimit-reset", b"1767225600")]
+
+    @app.get("/")
+    async def root(request: Request, response: Response):
+        response.raw_headers.extend(RAW)
         return {"ok": True}
 
 else:

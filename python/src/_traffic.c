@@ -26,7 +26,9 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <math.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <traffic/backend.h>
@@ -243,6 +245,74 @@ static PyObject *decision_repr(Decision *self)
     return PyUnicode_FromString(buf);
 }
 
+/* The HTTP headers of a decision, as ASGI wants them: a list of (name, value) bytes pairs,
+ * lower-case names. X-RateLimit-Limit, -Remaining (never below 0), -Reset (Unix seconds, now +
+ * reset_after rounded up) and, when denied and the request can ever pass, Retry-After (whole
+ * seconds, rounded up, at least 1). The one implementation of these formulas for raw headers:
+ * RateLimitInfo.raw_headers (limiter.py) comes here too, and decision_headers there writes
+ * the same values as text. */
+static PyObject *headers_list(int allowed, long long limit, long long remaining, double reset_after,
+                              double retry_after, double now)
+{
+    int n = !allowed && retry_after >= 0 ? 4 : 3;
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    static const char *const names[] = {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+                                        "retry-after"};
+    long long values[4] = {limit, remaining > 0 ? remaining : 0, (long long)ceil(now + reset_after), 0};
+    if (n == 4) {
+        long long r = (long long)ceil(retry_after);
+        values[3] = r > 1 ? r : 1;
+    }
+    for (int i = 0; i < n; i++) {
+        char digits[24]; /* PyBytes_FromFormat has no %lld */
+        int len = snprintf(digits, sizeof digits, "%lld", values[i]);
+        PyObject *pair = Py_BuildValue("(yy#)", names[i], digits, (Py_ssize_t)len);
+        if (!pair) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, pair);
+    }
+    return list;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* what time.time() reads */
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* raw_headers(now=None) -> [(bytes, bytes), ...] (headers_list); now: Unix seconds, default
+ * the wall clock. The @rate_limit decorator's fast path sends these. */
+static PyObject *decision_raw_headers(Decision *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) return PyErr_Format(PyExc_TypeError, "raw_headers() takes at most one argument");
+    double now = nargs && args[0] != Py_None ? PyFloat_AsDouble(args[0]) : wall_now();
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    return headers_list(self->allowed, self->limit, self->remaining, self->reset_after, self->retry_after, now);
+}
+
+static PyMethodDef decision_methods[] = {
+    {"raw_headers", (PyCFunction)(void (*)(void))decision_raw_headers, METH_FASTCALL,
+     "raw_headers(now=None) -> the X-RateLimit-* (and Retry-After) headers as ASGI (name, value) bytes"},
+    {NULL}};
+
+/* raw_headers(allowed, limit, remaining, reset_after, retry_after, now): headers_list for
+ * figures held elsewhere (RateLimitInfo). */
+static PyObject *mod_raw_headers(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int allowed;
+    long long limit, remaining;
+    double reset_after, retry_after, now;
+    if (!PyArg_ParseTuple(args, "pLLddd:raw_headers", &allowed, &limit, &remaining, &reset_after, &retry_after,
+                          &now))
+        return NULL;
+    return headers_list(allowed, limit, remaining, reset_after, retry_after, now);
+}
+
 static PyMemberDef decision_members[] = {
     {"allowed", T_BOOL, offsetof(Decision, allowed), READONLY, "True: pass; False: reply 429"},
     {"limit", T_LONGLONG, offsetof(Decision, limit), READONLY, "the quota to advertise"},
@@ -260,6 +330,7 @@ static PyTypeObject DecisionType = {
     .tp_doc = "One rate-limit decision (traffic_decision).",
     .tp_repr = (reprfunc)decision_repr,
     .tp_members = decision_members,
+    .tp_methods = decision_methods,
 };
 
 /* ---- Store ------------------------------------------------------------------------------- */
@@ -770,6 +841,8 @@ static PyObject *algorithm_name(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef module_methods[] = {
+    {"raw_headers", mod_raw_headers, METH_VARARGS,
+     "raw_headers(allowed, limit, remaining, reset_after, retry_after, now) -> ASGI header pairs"},
     {"open_url", open_url, METH_VARARGS, "open_url(url, nogil) -> Store"},
     {"open_memory", open_memory, METH_VARARGS,
      "open_memory(name, max_size, cleanup_interval, key_max, value_max, mode) -> Store"},

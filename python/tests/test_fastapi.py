@@ -207,6 +207,31 @@ def test_skip_on_error():
         assert client.get("/closed").status_code == 500
 
 
+def test_skip_on_error_on_memory():
+    """The memory backend's fast path in @rate_limit honours skip_on_error too: a key that holds
+    a plain value (TRAFFIC_ETYPE for a decision) passes with skip_on_error, fails without."""
+    app = FastAPI()
+    limiter = RateLimiter(MemoryBackend())
+
+    @app.get("/open")
+    @rate_limit(1, 60, skip_on_error=True, limiter=limiter, key_extractor=lambda request: "k")
+    async def fail_open(request: Request):
+        return {"served": True}
+
+    @app.get("/closed")
+    @rate_limit(1, 60, limiter=limiter, key_extractor=lambda request: "k")
+    async def fail_closed(request: Request):
+        return {"served": True}
+
+    for endpoint in (fail_open, fail_closed):
+        key = f"ratelimit:{traffic.integration._endpoint_id(endpoint.__wrapped__)}:k"
+        asyncio.run(limiter.backend.set(key, "not a state", ttl=60))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert [client.get("/open").status_code for _ in range(3)] == [200, 200, 200]
+        assert "X-RateLimit-Limit" not in client.get("/open").headers
+        assert client.get("/closed").status_code == 500
+
+
 def test_custom_backend_in_an_app():
     app = FastAPI()
     backend = DictBackend()

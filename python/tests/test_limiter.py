@@ -247,6 +247,34 @@ def test_headers():
     assert "Retry-After" not in ok.headers() and ok.headers()["X-RateLimit-Remaining"] == "7"
 
 
+def test_raw_headers_match_the_text_ones():
+    """RateLimitInfo.raw_headers (any backend) and Decision.raw_headers (the C decision, which
+    @rate_limit sends on the memory backend's fast path) say what headers() says, rounding
+    included."""
+    cases = [_Decision(False, 10, 0, 30.2, 4.1), _Decision(False, 3, -2, 0.0, -1.0), _Decision(True, 10, 7, 5.0, 0.0),
+             _Decision(False, 5, 0, 0.5, 0.2), _Decision(True, 2**40, 2**40 - 1, 1e8, 0.0)]
+    for d in cases:
+        info = traffic.RateLimitInfo(d, now=1000.25)
+        text = {k.lower(): v for k, v in info.headers().items()}
+        raw = info.raw_headers()
+        assert all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in raw)
+        assert {k.decode(): v.decode() for k, v in raw} == text and len(raw) == len(text)
+    assert dict(cases[3] and traffic.RateLimitInfo(cases[3], now=1000.25).raw_headers())[b"retry-after"] == b"1"
+
+    store = traffic.MemoryBackend()._store
+    rule = traffic.make_rule(2, 10, Algorithm.FIXED_WINDOW)
+    for expect_allowed in (True, True, False):
+        d = store.limit("raw-headers", rule, 1)
+        assert d.allowed is expect_allowed
+        for now in (1000.0, 1000.75):
+            assert d.raw_headers(now) == traffic.RateLimitInfo(d, now=now).raw_headers()
+        live = dict(d.raw_headers())  # now = the wall clock
+        assert abs(int(live[b"x-ratelimit-reset"]) - (time.time() + d.reset_after)) < 2
+    assert dict(d.raw_headers(0.0))[b"retry-after"] == b"%d" % max(1, -int(-d.retry_after // 1))
+    with pytest.raises(TypeError):
+        d.raw_headers(1.0, 2.0)
+
+
 class _Decision:
     def __init__(self, allowed, limit, remaining, reset_after, retry_after, delay=0.0):
         self.allowed, self.limit, self.remaining = allowed, limit, remaining

@@ -53,8 +53,8 @@ async def _maybe_await(value):
 
 
 async def _decide(request, config, where, limiter=None):
-    """(RateLimitInfo or None, exempt-or-skipped flag). Raises RateLimitExceeded when denied
-    (or returns on_blocked's Response as the info's .response)."""
+    """The request's RateLimitInfo, or None when exempt (or skipped on an error). Raises
+    RateLimitExceeded when denied (_Reply when on_blocked answered instead)."""
     if config.exempt_when is not None and await _maybe_await(config.exempt_when(request)):
         return None
     limiter = limiter or get_limiter()
@@ -67,17 +67,29 @@ async def _decide(request, config, where, limiter=None):
         raise
     info = RateLimitInfo(decision, key)
     if not decision.allowed:
-        headers = info.headers() if config.include_headers else None
-        if config.on_blocked is not None:
-            reply = await _maybe_await(config.on_blocked(request, info))
-            if isinstance(reply, Response):
-                if headers:
-                    reply.headers.update(headers)
-                raise _Reply(reply)
-        raise RateLimitExceeded(config.error_message, status_code=config.status_code, headers=headers, info=info)
+        await _refuse(request, config, info)
     if decision.delay > 0:
         await asyncio.sleep(decision.delay)
     return info
+
+
+async def _refuse(request, config, info):
+    """A denied request: raises RateLimitExceeded, or _Reply with on_blocked's Response."""
+    headers = info.headers() if config.include_headers else None
+    if config.on_blocked is not None:
+        reply = await _maybe_await(config.on_blocked(request, info))
+        if isinstance(reply, Response):
+            if headers:
+                reply.headers.update(headers)
+            raise _Reply(reply)
+    raise RateLimitExceeded(config.error_message, status_code=config.status_code, headers=headers, info=info)
+
+
+def _set_headers(response, raw):
+    """Sets the (name, value) bytes pairs on a Starlette Response, replacing any it has."""
+    headers = response.headers
+    for name, value in raw:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
 
 
 class _Reply(Exception):
@@ -168,30 +180,58 @@ def rate_limit(
         req_key = request_name or "_traffic_request"
         resp_key = response_name or "_traffic_response"
 
+        key_head = f"{config.key_prefix}:{where}:"
+
         @functools.wraps(func)
         async def wrapper(*args, **kwargs):
             request = kwargs[req_key] if request_name else kwargs.pop(req_key, None)
             response = kwargs[resp_key] if response_name else kwargs.pop(resp_key, None)
             if request is None:  # called directly, not by FastAPI: find the request among the arguments
                 request = next((a for a in args if isinstance(a, Request)), None)
-            info = None
+            raw = None  # the headers to add to the reply
             if request is not None:
-                try:
-                    info = await _decide(request, config, where, limiter)
-                except _Reply as r:
-                    return r.response
+                lim = limiter or get_limiter()
+                limit_now = None if config.exempt_when is not None else getattr(lim.backend, "_limit_now", None)
+                if limit_now is None:  # any backend: through RateLimiter.hit
+                    try:
+                        info = await _decide(request, config, where, lim)
+                    except _Reply as r:
+                        return r.response
+                    if info is not None and config.include_headers:
+                        raw = info.raw_headers()
+                else:
+                    # The memory backend's fast path: the decision and the headers are one C
+                    # call each, with no coroutine between (what _decide does, less its
+                    # Python-level objects on the way of a request that passes).
+                    try:
+                        key = fit_key(key_head + lim.client_key(request, config))
+                        decision = limit_now(key, config.rule, config.cost)
+                    except TrafficError:
+                        if not config.skip_on_error:
+                            raise
+                        decision = None
+                    if decision is not None:
+                        if not decision.allowed:
+                            try:
+                                await _refuse(request, config, RateLimitInfo(decision, key))
+                            except _Reply as r:
+                                return r.response
+                        if decision.delay > 0:
+                            await asyncio.sleep(decision.delay)
+                        if config.include_headers:
+                            raw = decision.raw_headers()
             if is_async:
                 result = await func(*args, **kwargs)
             else:
                 result = await run_in_threadpool(func, *args, **kwargs)
-            if info is not None and config.include_headers:
+            if raw is not None:
                 if isinstance(result, Response):
-                    result.headers.update(info.headers())
+                    _set_headers(result, raw)
                 elif response is not None:
                     if response_name:  # the endpoint's own: it may have set these already
-                        response.headers.update(info.headers())
+                        _set_headers(response, raw)
                     else:  # FastAPI's fresh one, whose headers FastAPI copies to the reply
-                        response.raw_headers.extend(info.raw_headers())
+                        response.raw_headers.extend(raw)
             return result
 
         wrapper.__signature__ = sig.replace(parameters=_ordered(params))

@@ -202,14 +202,8 @@ class RateLimitInfo:
 
     def raw_headers(self):
         """The same headers as ASGI wants them: a list of lower-case (name, value) bytes."""
-        raw = [
-            (b"x-ratelimit-limit", b"%d" % self.limit),
-            (b"x-ratelimit-remaining", b"%d" % max(self.remaining, 0)),
-            (b"x-ratelimit-reset", b"%d" % math.ceil(self.now + self.reset_after)),
-        ]
-        if not self.allowed and self.retry_after >= 0:
-            raw.append((b"retry-after", b"%d" % max(math.ceil(self.retry_after), 1)))
-        return raw
+        return _traffic.raw_headers(self.allowed, self.limit, self.remaining, self.reset_after, self.retry_after,
+                                    self.now)
 
     def __repr__(self):
         return (f"RateLimitInfo(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
