@@ -216,10 +216,10 @@ def rate_limit(
                                 await _refuse(request, config, RateLimitInfo(decision, key))
                             except _Reply as r:
                                 return r.response
+                        if config.include_headers:  # X-RateLimit-Reset counts from the decision
+                            raw = decision.raw_headers()
                         if decision.delay > 0:
                             await asyncio.sleep(decision.delay)
-                        if config.include_headers:
-                            raw = decision.raw_headers()
             if is_async:
                 result = await func(*args, **kwargs)
             else:
