@@ -26,6 +26,7 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -251,6 +252,16 @@ static PyObject *decision_repr(Decision *self)
  * seconds, rounded up, at least 1). The one implementation of these formulas for raw headers:
  * RateLimitInfo.raw_headers (limiter.py) comes here too, and decision_headers there writes
  * the same values as text. */
+/* ceil(x) as a long long, saturated (NaN: 0): a cast of a double out of range is undefined. */
+static long long ceil_ll(double x)
+{
+    if (isnan(x)) return 0;
+    x = ceil(x);
+    if (x >= 9223372036854775807.0) return LLONG_MAX;
+    if (x <= -9223372036854775808.0) return LLONG_MIN;
+    return (long long)x;
+}
+
 static PyObject *headers_list(int allowed, long long limit, long long remaining, double reset_after,
                               double retry_after, double now)
 {
@@ -259,9 +270,9 @@ static PyObject *headers_list(int allowed, long long limit, long long remaining,
     if (!list) return NULL;
     static const char *const names[] = {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
                                         "retry-after"};
-    long long values[4] = {limit, remaining > 0 ? remaining : 0, (long long)ceil(now + reset_after), 0};
+    long long values[4] = {limit, remaining > 0 ? remaining : 0, ceil_ll(now + reset_after), 0};
     if (n == 4) {
-        long long r = (long long)ceil(retry_after);
+        long long r = ceil_ll(retry_after);
         values[3] = r > 1 ? r : 1;
     }
     for (int i = 0; i < n; i++) {
@@ -286,16 +297,18 @@ static double wall_now(void)
 
 /* raw_headers(now=None) -> [(bytes, bytes), ...] (headers_list); now: Unix seconds, default
  * the wall clock. The @rate_limit decorator's fast path sends these. */
-static PyObject *decision_raw_headers(Decision *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *decision_raw_headers(Decision *self, PyObject *args, PyObject *kwargs)
 {
-    if (nargs > 1) return PyErr_Format(PyExc_TypeError, "raw_headers() takes at most one argument");
-    double now = nargs && args[0] != Py_None ? PyFloat_AsDouble(args[0]) : wall_now();
+    static char *kwlist[] = {"now", NULL};
+    PyObject *at = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:raw_headers", kwlist, &at)) return NULL;
+    double now = at != Py_None ? PyFloat_AsDouble(at) : wall_now();
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     return headers_list(self->allowed, self->limit, self->remaining, self->reset_after, self->retry_after, now);
 }
 
 static PyMethodDef decision_methods[] = {
-    {"raw_headers", (PyCFunction)(void (*)(void))decision_raw_headers, METH_FASTCALL,
+    {"raw_headers", (PyCFunction)(void (*)(void))decision_raw_headers, METH_VARARGS | METH_KEYWORDS,
      "raw_headers(now=None) -> the X-RateLimit-* (and Retry-After) headers as ASGI (name, value) bytes"},
     {NULL}};
 

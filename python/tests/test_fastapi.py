@@ -232,6 +232,40 @@ def test_skip_on_error_on_memory():
         assert client.get("/closed").status_code == 500
 
 
+def test_limiter_subclass_hit_is_called():
+    """A RateLimiter subclass that overrides hit (metrics, logging) is called by @rate_limit on
+    the memory backend too (its fast path is only for RateLimiter's own hit); a key_prefix
+    changed on the config after decoration is used."""
+    calls = []
+
+    class Counting(RateLimiter):
+        async def hit(self, key, config, cost=None):
+            calls.append(key)
+            return await super().hit(key, config, cost)
+
+    app = FastAPI()
+    counting = Counting(MemoryBackend())
+    plain = RateLimiter(MemoryBackend())
+
+    @app.get("/counted")
+    @rate_limit(2, 60, limiter=counting)
+    async def counted(request: Request):
+        return {}
+
+    @app.get("/prefixed")
+    @rate_limit(5, 60, limiter=plain, key_extractor=lambda request: "c")
+    async def prefixed(request: Request):
+        return {}
+
+    prefixed.rate_limit_config.key_prefix = "changed"
+    with TestClient(app) as client:
+        assert [client.get("/counted").status_code for _ in range(3)] == [200, 200, 429]
+        assert len(calls) == 3
+        assert client.get("/prefixed").status_code == 200
+    key = f"changed:{traffic.integration._endpoint_id(prefixed.__wrapped__)}:c"
+    assert asyncio.run(plain.backend.exists(key))
+
+
 def test_custom_backend_in_an_app():
     app = FastAPI()
     backend = DictBackend()

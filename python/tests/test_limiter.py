@@ -273,6 +273,15 @@ def test_raw_headers_match_the_text_ones():
     assert dict(d.raw_headers(0.0))[b"retry-after"] == b"%d" % max(1, -int(-d.retry_after // 1))
     with pytest.raises(TypeError):
         d.raw_headers(1.0, 2.0)
+    assert d.raw_headers(now=1000.0) == d.raw_headers(1000.0)
+    # out of range: saturated, never a cast the C language leaves undefined
+    assert dict(d.raw_headers(float("nan")))[b"x-ratelimit-reset"] == b"0"
+    assert dict(d.raw_headers(1e30))[b"x-ratelimit-reset"] == b"%d" % (2**63 - 1)
+    assert dict(d.raw_headers(-1e30))[b"x-ratelimit-reset"] == b"%d" % -(2**63)
+    # a user's backend may return floats, or no retry_after figure on an allowed request
+    loose = traffic.RateLimitInfo(_Decision(True, 10.0, 7.0, 5.0, None), now=1000.0)
+    assert dict(loose.raw_headers()) == {b"x-ratelimit-limit": b"10", b"x-ratelimit-remaining": b"7",
+                                         b"x-ratelimit-reset": b"1005"}
 
 
 class _Decision:

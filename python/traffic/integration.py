@@ -30,6 +30,7 @@ from .errors import TrafficError
 from .limiter import (
     Algorithm,
     RateLimitConfig,
+    RateLimiter,
     RateLimitInfo,
     default_key_extractor,
     fit_key,
@@ -180,8 +181,6 @@ def rate_limit(
         req_key = request_name or "_traffic_request"
         resp_key = response_name or "_traffic_response"
 
-        key_head = f"{config.key_prefix}:{where}:"
-
         @functools.wraps(func)
         async def wrapper(*args, **kwargs):
             request = kwargs[req_key] if request_name else kwargs.pop(req_key, None)
@@ -191,7 +190,11 @@ def rate_limit(
             raw = None  # the headers to add to the reply
             if request is not None:
                 lim = limiter or get_limiter()
-                limit_now = None if config.exempt_when is not None else getattr(lim.backend, "_limit_now", None)
+                # Only for RateLimiter's own hit: a subclass that overrides it (metrics, logging)
+                # is called on every backend, as by the dependency and the middleware.
+                limit_now = None
+                if config.exempt_when is None and getattr(type(lim), "hit", None) is RateLimiter.hit:
+                    limit_now = getattr(lim.backend, "_limit_now", None)
                 if limit_now is None:  # any backend: through RateLimiter.hit
                     try:
                         info = await _decide(request, config, where, lim)
@@ -204,7 +207,7 @@ def rate_limit(
                     # call each, with no coroutine between (what _decide does, less its
                     # Python-level objects on the way of a request that passes).
                     try:
-                        key = fit_key(key_head + lim.client_key(request, config))
+                        key = fit_key(f"{config.key_prefix}:{where}:{lim.client_key(request, config)}")
                         decision = limit_now(key, config.rule, config.cost)
                     except TrafficError:
                         if not config.skip_on_error:

@@ -202,8 +202,9 @@ class RateLimitInfo:
 
     def raw_headers(self):
         """The same headers as ASGI wants them: a list of lower-case (name, value) bytes."""
-        return _traffic.raw_headers(self.allowed, self.limit, self.remaining, self.reset_after, self.retry_after,
-                                    self.now)
+        # int() and float(): a user's backend may return any decision-like object
+        return _traffic.raw_headers(bool(self.allowed), int(self.limit), int(self.remaining), float(self.reset_after),
+                                    0.0 if self.allowed else float(self.retry_after), float(self.now))
 
     def __repr__(self):
         return (f"RateLimitInfo(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
