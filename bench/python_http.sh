@@ -8,8 +8,6 @@
 # reaches every store alike); STORES="none memory" picks stores (redis and limits get the URL).
 # Each line also gives the server's CPU time per request (its processes' user + system time
 # over the requests wrk completed), which other jobs on the machine disturb far less.
-# PIN=1 runs the server on CPU 0 and wrk on CPU 1 (taskset), so that the two do not trade the
-# cores between them from run to run: steadier figures, of a server with one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build} secs=${2:-10} conns=${3:-64}
@@ -31,8 +29,6 @@ cpu_ticks() {
   done
   echo $t
 }
-srv= cli=
-if [ "${PIN:-0}" = 1 ]; then srv="taskset -c 0" cli="taskset -c 1"; fi
 stores=()
 for s in ${STORES:-none memory redis limits}; do
   case $s in redis|limits) stores+=("$s:redis://127.0.0.1:$rport/0") ;; *) stores+=("$s") ;; esac
@@ -40,13 +36,13 @@ done
 for round in $(seq "${ROUNDS:-1}"); do
 for store in "${stores[@]}"; do
   p=$(port)
-  TRAFFIC_BENCH_STORE=$store $srv /usr/bin/python3 -m gunicorn -k uvicorn.workers.UvicornWorker -w 4 --preload \
+  TRAFFIC_BENCH_STORE=$store /usr/bin/python3 -m gunicorn -k uvicorn.workers.UvicornWorker -w 4 --preload \
     -b 127.0.0.1:$p --log-level warning python_app:app &
   gpid=$!
   for _ in $(seq 100); do /usr/bin/python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "http://127.0.0.1:$p/" 2>/dev/null && break; sleep 0.1; done
-  $cli wrk -t2 -c"$conns" -d1s "http://127.0.0.1:$p/" >/dev/null   # warm-up
+  wrk -t2 -c"$conns" -d1s "http://127.0.0.1:$p/" >/dev/null   # warm-up
   c0=$(cpu_ticks $gpid)
-  out=$($cli wrk -t2 -c"$conns" -d"${secs}s" "http://127.0.0.1:$p/")
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" "http://127.0.0.1:$p/")
   c1=$(cpu_ticks $gpid)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")

@@ -246,12 +246,6 @@ static PyObject *decision_repr(Decision *self)
     return PyUnicode_FromString(buf);
 }
 
-/* The HTTP headers of a decision, as ASGI wants them: a list of (name, value) bytes pairs,
- * lower-case names. X-RateLimit-Limit, -Remaining (never below 0), -Reset (Unix seconds, now +
- * reset_after rounded up) and, when denied and the request can ever pass, Retry-After (whole
- * seconds, rounded up, at least 1). The one implementation of these formulas for raw headers:
- * RateLimitInfo.raw_headers (limiter.py) comes here too, and decision_headers there writes
- * the same values as text. */
 /* ceil(x) as a long long, saturated (NaN: 0): a cast of a double out of range is undefined. */
 static long long ceil_ll(double x)
 {
@@ -262,6 +256,11 @@ static long long ceil_ll(double x)
     return (long long)x;
 }
 
+/* The HTTP headers of a decision, as ASGI wants them: a list of (name, value) bytes pairs,
+ * lower-case names. X-RateLimit-Limit, -Remaining (never below 0), -Reset (Unix seconds, now +
+ * reset_after rounded up) and, when denied and the request can ever pass, Retry-After (whole
+ * seconds, rounded up, at least 1). The one implementation of these formulas for raw headers:
+ * RateLimitInfo.raw_headers and decision_headers (limiter.py, as text) come here too. */
 static PyObject *headers_list(int allowed, long long limit, long long remaining, double reset_after,
                               double retry_after, double now)
 {

@@ -60,7 +60,7 @@ async def _decide(request, config, where, limiter=None):
         return None
     limiter = limiter or get_limiter()
     try:
-        key = fit_key(f"{config.key_prefix}:{where}:{limiter.client_key(request, config)}")
+        key = _key(request, config, where, limiter)
         decision = await limiter.hit(key, config)
     except TrafficError:
         if config.skip_on_error:
@@ -72,6 +72,11 @@ async def _decide(request, config, where, limiter=None):
     if decision.delay > 0:
         await asyncio.sleep(decision.delay)
     return info
+
+
+def _key(request, config, where, limiter):
+    """The store key of request's client: {key_prefix}:{where}:{client}."""
+    return fit_key(f"{config.key_prefix}:{where}:{limiter.client_key(request, config)}")
 
 
 async def _refuse(request, config, info):
@@ -207,7 +212,7 @@ def rate_limit(
                     # call each, with no coroutine between (what _decide does, less its
                     # Python-level objects on the way of a request that passes).
                     try:
-                        key = fit_key(f"{config.key_prefix}:{where}:{lim.client_key(request, config)}")
+                        key = _key(request, config, where, lim)
                         decision = limit_now(key, config.rule, config.cost)
                     except TrafficError:
                         if not config.skip_on_error:

@@ -16,7 +16,6 @@ client that sends one itself would choose its own key.
 import enum
 import hashlib
 import ipaddress
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -202,28 +201,29 @@ class RateLimitInfo:
 
     def raw_headers(self):
         """The same headers as ASGI wants them: a list of lower-case (name, value) bytes."""
-        # int() and float(): a user's backend may return any decision-like object
-        return _traffic.raw_headers(bool(self.allowed), int(self.limit), int(self.remaining), float(self.reset_after),
-                                    0.0 if self.allowed else float(self.retry_after), float(self.now))
+        return _raw_headers(self, self.now)
 
     def __repr__(self):
         return (f"RateLimitInfo(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
                 f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f}, delay={self.delay:.3f})")
 
 
+def _raw_headers(d, now):
+    # The formulas live in one place, the extension's headers_list (Decision.raw_headers uses
+    # it too); int() and float(): a user's backend may return any decision-like object.
+    return _traffic.raw_headers(bool(d.allowed), int(d.limit), int(d.remaining), float(d.reset_after),
+                                0.0 if d.allowed else float(d.retry_after), float(now))
+
+
+_HEADER_NAMES = {b"x-ratelimit-limit": "X-RateLimit-Limit", b"x-ratelimit-remaining": "X-RateLimit-Remaining",
+                 b"x-ratelimit-reset": "X-RateLimit-Reset", b"retry-after": "Retry-After"}
+
+
 def decision_headers(d, now=None):
     """X-RateLimit-Limit, -Remaining, -Reset (Unix seconds, rounded up) and, when denied,
     Retry-After (whole seconds, rounded up; a request that can never pass gets none)."""
-    if now is None:
-        now = time.time()
-    headers = {
-        "X-RateLimit-Limit": str(d.limit),
-        "X-RateLimit-Remaining": str(max(d.remaining, 0)),
-        "X-RateLimit-Reset": str(math.ceil(now + d.reset_after)),
-    }
-    if not d.allowed and d.retry_after >= 0:
-        headers["Retry-After"] = str(max(math.ceil(d.retry_after), 1))
-    return headers
+    raw = _raw_headers(d, time.time() if now is None else now)
+    return {_HEADER_NAMES[name]: value.decode() for name, value in raw}
 
 
 # ---- the limiter ---------------------------------------------------------------------------------
