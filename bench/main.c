@@ -37,7 +37,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: traffic-bench --url URL [--url URL ...] [options]\n"
                "  --url URL        a store: any traffic URL (memory://, memory://NAME, sqlite://PATH, redis://…)\n"
-               "                   or a baseline: bench:raw-atomic[?stride=64|8], bench:mutex-table[?robust=1],\n"
+               "                   or a baseline: bench:raw-atomic[?stride=64|8|...][&serial=1], bench:mutex-table[?robust=1],\n"
                "                   bench:raw-sqlite?path=FILE, bench:raw-hiredis?url=redis://HOST:PORT | ?unix=PATH,\n"
                "                   bench:null (the harness alone). Ratios are against the first URL.\n"
                "  --procs N[,M..]  worker processes (a list sweeps them; default 1)\n"

@@ -7,7 +7,12 @@
  *   bench:null          does nothing: the cost of the harness itself (loop, call, timer).
  *   bench:raw-atomic    key i is a counter at a fixed offset, pre-resolved: one fetch_add.
  *                       The physical floor of a shared counter. ?stride=64 (default: each
- *                       counter on its own cache line) or 8 (packed, neighbours share lines).
+ *                       counter on its own cache line) or 8 (packed, neighbours share lines),
+ *                       or larger: 256 spreads 1M counters over as many bytes as the memory
+ *                       backend's 1M-key table. ?serial=1: each operation's address waits for
+ *                       the previous one's result, so no two of its cache misses overlap - the
+ *                       latency of one access, where the default measures the throughput of
+ *                       the several a core keeps in flight (issue 15, bench/README.md).
  *   bench:mutex-table   an open-addressing, linear-probing hash table with one record per
  *                       slot (a hash, the key in key_max bytes, a counter, an expiry and a
  *                       value buffer of value_max) guarded by ONE process-shared
@@ -101,6 +106,8 @@ struct ra {
     unsigned char *base;
     unsigned shift;
     size_t size;
+    int serial;
+    int64_t last; /* this process's last result (serial) */
 };
 
 static inline _Atomic int64_t *ra_at(const struct ra *r, uint32_t i)
@@ -118,6 +125,7 @@ static int ra_open(struct store *s, char *err, size_t n)
     struct ra *r = calloc(1, sizeof *r);
     if (!r) return BENCH_ERR;
     r->shift = (unsigned)__builtin_ctzll(stride);
+    r->serial = param_u64(s, "serial", 0) != 0;
     r->size = (size_t)s->cfg->keys << r->shift;
     if (!(r->base = shared_map(r->size, err, n))) {
         free(r);
@@ -127,15 +135,24 @@ static int ra_open(struct store *s, char *err, size_t n)
     return BENCH_OK;
 }
 
+/* serial: the key xor the sign bit of the last result - always 0 (counters stay small and
+ * positive), which neither the compiler nor the CPU can know, so the address depends on it. */
+static inline uint32_t ra_key(const struct ra *r, uint32_t i)
+{
+    return r->serial ? i ^ (uint32_t)((uint64_t)r->last >> 63) : i;
+}
+
 static int ra_incr(void *h, uint32_t i, int64_t *out)
 {
-    *out = atomic_fetch_add_explicit(ra_at(h, i), 1, memory_order_relaxed) + 1;
+    struct ra *r = h;
+    *out = r->last = atomic_fetch_add_explicit(ra_at(r, ra_key(r, i)), 1, memory_order_relaxed) + 1;
     return 0;
 }
 
 static int ra_get(void *h, uint32_t i, size_t *len)
 {
-    int64_t v = atomic_load_explicit(ra_at(h, i), memory_order_relaxed);
+    struct ra *r = h;
+    int64_t v = r->last = atomic_load_explicit(ra_at(r, ra_key(r, i)), memory_order_relaxed);
     (void)v;
     *len = VALUE_LEN; /* one load stands for reading the value */
     return 0;

@@ -67,15 +67,18 @@
  * recovering the same slot cannot both succeed.
  *
  *   EMPTY ──claim──▶ INSERTING(owner) ──publish──▶ LIVE(buf, v) ⇄ WRITING(owner, buf, v)
- *     ▲                    │ owner died                  │ delete / evict / expire
- *     never returns        ▼                             ▼
+ *     ▲                 │    ▲                           │ delete / evict / expire
+ *     never returns     │    └── replace (expired, same key and head type) ──┘
+ *                       ▼ owner died                     ▼
  *                       FREE(stamp) ◀────────────────────┘ ──(epoch ≥ stamp+2)──▶ claim
  *
  * EMPTY means "never used": probes stop there. FREE is a tombstone that a later insert may
  * claim once every process that could still be reading the old key has moved on — or at once
  * by an insert of the same key and the same type (revival): a stale reader of that slot
  * compared the same key bytes, which do not change, reads the same kind of entry, and re-reads
- * the control word after the value (a new word sends it back to the lookup). A version is 32
+ * the control word after the value (a new word sends it back to the lookup). For the same
+ * reasons an expired counter or word state goes straight from LIVE back to INSERTING when its
+ * own key is inserted again with the same type (replace, table.c). A version is 32
  * bits: a reader would have to stall across exactly 2^32 writes of one slot to be fooled. */
 enum { ST_EMPTY = 0, ST_INSERTING = 1, ST_LIVE = 2, ST_WRITING = 3, ST_FREE = 4 };
 #define CTL_STATE(c) ((unsigned)((c)&7u))
@@ -117,8 +120,9 @@ struct shm_header {
     /* The global epoch. Written only by shm_epoch_try_advance (CAS), read on every pin. */
     alignas(SHM_LINE) _Atomic uint64_t epoch;
 
-    /* Occupancy: slots INSERTING or LIVE (fetch_add on insert, fetch_sub on retire), and the
-     * insert count whose high bits are the LRU clock. Written on inserts and retires only. */
+    /* Occupancy: slots INSERTING or LIVE (fetch_add on insert, fetch_sub on retire; an
+     * expired entry replaced in its slot changes neither), and the insert count whose high
+     * bits are the LRU clock. Written on inserts and retires only. */
     alignas(SHM_LINE) _Atomic int64_t live;
     _Atomic uint64_t inserts;
 

@@ -164,7 +164,7 @@ void shm_debug_set_broken(unsigned flags);
 
 /* Test-only crash points: the calling process SIGKILLs itself when it reaches `point` (a
  * process-wide setting, inherited across fork). 0 disables. */
-enum { SHM_CRASH_AFTER_RESERVE = 1, SHM_CRASH_HOLDING_LATCH = 2 };
+enum { SHM_CRASH_AFTER_RESERVE = 1, SHM_CRASH_HOLDING_LATCH = 2, SHM_CRASH_REPLACING = 3 };
 void shm_debug_set_crash_point(int point);
 /* Test-only: a rate-limit decision on a blob state holds the slot WRITING for ms milliseconds
  * before it writes (process-wide, inherited across fork; 0 disables). */

@@ -270,6 +270,9 @@ int tbl_retire(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uin
  * judged by (struct init), or NULL for CLOCK_MONOTONIC. */
 int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat,
                        const int64_t *now_ms);
+/* Its first half: 1 when the expired entry at s (LIVE word c) may be taken away (a word state's
+ * expiry word is now dead), 0 when it changed or was raised since. */
+int tbl_expiry_kill(struct shm_slot *s, uint64_t c, const int64_t *now_ms);
 /* Waits for a WRITING slot to change, taking it over if its owner is dead. Returns the new ctl,
  * or 0 (never a slot's word after WRITING) when a live owner held it for OWNER_WAIT_MS. */
 uint64_t tbl_wait_writer(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c);

@@ -13,14 +13,20 @@
  *  S2  A decider raises `expires` to cover its new state *before* the CAS that installs the
  *      state, and only while `expires` is neither passed nor EXPIRES_DEAD (a CAS from the
  *      value it judged: raise_expiry).
- *  S3  A reclaimer retires a word state for expiry only after it changed `expires` from the
- *      value it judged passed to EXPIRES_DEAD by CAS (tbl_retire_expired).
+ *  S3  A reclaimer retires a word state for expiry, or an inserter replaces it in its slot
+ *      (table.c, replace_expired), only after `expires` went from the value it judged passed
+ *      to EXPIRES_DEAD by CAS (tbl_expiry_kill).
  *  Then a state installed by a decider is never lost to expiry while it matters: by S2/S3 the
  *  two CASes on `expires` are ordered. If the decider's raise came first, the reclaimer's CAS
  *  saw the raised value, and retires only once that has passed — when the decider's state is
  *  back to unused anyway. If the reclaimer's came first, the raise fails and the decider looks
  *  the key up again (and finds it absent). Both CASes are on the one location, so relaxed
  *  ordering suffices for this argument (a single location's modification order is total).
+ *  One more case: the slot may have been given a new life of the same key and type by the
+ *  time the decider raises (revived, or replaced in place: table.c). The raise then reads
+ *  that life's expiry and may succeed; the word CAS that follows fails, because the new
+ *  life's word came with its expiry (fill stores the word, then the expiry with release;
+ *  raise_expiry reads with acquire), or it expects a word equal to the new one (S4).
  *  Retires that are not for expiry (delete, eviction, clear) may absorb a decision made just
  *  before them: it is then ordered before the removal, as a delete absorbs an increment.
  *
@@ -45,7 +51,24 @@
 #include "slot.h"
 
 
-/* The word states' expiry protocol, reclaimer side (S3). */
+/* The word states' expiry protocol, reclaimer side (S3): 1 when the entry at s (LIVE word c)
+ * may be taken away for expiry - its `expires` is EXPIRES_DEAD, by our CAS from the value we
+ * judged passed or by another reclaimer's - 0 when it is another life or its expiry was raised
+ * since. Anything else than a word state needs nothing here. */
+int tbl_expiry_kill(struct shm_slot *s, uint64_t c, const int64_t *now_ms)
+{
+    if (!type_is_word_state(meta_type(s))) return 1;
+    int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
+    while (e != EXPIRES_DEAD) {
+        int expired = now_ms ? expired_at(e, *now_ms) : shm_expired(e);
+        if (ctl_load(s) != c || !expired) return 0; /* another life, or raised since */
+        if (atomic_compare_exchange_weak_explicit(&s->expires, &e, EXPIRES_DEAD, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            break;
+    }
+    return 1;
+}
+
 int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot *s, uint64_t c, int stat,
                        const int64_t *now_ms)
 {
@@ -53,16 +76,7 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
      * the write under way (a set, a decision) brings its own. Retiring it would throw away a
      * write that returns success (callers wait for the writer instead). */
     if (CTL_STATE(c) != ST_LIVE) return 0;
-    if (type_is_word_state(meta_type(s))) {
-        int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
-        while (e != EXPIRES_DEAD) {
-            int expired = now_ms ? expired_at(e, *now_ms) : shm_expired(e);
-            if (ctl_load(s) != c || !expired) return 0; /* another life, or raised since */
-            if (atomic_compare_exchange_weak_explicit(&s->expires, &e, EXPIRES_DEAD, memory_order_relaxed,
-                                                      memory_order_relaxed))
-                break;
-        }
-    }
+    if (!tbl_expiry_kill(s, c, now_ms)) return 0;
     return tbl_retire(t, me, s, c, stat);
 }
 
@@ -76,14 +90,20 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
  * interval), and without the slack each would pay a second CAS on the slot. A state outlives
  * its reset point by at most that much before the reaper can take it; it decides the same as
  * an absent one meanwhile. */
+/* Acquire, every read of `expires` here: an expiry written by an insert (fill, table.c: the
+ * word, then the expiry with release) brings that insert's word with it, so the CAS on the
+ * word that follows a successful raise cannot land before the insert's word in the word's
+ * modification order and be overwritten by it (it fails instead, or S4 holds). Without it a
+ * decider that read the word of the entry's previous life, then the new life's expiry, could
+ * have its decision overwritten on a weakly ordered machine. */
 static int raise_expiry(struct shm_slot *s, int64_t want, int64_t now_ms)
 {
-    int64_t e = atomic_load_explicit(&s->expires, memory_order_relaxed);
+    int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);
     int64_t to = want + (want > now_ms ? (want - now_ms) / 8 : 0) + 1;
     for (;;) {
         if (e == EXPIRES_DEAD || expired_at(e, now_ms)) return 0;
         if (e >= want) return 1;
-        if (atomic_compare_exchange_weak_explicit(&s->expires, &e, to, memory_order_relaxed, memory_order_relaxed))
+        if (atomic_compare_exchange_weak_explicit(&s->expires, &e, to, memory_order_acquire, memory_order_acquire))
             return 1;
     }
 }

@@ -17,8 +17,9 @@
  *      INSERTING by the writer and read only after an acquire load saw LIVE/WRITING. Hash and
  *      key never change while anyone may still compare them (reuse for another key waits for
  *      the epoch, part.c). The other fields change without that wait only when the same key
- *      revives its tombstone with the same type; readers of counters re-read the control word
- *      after the fields and treat a changed word as "gone".
+ *      revives its tombstone with the same type, or replaces its own expired counter or word
+ *      state in place (replace_expired); readers of counters re-read the control word after
+ *      the fields and treat a changed word as "gone".
  *  I4  A bytes value is written only into the inactive buffer of a slot the writer holds in
  *      WRITING, and made visible by one CAS that flips the buffer bit and bumps the version.
  *      A reader copies the active buffer and re-reads ctl: equal version and buffer means the
@@ -28,8 +29,9 @@
  *  I6  Every transition is a CAS on the exact control word observed, except the owner's
  *      INSERTING -> LIVE publish (a release store: only a recoverer could race it, and only
  *      once the owner is dead). A dead owner's INSERTING is undone (slot FREE: the insert
- *      never happened); its WRITING is rolled back to LIVE with the old buffer (the write
- *      never happened).
+ *      never happened; if it was replacing an expired entry in place, that entry's retire
+ *      did); its WRITING is rolled back to LIVE with the old buffer (the write never
+ *      happened).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -258,19 +260,62 @@ static void fill(struct shm_table *t, struct shm_slot *s, const struct shm_key *
     atomic_store_explicit(&s->meta, (uint32_t)k->len | in->type << 16, memory_order_relaxed);
     atomic_store_explicit(&s->tick, lru_now(t), memory_order_relaxed);
     if (type_in_head(in->type)) {
+        /* The value, then the expiry with release: whoever reads this expiry with acquire (an
+         * increment's fast path, a decider's raise: state.c) then sees this value, and its own
+         * RMW on the value lands after it - not before, to be overwritten by this store. */
         atomic_store_explicit(&s->counter, in->amount, memory_order_relaxed);
-        atomic_store_explicit(&s->expires, in->expires, memory_order_relaxed);
+        atomic_store_explicit(&s->expires, in->expires, memory_order_release);
     } else {
         atomic_store_explicit(&s->expires, 0, memory_order_relaxed);
         vbuf_write(shm_slot_buf(t, s, 0), in->val, in->len, in->expires);
     }
 }
 
+/* Replaces the expired entry at s (LIVE word c) of the key and type being inserted with the
+ * new one, in its own slot: LIVE(v) -> INSERTING(me) -> LIVE(v'). The caller holds the key's
+ * home latch, and the entry is a counter or a word state (everything in the head). This is
+ * insert's retire of the expired entry followed by claim's revival of the same slot, with the
+ * FREE word between them left out, and it is safe for the same reasons (I3, I6, layout.h):
+ *  - readers that saw LIVE(v) and copy fields re-read the control word after them and find it
+ *    changed (versions never repeat: vseq); the key bytes and hash are not rewritten (fill,
+ *    revived), and meta is rewritten with the value it holds;
+ *  - the two that do not re-read it act on the value with an RMW after reading the expiry:
+ *    an increment (shm_incr) and a word-state decider (state.c, after its raise). One that
+ *    read the old life's expiry is ordered before the replacement (its RMW may land on the
+ *    old value, which is then overwritten: as with a retire, the expiry absorbed it); one that
+ *    read the new life's expiry, written by fill with release and read with acquire, has the
+ *    new value before its RMW: the increment adds to it, the decider's CAS fails (or S4);
+ *  - for a word state the expiry is taken to EXPIRES_DEAD first, as a retire for expiry does
+ *    (S3 of state.c): a decider's raise that came before that makes it fail;
+ *  - the slot counts in `live` as LIVE and as INSERTING alike, so occupancy does not move:
+ *    nothing is reserved or evicted, and a dead owner's INSERTING is undone as any (FREE,
+ *    live - 1, recover_slot: the old entry is then gone, the new one never came).
+ * Nor is `inserts` counted: it is the LRU clock, which moves with new keys only (a table of
+ * lapsing keys still evicts expired entries first: evict_one).
+ * What it saves a key whose state lapses between its requests (a token bucket at 1M/s refills
+ * within a millisecond): the FREE word's CAS, claim's probe, and three RMWs on the header's
+ * shared line (`live` twice, `inserts`) - about a tenth of such a decision at 1M keys
+ * (issue 15). 1 if done, 0 if the entry changed under us (look again). */
+static int replace_expired(struct shm_table *t, struct shm_self *me, const struct shm_key *k, struct shm_slot *s,
+                           uint64_t c, const struct init *in)
+{
+    if (!tbl_expiry_kill(s, c, in->now_ms)) return 0;
+    if (!ctl_cas(s, &c, CTL_MAKE(ST_INSERTING, 0, me->token, 0))) return 0;
+    /* The INSERTING mark before fill's stores, as in claim. */
+    atomic_thread_fence(memory_order_release);
+    shm_stat_add(me, STAT_EXPIRATIONS, 1);
+    shm_debug_crash(SHM_CRASH_REPLACING);
+    fill(t, s, k, in, 1);
+    uint64_t v = atomic_fetch_add_explicit(&s->vseq, 1, memory_order_relaxed) + 1;
+    atomic_store_explicit(&s->ctl, CTL_MAKE(ST_LIVE, 0, 0, v), memory_order_release);
+    return 1;
+}
+
 /* Inserts key, unless a live unexpired entry of it exists that the caller wants to use:
  * then INS_FOUND with that slot in *found / *fctl (an entry of any type for counter and state
- * callers, who check its type; a bytes entry for TYPE_BYTES callers). An expired entry, or a
- * counter or state that a set replaces,
- * is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
+ * callers, who check its type; a bytes entry for TYPE_BYTES callers). An expired entry of the
+ * same head type is replaced in its slot (replace_expired); any other expired entry, or a
+ * counter or state that a set replaces, is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
  * epoch move, and tries again. Caller is pinned. */
 static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
                   struct shm_slot **found, uint64_t *fctl)
@@ -299,12 +344,17 @@ static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key
             *fctl = c;
             return INS_FOUND;
         }
-        /* Expired, or a counter or state that a set replaces: retire it (a lost CAS means the entry
-         * changed under us: look again). */
+        /* Expired, or a counter or state that a set replaces: replace or retire it (a lost CAS
+         * means the entry changed under us: look again). */
         if (expired && CTL_STATE(c) == ST_WRITING) { /* its write brings a new expiry: wait for it */
             if (!tbl_wait_writer(t, me, s, c)) {
                 latch_release(home);
                 return SHM_ETIMEDOUT;
+            }
+        } else if (expired && CTL_STATE(c) == ST_LIVE && type_in_head(in->type) && meta_type(s) == in->type) {
+            if (replace_expired(t, me, k, s, c, in)) {
+                latch_release(home);
+                return INS_DONE;
             }
         } else if (expired) {
             tbl_retire_expired(t, me, s, c, STAT_EXPIRATIONS, in->now_ms);
@@ -512,7 +562,8 @@ int shm_incr(shm_table *t, const char *key, size_t klen, int64_t amount, int64_t
     uint64_t c;
     struct shm_slot *s = lookup(t, &k, &c);
     int rc;
-    if (s && meta_type(s) == TYPE_COUNTER && !shm_expired(atomic_load_explicit(&s->expires, memory_order_relaxed))) {
+    /* The expiry with acquire: one written by an insert carries the insert's value (fill). */
+    if (s && meta_type(s) == TYPE_COUNTER && !shm_expired(atomic_load_explicit(&s->expires, memory_order_acquire))) {
         rc = counter_add(t, me, s, amount, out); /* the fast path: one fetch_add */
     } else if (s && meta_type(s) != TYPE_COUNTER && !shm_expired(entry_expiry(t, s, c))) {
         rc = SHM_ETYPE;

@@ -12,7 +12,10 @@
  *   - a dead inserter's latch cleared by a reaper pass still makes the next inserter distrust
  *     the home's probe bound;
  *   - every stored key byte is compared, in the slot's head and in its body, even when the
- *     hashes are equal (a stored byte is flipped behind the table's back).
+ *     hashes are equal (a stored byte is flipped behind the table's back);
+ *   - an expired counter or rate-limit state is replaced in its own slot, with no change of
+ *     occupancy, and a process killed in the middle of that leaves the key absent, the count
+ *     right and nothing owned by the dead.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -34,6 +37,22 @@ static pid_t crash_child(const char *url, int point, const char *key)
         if (traffic_open(url, &b)) _exit(1);
         shm_debug_set_crash_point(point);
         traffic_increment(b, key, 1, 0, NULL);
+        _exit(2); /* not reached when the crash point fires */
+    }
+    return p;
+}
+
+/* A child that SIGKILLs itself at `point` inside a decision on key (rule text). */
+static pid_t crash_child_limit(const char *url, int point, const char *key, const char *rule_text)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        traffic_backend *b;
+        traffic_rule rule;
+        traffic_decision d;
+        if (traffic_open(url, &b) || traffic_rule_parse(rule_text, &rule, NULL, 0)) _exit(1);
+        shm_debug_set_crash_point(point);
+        traffic_limit(b, key, &rule, 1, &d);
         _exit(2); /* not reached when the crash point fires */
     }
     return p;
@@ -262,6 +281,93 @@ START_TEST(every_key_word_is_compared)
 }
 END_TEST
 
+/* An expired counter, and an expired token bucket, come back in their own slot when their key
+ * is used again: the insert replaces the entry in place (table.c, replace_expired), so neither
+ * the occupancy count nor the insert count moves (`inserts` is what tells a replacement from a
+ * retire followed by a revival of the same slot). A child killed in the middle of a
+ * replacement leaves its slot INSERTING by a dead owner and the key absent; the next use of
+ * the key recovers it, and the count matches the slots. (Decisions racing replacements, and
+ * kills anywhere in them, are test_crash's 20 ms rules.) */
+START_TEST(expired_entry_replaced_in_place)
+{
+    if (tu_skip(!tu_robust_futexes(), "expired_entry_replaced_in_place", TU_WHY_NO_ROBUST)) return;
+    const char *name = tu_name("replace");
+    char url[256], err[256];
+    tu_memory_url(url, sizeof url, name, "max_size=1000");
+    traffic_backend *b;
+    TU_OK(NULL, traffic_open(url, &b));
+    shm_params p = {.name = name};
+    shm_table *t;
+    ck_assert_msg(shm_open_table(&p, &t, err, sizeof err) == SHM_OK, "%s", err);
+    const char *rule_text = "token_bucket:1000/1s,burst=5"; /* lapses 1 ms after a token is taken */
+    traffic_rule rule;
+    ck_assert_int_eq(traffic_rule_parse(rule_text, &rule, NULL, 0), TRAFFIC_OK);
+    traffic_decision d;
+    int64_t n = 0;
+
+    /* A counter that expires, and a bucket that lapses. */
+    TU_OK(b, traffic_increment(b, "ctr", 3, 0.001, &n));
+    int64_t slot = live_slot_of(t, "ctr");
+    ck_assert_int_ge(slot, 0);
+    TU_OK(b, traffic_limit(b, "tb", &rule, 2, &d));
+    ck_assert_int_eq(d.remaining, 3);
+    int64_t tslot = live_slot_of(t, "tb");
+    ck_assert_int_ge(tslot, 0);
+    usleep(20 * 1000);
+    struct traffic_stats st0, st1;
+    TU_OK(b, traffic_stats(b, &st0));
+    uint64_t ins0 = atomic_load(&t->h->inserts);
+    int64_t live0 = atomic_load(&t->h->live);
+    TU_OK(b, traffic_increment(b, "ctr", 4, 0, &n));
+    ck_assert_int_eq(n, 4); /* afresh, not 7 */
+    TU_OK(b, traffic_limit(b, "tb", &rule, 1, &d));
+    ck_assert_int_eq(d.allowed, 1);
+    ck_assert_int_eq(d.remaining, 4); /* a full bucket, less this one */
+    ck_assert_int_eq(live_slot_of(t, "ctr"), slot);
+    ck_assert_int_eq(live_slot_of(t, "tb"), tslot);
+    ck_assert_uint_eq(atomic_load(&t->h->inserts), ins0); /* replaced, not inserted */
+    ck_assert_int_eq(atomic_load(&t->h->live), live0);
+    TU_OK(b, traffic_stats(b, &st1));
+    ck_assert_uint_eq(st1.expirations, st0.expirations + 2);
+    shm_check_report r;
+    ck_assert_int_eq(shm_check(t, &r), SHM_OK);
+    ck_assert_int_eq(r.live_counter, (int64_t)r.live);
+
+    /* Killed mid-replacement, a counter and a bucket: each slot is left INSERTING by the dead
+     * child, and neither key is there. */
+    TU_OK(b, traffic_increment(b, "ctr2", 5, 0.001, &n));
+    int64_t slot2 = live_slot_of(t, "ctr2");
+    ck_assert_int_ge(slot2, 0);
+    usleep(20 * 1000);
+    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_REPLACING, "ctr2")), 128 + SIGKILL);
+    ck_assert_int_eq(tu_wait(crash_child_limit(url, SHM_CRASH_REPLACING, "tb", rule_text)), 128 + SIGKILL);
+    const int64_t killed[2] = {slot2, tslot};
+    for (int i = 0; i < 2; i++) {
+        uint64_t c = atomic_load(&shm_slot_at(t, (uint64_t)killed[i])->ctl);
+        ck_assert_uint_eq(CTL_STATE(c), ST_INSERTING);
+        ck_assert_int_eq(shm_token_alive(t, CTL_OWNER(c)), 0);
+    }
+    ck_assert_int_eq(live_slot_of(t, "ctr2"), -1);
+    ck_assert_int_eq(live_slot_of(t, "tb"), -1);
+    ck_assert_int_eq(traffic_exists(b, "ctr2"), 0);
+    TU_OK(b, traffic_stats(b, &st0));
+    TU_OK(b, traffic_increment(b, "ctr2", 1, 0, &n)); /* recovers what it meets on its way */
+    ck_assert_int_eq(n, 1);
+    TU_OK(b, traffic_limit(b, "tb", &rule, 1, &d));
+    ck_assert_int_eq(d.remaining, 4);
+    ck_assert_int_eq(shm_reap_pass(t, NULL), SHM_OK);
+    TU_OK(b, traffic_stats(b, &st1));
+    ck_assert_uint_ge(st1.recovered, st0.recovered + 2); /* at least the two slots */
+    ck_assert_int_eq(shm_check(t, &r), SHM_OK);
+    ck_assert_uint_eq(r.dead_owned, 0);
+    ck_assert_uint_eq(r.duplicates, 0);
+    ck_assert_int_eq(r.live_counter, (int64_t)r.live);
+    shm_close_table(t);
+    TU_OK(b, traffic_close(b));
+    TU_OK(NULL, traffic_memory_unlink(name));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("recovery");
@@ -273,6 +379,7 @@ int main(void)
     tcase_add_test(tc, dead_latch_in_unused_page_is_cleared);
     tcase_add_test(tc, every_key_word_is_compared);
     tcase_add_test(tc, orphaned_latch_distrusts_probe_max);
+    tcase_add_test(tc, expired_entry_replaced_in_place);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
