@@ -14,9 +14,12 @@ if [[ ${2:-} == huge ]]; then
   trap 'echo "$old" > "$THP"' EXIT
   echo advise > "$THP"
 fi
-run "$B" --url memory:// --url bench:raw-atomic --procs 1 --keys 1000000 --op incr --seconds 3 --rounds 3 --warmup 2
+# raw-atomic twice more: at the table's footprint (256 bytes a key), and one access at a time
+run "$B" --url memory:// --url bench:raw-atomic --url 'bench:raw-atomic?stride=256' \
+  --url 'bench:raw-atomic?stride=256&serial=1' --procs 1 --keys 1000000 --op incr --seconds 3 --rounds 3 --warmup 2
 run "$B" --url memory:// --procs 1 --keys 1000000 --op limit --rule fixed_window:1000000/1h --seconds 3 --rounds 3 --warmup 2
 run "$B" --url memory:// --procs 1 --keys 1000000 --op limit --rule token_bucket:1000000/1s --seconds 3 --rounds 3 --warmup 2
 run "$B" --url memory:// --url bench:mutex-table --procs 2 --keys 1000000 --op incr --seconds 3 --rounds 3 --warmup 2
+run "$B" --url memory:// --procs 2 --keys 1000000 --op limit --rule token_bucket:1000000/1s --seconds 3 --rounds 3 --warmup 2
 run "$B" --url memory:// --url bench:raw-atomic --url bench:mutex-table --procs 1,2 --keys 1000 --op incr --seconds 3 --rounds 3
 run "$B" --url memory:// --url bench:raw-atomic --procs 1 --keys 10000000 --op incr --seconds 3 --rounds 1 --warmup 3
