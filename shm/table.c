@@ -294,8 +294,10 @@ static void fill(struct shm_table *t, struct shm_slot *s, const struct shm_key *
  * lapsing keys still evicts expired entries first: evict_one).
  * What it saves a key whose state lapses between its requests (a token bucket at 1M/s refills
  * within a millisecond): the FREE word's CAS, claim's probe, and three RMWs on the header's
- * shared line (`live` twice, `inserts`) - about a tenth of such a decision at 1M keys
- * (issue 15). 1 if done, 0 if the entry changed under us (look again). */
+ * shared line (`live` twice, `inserts`). Measured at 1M keys (issue 15, bench/README.md):
+ * such decisions went from 1.77-2.16x an increment to 1.40-1.88x at 1 process, and from 2.49x
+ * to 1.71x at 2, where that line moved between the processes. 1 if done, 0 if the entry
+ * changed under us (look again). */
 static int replace_expired(struct shm_table *t, struct shm_self *me, const struct shm_key *k, struct shm_slot *s,
                            uint64_t c, const struct init *in)
 {
@@ -315,8 +317,8 @@ static int replace_expired(struct shm_table *t, struct shm_self *me, const struc
  * then INS_FOUND with that slot in *found / *fctl (an entry of any type for counter and state
  * callers, who check its type; a bytes entry for TYPE_BYTES callers). An expired entry of the
  * same head type is replaced in its slot (replace_expired); any other expired entry, or a
- * counter or state that a set replaces, is retired first. INS_RETRY: no room in the probe window; the caller unpins, lets the
- * epoch move, and tries again. Caller is pinned. */
+ * counter or state that a set replaces, is retired first. INS_RETRY: no room in the probe
+ * window; the caller unpins, lets the epoch move, and tries again. Caller is pinned. */
 static int insert(struct shm_table *t, struct shm_self *me, const struct shm_key *k, const struct init *in,
                   struct shm_slot **found, uint64_t *fctl)
 {
