@@ -4,8 +4,10 @@
  * Why. With 1M keys every operation lands on a random page of a 256 MB array of heads, and
  * on a virtual machine the page walk of that access is most of its cost. A 2 MiB page covers
  * 16384 heads: the walks go, and the TLB holds the whole array. Measured on an AMD EPYC guest
- * (2 vCPUs, PVM), 1M keys, 1 process, increments (bench/README.md): 439 ns/op with 4 KiB
- * pages, 279-286 ns/op with the heads in huge pages; p99 1069 -> 809 ns.
+ * (2 vCPUs, PVM), 1M keys, 1 process, increments: in one pair of runs 439 ns/op with 4 KiB
+ * pages, 279-286 ns/op with the heads in huge pages (p99 1069 -> 809 ns); in another, in a
+ * forked child of a small program, 507-537 against 466 ns/op (~10 %). Figures drift 20-50 %
+ * between runs there, and what remains is the miss itself (bench/README.md, "Large tables").
  *
  * Where the system offers them. A table lives in shared memory (tmpfs: /dev/shm for a named
  * table, the kernel's internal one for an anonymous table), where transparent huge pages are
