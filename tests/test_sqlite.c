@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sqlite_testutil.h"
 #include "testutil.h"
 
 /* White-box hook of backends/sqlite.c: nonzero makes new connections use SQLite's own busy
@@ -34,92 +35,15 @@ extern _Atomic int sqlite_debug_default_busy;
 
 /* ---- scratch directories ---------------------------------------------------------------- */
 
-static char base_dir[256];
-
+/* The suite's scratch directory, and the helpers on it: sqlite_testutil.h. */
 static void base_setup(void)
 {
-    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite")) abort();
+    tsq_setup("sqlite");
 }
 
 static void base_teardown(void)
 {
-    tu_scratch_remove(base_dir);
-}
-
-/* A fresh directory for one test. */
-static const char *test_dir(const char *tag)
-{
-    static char buf[4][512];
-    static int n;
-    char *b = buf[n++ % 4];
-    snprintf(b, 512, "%s/%s", base_dir, tu_name(tag));
-    ck_assert_int_eq(mkdir(b, 0755), 0);
-    return b;
-}
-
-/* dir/name, in one of a few rotating buffers. */
-static const char *in_dir(const char *dir, const char *name)
-{
-    static char buf[8][600];
-    static int n;
-    char *b = buf[n++ % 8];
-    snprintf(b, 600, "%s/%s", dir, name);
-    return b;
-}
-
-static const char *db_url(const char *path, const char *params)
-{
-    static char buf[4][800];
-    static int n;
-    char *b = buf[n++ % 4];
-    snprintf(b, 800, "sqlite://%s%s%s", path, params ? "?" : "", params ? params : "");
-    return b;
-}
-
-static traffic_backend *open_db(const char *path, const char *params)
-{
-    traffic_backend *b = NULL;
-    TU_OK(NULL, traffic_open(db_url(path, params), &b));
-    return b;
-}
-
-/* ---- raw SQLite, to look at the file from outside ------------------------------------- */
-
-static sqlite3 *raw_open(const char *path)
-{
-    sqlite3 *db;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 10000);
-    return db;
-}
-
-static void raw_exec(const char *path, const char *sql)
-{
-    sqlite3 *db = raw_open(path);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
-    sqlite3_close(db);
-}
-
-/* The first column of the first row of sql, as text (static buffer). */
-static const char *raw_text(const char *path, const char *sql)
-{
-    static char out[4096];
-    sqlite3 *db = raw_open(path);
-    sqlite3_stmt *st;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    out[0] = 0;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-        snprintf(out, sizeof out, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return out;
-}
-
-static long long raw_int(const char *path, const char *sql)
-{
-    return atoll(raw_text(path, sql));
+    tsq_teardown();
 }
 
 /* Starts the cleanup thread and lets it get going before the caller forks: under GCC 12's
@@ -131,26 +55,12 @@ static void start_cleanup_settled(traffic_backend *b)
     tu_sleep_ms(50);
 }
 
-/* The whole file as bytes (malloc'd), for "left untouched" checks. */
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc(*n + 1);
-    ck_assert_uint_eq(fread(p, 1, *n, f), *n);
-    fclose(f);
-    return p;
-}
-
 /* ---- operations ------------------------------------------------------------------------ */
 
 START_TEST(ops_values)
 {
-    const char *dir = test_dir("ops");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), NULL);
+    const char *dir = tsq_dir("ops");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), NULL);
     char buf[64];
     size_t len = 0;
     ck_assert_int_eq(traffic_get(b, "absent", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
@@ -187,8 +97,8 @@ END_TEST
 
 START_TEST(ops_value_limit)
 {
-    const char *dir = test_dir("limit");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), NULL);
+    const char *dir = tsq_dir("limit");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), NULL);
     size_t n = TRAFFIC_SQLITE_VALUE_MAX;
     unsigned char *v = malloc(n + 1), *r = malloc(n + 1);
     for (size_t i = 0; i <= n; i++)
@@ -210,8 +120,8 @@ END_TEST
 
 START_TEST(ops_counters)
 {
-    const char *dir = test_dir("counters");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), NULL);
+    const char *dir = tsq_dir("counters");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), NULL);
     int64_t n = 0;
     TU_OK(b, traffic_increment(b, "c", 5, 0, &n));
     ck_assert_int_eq(n, 5);
@@ -255,8 +165,8 @@ END_TEST
 
 START_TEST(ops_expiry)
 {
-    const char *dir = test_dir("expiry");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), NULL);
+    const char *dir = tsq_dir("expiry");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), NULL);
     int64_t n;
     double ttl;
     char buf[32];
@@ -291,7 +201,7 @@ START_TEST(ops_expiry)
     TU_OK(b, traffic_ttl(b, "v", &ttl));
     ck_assert(ttl == -1.0);
     /* the expiry column holds wall-clock milliseconds */
-    long long e = raw_int(in_dir(dir, "t.db"), "SELECT expires FROM traffic_entries WHERE key = 'c'");
+    long long e = tsq_raw_int(tsq_in_dir(dir, "t.db"), "SELECT expires FROM traffic_entries WHERE key = 'c'");
     long long now = (long long)time(NULL) * 1000;
     ck_assert_msg(e > now + 95000 && e < now + 102000, "expires %lld now %lld", e, now);
     TU_OK(b, traffic_close(b));
@@ -300,8 +210,8 @@ END_TEST
 
 START_TEST(ops_stats)
 {
-    const char *dir = test_dir("stats");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), NULL);
+    const char *dir = tsq_dir("stats");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), NULL);
     char buf[32];
     size_t len;
     TU_OK(b, traffic_set(b, "a", "1", 1, 0));
@@ -342,27 +252,27 @@ END_TEST
 
 START_TEST(open_url_and_options)
 {
-    const char *dir = test_dir("url");
-    const char *p = in_dir(dir, "t.db");
+    const char *dir = tsq_dir("url");
+    const char *p = tsq_in_dir(dir, "t.db");
     traffic_backend *b = NULL;
-    ck_assert_int_eq(traffic_open(db_url(p, "bogus=1"), &b), TRAFFIC_EINVAL);
+    ck_assert_int_eq(traffic_open(tsq_url(p, "bogus=1"), &b), TRAFFIC_EINVAL);
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(NULL), "bogus"));
-    ck_assert_int_eq(traffic_open(db_url(p, "pool_size=0"), &b), TRAFFIC_EINVAL);
-    ck_assert_int_eq(traffic_open(db_url(p, "pool_size=65"), &b), TRAFFIC_EINVAL);
-    ck_assert_int_eq(traffic_open(db_url(p, "cleanup_interval=-1"), &b), TRAFFIC_EINVAL);
-    ck_assert_int_eq(traffic_open(db_url(p, "timeout=abc"), &b), TRAFFIC_EINVAL);
+    ck_assert_int_eq(traffic_open(tsq_url(p, "pool_size=0"), &b), TRAFFIC_EINVAL);
+    ck_assert_int_eq(traffic_open(tsq_url(p, "pool_size=65"), &b), TRAFFIC_EINVAL);
+    ck_assert_int_eq(traffic_open(tsq_url(p, "cleanup_interval=-1"), &b), TRAFFIC_EINVAL);
+    ck_assert_int_eq(traffic_open(tsq_url(p, "timeout=abc"), &b), TRAFFIC_EINVAL);
     ck_assert_int_eq(traffic_open("sqlite://", &b), TRAFFIC_EINVAL);
     ck_assert_int_eq(traffic_open("sqlite://:memory:", &b), TRAFFIC_EINVAL);
-    ck_assert_int_eq(traffic_open(db_url(dir, NULL), &b), TRAFFIC_EINVAL); /* a directory */
+    ck_assert_int_eq(traffic_open(tsq_url(dir, NULL), &b), TRAFFIC_EINVAL); /* a directory */
     ck_assert_ptr_null(b);
     ck_assert_int_eq(access(p, F_OK), -1); /* nothing created by the failures */
-    b = open_db(p, "pool_size=2&cleanup_interval=0.5&timeout=2");
+    b = tsq_open(p, "pool_size=2&cleanup_interval=0.5&timeout=2");
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     TU_OK(b, traffic_close(b));
     /* percent-decoded path */
-    b = open_db(in_dir(dir, "with%20space.db"), NULL);
+    b = tsq_open(tsq_in_dir(dir, "with%20space.db"), NULL);
     TU_OK(b, traffic_close(b));
-    ck_assert_int_eq(access(in_dir(dir, "with space.db"), F_OK), 0);
+    ck_assert_int_eq(access(tsq_in_dir(dir, "with space.db"), F_OK), 0);
     /* typed opener */
     traffic_sqlite_options o = {.path = p, .pool_size = 3, .timeout = 1};
     TU_OK(NULL, traffic_sqlite_open(&o, &b));
@@ -382,7 +292,7 @@ END_TEST
 /* A relative path is resolved at open: a later chdir() changes nothing. */
 START_TEST(open_relative_path)
 {
-    const char *dir = test_dir("rel");
+    const char *dir = tsq_dir("rel");
     char cwd[512];
     ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
     ck_assert_int_eq(chdir(dir), 0);
@@ -391,7 +301,7 @@ START_TEST(open_relative_path)
     ck_assert_int_eq(chdir("/"), 0);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL)); /* the pool opens its first connection now */
     TU_OK(b, traffic_close(b));
-    ck_assert_int_eq(access(in_dir(dir, "rel.db"), F_OK), 0);
+    ck_assert_int_eq(access(tsq_in_dir(dir, "rel.db"), F_OK), 0);
     ck_assert_int_eq(access("/rel.db", F_OK), -1);
     ck_assert_int_eq(chdir(cwd), 0);
 }
@@ -399,10 +309,10 @@ END_TEST
 
 START_TEST(open_missing_directory)
 {
-    const char *dir = test_dir("missing");
-    const char *p = in_dir(dir, "no/such/dir/t.db");
+    const char *dir = tsq_dir("missing");
+    const char *p = tsq_in_dir(dir, "no/such/dir/t.db");
     traffic_backend *b = NULL;
-    ck_assert_int_eq(traffic_open(db_url(p, NULL), &b), TRAFFIC_EIO);
+    ck_assert_int_eq(traffic_open(tsq_url(p, NULL), &b), TRAFFIC_EIO);
     ck_assert_ptr_null(b);
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(NULL), "no/such/dir"));
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(NULL), "No such file"));
@@ -413,9 +323,9 @@ END_TEST
  * an existing one, in a read-only directory is TRAFFIC_EPERM naming the directory. */
 START_TEST(open_readonly_directory)
 {
-    const char *dir = test_dir("ro");
-    const char *existing = in_dir(dir, "old.db");
-    traffic_backend *b = open_db(existing, NULL);
+    const char *dir = tsq_dir("ro");
+    const char *existing = tsq_in_dir(dir, "old.db");
+    traffic_backend *b = tsq_open(existing, NULL);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     TU_OK(b, traffic_close(b));
     chmod(existing, 0666);
@@ -424,9 +334,9 @@ START_TEST(open_readonly_directory)
     if (pid == 0) {
         if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(77);
         traffic_backend *c = NULL;
-        int rc1 = traffic_open(db_url(in_dir(dir, "new.db"), NULL), &c);
+        int rc1 = traffic_open(tsq_url(tsq_in_dir(dir, "new.db"), NULL), &c);
         int m1 = strstr(traffic_errmsg(NULL), "not writable") != NULL && strstr(traffic_errmsg(NULL), dir) != NULL;
-        int rc2 = traffic_open(db_url(existing, NULL), &c);
+        int rc2 = traffic_open(tsq_url(existing, NULL), &c);
         int m2 = strstr(traffic_errmsg(NULL), "not writable") != NULL;
         if (rc1 != TRAFFIC_EPERM || !m1) _exit(1);
         if (rc2 != TRAFFIC_EPERM || !m2) _exit(2);
@@ -446,18 +356,18 @@ END_TEST
 
 START_TEST(schema_marks_and_reopen)
 {
-    const char *dir = test_dir("reopen");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, NULL);
+    const char *dir = tsq_dir("reopen");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, NULL);
     TU_OK(b, traffic_set(b, "v", "value", 5, 100));
     TU_OK(b, traffic_increment(b, "c", 41, 0, NULL));
     TU_OK(b, traffic_increment(b, "short", 1, 0.2, NULL));
     TU_OK(b, traffic_close(b));
-    ck_assert_int_eq(raw_int(p, "PRAGMA application_id"), 0x54524643);
-    ck_assert_int_eq(raw_int(p, "PRAGMA user_version"), 1);
-    ck_assert_str_eq(raw_text(p, "PRAGMA journal_mode"), "wal");
+    ck_assert_int_eq(tsq_raw_int(p, "PRAGMA application_id"), 0x54524643);
+    ck_assert_int_eq(tsq_raw_int(p, "PRAGMA user_version"), 1);
+    ck_assert_str_eq(tsq_raw_text(p, "PRAGMA journal_mode"), "wal");
     tu_sleep_ms(250);
-    b = open_db(p, NULL);
+    b = tsq_open(p, NULL);
     char buf[16];
     size_t len;
     TU_OK(b, traffic_get(b, "v", buf, sizeof buf, &len));
@@ -476,7 +386,7 @@ END_TEST
 static void expect_corrupt(const char *path, const char *what)
 {
     traffic_backend *b = NULL;
-    int rc = traffic_open(db_url(path, NULL), &b);
+    int rc = traffic_open(tsq_url(path, NULL), &b);
     ck_assert_msg(rc == TRAFFIC_ECORRUPT, "%s: %s (%s)", what, traffic_strerror(rc), traffic_errmsg(NULL));
     ck_assert_ptr_null(b);
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(NULL), path));
@@ -484,23 +394,23 @@ static void expect_corrupt(const char *path, const char *what)
 
 START_TEST(foreign_garbage_file)
 {
-    const char *dir = test_dir("garbage");
-    const char *p = in_dir(dir, "g.db");
+    const char *dir = tsq_dir("garbage");
+    const char *p = tsq_in_dir(dir, "g.db");
     FILE *f = fopen(p, "wb");
     for (int i = 0; i < 20000; i++)
         fputc((i * 7919) & 0xff, f);
     fclose(f);
     size_t n0, n1;
-    char *before = slurp(p, &n0);
+    char *before = tsq_slurp(p, &n0);
     expect_corrupt(p, "garbage");
-    char *after = slurp(p, &n1);
+    char *after = tsq_slurp(p, &n1);
     ck_assert(n0 == n1 && memcmp(before, after, n0) == 0); /* untouched */
-    ck_assert_int_eq(access(in_dir(dir, "g.db-wal"), F_OK), -1);
-    ck_assert_int_eq(access(in_dir(dir, "g.db-turn"), F_OK), -1);
+    ck_assert_int_eq(access(tsq_in_dir(dir, "g.db-wal"), F_OK), -1);
+    ck_assert_int_eq(access(tsq_in_dir(dir, "g.db-turn"), F_OK), -1);
     free(before);
     free(after);
     /* text that is not SQLite either */
-    const char *q = in_dir(dir, "text.db");
+    const char *q = tsq_in_dir(dir, "text.db");
     f = fopen(q, "w");
     fputs("hello, this is a config file\n", f);
     fclose(f);
@@ -510,35 +420,35 @@ END_TEST
 
 START_TEST(foreign_sqlite_databases)
 {
-    const char *dir = test_dir("foreign");
+    const char *dir = tsq_dir("foreign");
     /* another application's database: refused, its data, mode and marks unchanged */
-    const char *p = in_dir(dir, "app.db");
-    raw_exec(p, "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'ann');");
+    const char *p = tsq_in_dir(dir, "app.db");
+    tsq_raw_exec(p, "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'ann');");
     expect_corrupt(p, "another app");
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(NULL), "not a traffic database"));
-    ck_assert_str_eq(raw_text(p, "SELECT name FROM users"), "ann");
-    ck_assert_str_eq(raw_text(p, "PRAGMA journal_mode"), "delete");
-    ck_assert_int_eq(raw_int(p, "SELECT count(*) FROM sqlite_schema"), 1);
-    ck_assert_int_eq(access(in_dir(dir, "app.db-turn"), F_OK), -1);
+    ck_assert_str_eq(tsq_raw_text(p, "SELECT name FROM users"), "ann");
+    ck_assert_str_eq(tsq_raw_text(p, "PRAGMA journal_mode"), "delete");
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT count(*) FROM sqlite_schema"), 1);
+    ck_assert_int_eq(access(tsq_in_dir(dir, "app.db-turn"), F_OK), -1);
     /* an empty database marked by another application */
-    const char *q = in_dir(dir, "marked.db");
-    raw_exec(q, "PRAGMA application_id = 1234; PRAGMA user_version = 7;");
+    const char *q = tsq_in_dir(dir, "marked.db");
+    tsq_raw_exec(q, "PRAGMA application_id = 1234; PRAGMA user_version = 7;");
     expect_corrupt(q, "marked");
     /* ours, but a schema version this library does not know */
-    const char *r = in_dir(dir, "future.db");
-    traffic_backend *b = open_db(r, NULL);
+    const char *r = tsq_in_dir(dir, "future.db");
+    traffic_backend *b = tsq_open(r, NULL);
     TU_OK(b, traffic_close(b));
-    raw_exec(r, "PRAGMA user_version = 2;");
+    tsq_raw_exec(r, "PRAGMA user_version = 2;");
     expect_corrupt(r, "future version");
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(NULL), "version 2"));
     /* our marks on tables that are not ours */
-    const char *t = in_dir(dir, "fake.db");
-    raw_exec(t, "CREATE TABLE traffic_entries (x); PRAGMA application_id = 1414678083; PRAGMA user_version = 1;");
+    const char *t = tsq_in_dir(dir, "fake.db");
+    tsq_raw_exec(t, "CREATE TABLE traffic_entries (x); PRAGMA application_id = 1414678083; PRAGMA user_version = 1;");
     expect_corrupt(t, "fake schema");
     /* an empty file (touch) is an empty database: it becomes ours */
-    const char *e = in_dir(dir, "empty.db");
+    const char *e = tsq_in_dir(dir, "empty.db");
     close(open(e, O_CREAT | O_WRONLY, 0644));
-    b = open_db(e, NULL);
+    b = tsq_open(e, NULL);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     TU_OK(b, traffic_close(b));
 }
@@ -549,9 +459,9 @@ END_TEST
  * never a wrong success for the damaged keys). */
 START_TEST(damaged_files)
 {
-    const char *dir = test_dir("damaged");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, NULL);
+    const char *dir = tsq_dir("damaged");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, NULL);
     char val[300], key[32];
     memset(val, 'v', sizeof val);
     for (int i = 0; i < 3000; i++) {
@@ -568,7 +478,7 @@ START_TEST(damaged_files)
     for (int page = 10; page < 40; page += 3)
         ck_assert_int_eq(pwrite(fd, junk, sizeof junk, (off_t)page * 4096), 4096);
     close(fd);
-    b = open_db(p, NULL);
+    b = tsq_open(p, NULL);
     int corrupt = 0;
     for (int i = 0; i < 3000; i++) {
         snprintf(key, sizeof key, "key-%d", i);
@@ -600,16 +510,16 @@ END_TEST
  * shared keys round robin; every failure is counted in shared memory. */
 START_TEST(procs_exact_totals)
 {
-    const char *dir = test_dir("procs");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, NULL);
+    const char *dir = tsq_dir("procs");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, NULL);
     TU_OK(b, traffic_close(b));
     uint64_t *errs = tu_shared(4096), *retries = errs + 64;
     pid_t pids[PROCS];
     for (int w = 0; w < PROCS; w++) {
         if ((pids[w] = fork()) == 0) {
             traffic_backend *c = NULL;
-            if (traffic_open(db_url(p, "timeout=10"), &c) != TRAFFIC_OK) _exit(1);
+            if (traffic_open(tsq_url(p, "timeout=10"), &c) != TRAFFIC_OK) _exit(1);
             char key[8];
             for (int i = 0; i < PROC_INCRS; i++) {
                 snprintf(key, sizeof key, "k%d", i % PROC_KEYS);
@@ -628,14 +538,14 @@ START_TEST(procs_exact_totals)
         total_retries += retries[w];
     }
     ck_assert_uint_eq(*errs, 0);
-    b = open_db(p, NULL);
+    b = tsq_open(p, NULL);
     for (int k = 0; k < PROC_KEYS; k++) {
         char key[8];
         snprintf(key, sizeof key, "k%d", k);
         ck_assert_int_eq(tu_counter(b, key), PROCS * PROC_INCRS / PROC_KEYS);
     }
     TU_OK(b, traffic_close(b));
-    ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
+    ck_assert_str_eq(tsq_raw_text(p, "PRAGMA integrity_check"), "ok");
     printf("procs_exact_totals: %d processes x %d increments, %llu busy retries\n", PROCS, PROC_INCRS,
            (unsigned long long)total_retries);
 }
@@ -644,24 +554,24 @@ END_TEST
 /* Two processes create the same new file at the same instant: one schema, both work. */
 START_TEST(procs_create_race)
 {
-    const char *dir = test_dir("race");
+    const char *dir = tsq_dir("race");
     for (int round = 0; round < 40; round++) {
         char name[32];
         snprintf(name, sizeof name, "r%d.db", round);
-        const char *p = in_dir(dir, name);
+        const char *p = tsq_in_dir(dir, name);
         pid_t pids[4];
         for (int w = 0; w < 4; w++)
             if ((pids[w] = fork()) == 0) {
                 traffic_backend *c = NULL;
-                if (traffic_open(db_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
+                if (traffic_open(tsq_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
                 if (traffic_increment(c, "k", 1, 0, NULL) != TRAFFIC_OK) _exit(2);
                 traffic_close(c);
                 _exit(0);
             }
         for (int w = 0; w < 4; w++)
             ck_assert_int_eq(tu_wait(pids[w]), 0);
-        ck_assert_int_eq(raw_int(p, "SELECT counter FROM traffic_entries WHERE key = 'k'"), 4);
-        ck_assert_int_eq(raw_int(p, "SELECT count(*) FROM sqlite_schema"), 4); /* 2 tables, 2 indexes */
+        ck_assert_int_eq(tsq_raw_int(p, "SELECT counter FROM traffic_entries WHERE key = 'k'"), 4);
+        ck_assert_int_eq(tsq_raw_int(p, "SELECT count(*) FROM sqlite_schema"), 4); /* 2 tables, 2 indexes */
     }
 }
 END_TEST
@@ -676,7 +586,7 @@ END_TEST
 static void kill_worker(const char *p, int w, volatile uint64_t *acked, uint64_t *errs)
 {
     traffic_backend *c = NULL;
-    if (traffic_open(db_url(p, "timeout=10"), &c) != TRAFFIC_OK) _exit(1);
+    if (traffic_open(tsq_url(p, "timeout=10"), &c) != TRAFFIC_OK) _exit(1);
     char val[2048];
     memset(val, 'a' + w, sizeof val);
     for (int i = 0; i < KILL_INCRS; i++) {
@@ -694,12 +604,12 @@ static void kill_worker(const char *p, int w, volatile uint64_t *acked, uint64_t
 
 START_TEST(crash_sigkill_mid_writes)
 {
-    const char *dir = test_dir("kill");
+    const char *dir = tsq_dir("kill");
     for (int round = 0; round < 4; round++) {
         char name[32];
         snprintf(name, sizeof name, "k%d.db", round);
-        const char *p = in_dir(dir, name);
-        traffic_backend *b = open_db(p, NULL);
+        const char *p = tsq_in_dir(dir, name);
+        traffic_backend *b = tsq_open(p, NULL);
         TU_OK(b, traffic_close(b));
         uint64_t *shared = tu_shared(4096), *errs = shared + 32;
         volatile uint64_t *acked = shared;
@@ -713,8 +623,8 @@ START_TEST(crash_sigkill_mid_writes)
         for (int w = 1; w < KILL_WORKERS; w++)
             ck_assert_int_eq(tu_wait(pids[w]), 0);
         ck_assert_uint_eq(*errs, 0);
-        ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
-        b = open_db(p, NULL);
+        ck_assert_str_eq(tsq_raw_text(p, "PRAGMA integrity_check"), "ok");
+        b = tsq_open(p, NULL);
         int64_t total = tu_counter(b, "hits");
         uint64_t others = (uint64_t)(KILL_WORKERS - 1) * KILL_INCRS;
         ck_assert_msg((uint64_t)total >= others + acked[0] && (uint64_t)total <= others + acked[0] + 1,
@@ -735,8 +645,8 @@ END_TEST
  * parent keeps using it too. */
 START_TEST(fork_children_share_handle)
 {
-    const char *dir = test_dir("fork");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), "pool_size=2");
+    const char *dir = tsq_dir("fork");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), "pool_size=2");
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     start_cleanup_settled(b);
     pid_t pids[FORK_CHILDREN];
@@ -764,9 +674,9 @@ END_TEST
  * the child's later increments vanish. */
 START_TEST(fork_parent_closes)
 {
-    const char *dir = test_dir("forkclose");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, NULL);
+    const char *dir = tsq_dir("forkclose");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, NULL);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     int go[2], done[2];
     ck_assert_int_eq(pipe(go), 0);
@@ -789,17 +699,17 @@ START_TEST(fork_parent_closes)
     pid_t third = fork();
     if (third == 0) {
         traffic_backend *c = NULL;
-        if (traffic_open(db_url(p, NULL), &c) || traffic_increment(c, "k", 100, 0, NULL)) _exit(1);
+        if (traffic_open(tsq_url(p, NULL), &c) || traffic_increment(c, "k", 100, 0, NULL)) _exit(1);
         traffic_close(c);
         _exit(0);
     }
     ck_assert_int_eq(tu_wait(third), 0);
     ck_assert_int_eq(write(go[1], "x", 1), 1);
     ck_assert_int_eq(tu_wait(pid), 0);
-    b = open_db(p, NULL);
+    b = tsq_open(p, NULL);
     ck_assert_int_eq(tu_counter(b, "k"), 1 + 20 + 100);
     TU_OK(b, traffic_close(b));
-    ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
+    ck_assert_str_eq(tsq_raw_text(p, "PRAGMA integrity_check"), "ok");
 }
 END_TEST
 
@@ -829,8 +739,8 @@ START_TEST(fork_while_threads_write)
 #if TU_ASAN
     return; /* forks while threads allocate: not under this ASan (testutil.h) */
 #endif
-    const char *dir = test_dir("forkthreads");
-    struct hammer h = {.b = open_db(in_dir(dir, "t.db"), "pool_size=2")};
+    const char *dir = tsq_dir("forkthreads");
+    struct hammer h = {.b = tsq_open(tsq_in_dir(dir, "t.db"), "pool_size=2")};
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(pthread_create(&th[i], NULL, hammer_main, &h), 0);
@@ -884,8 +794,8 @@ static void *thread_main(void *arg)
 
 START_TEST(threads_share_handle)
 {
-    const char *dir = test_dir("threads");
-    traffic_backend *b = open_db(in_dir(dir, "t.db"), "pool_size=3");
+    const char *dir = tsq_dir("threads");
+    traffic_backend *b = tsq_open(tsq_in_dir(dir, "t.db"), "pool_size=3");
     TU_OK(b, traffic_increment(b, "shared", 0, 0, NULL));
     pthread_t th[THREADS];
     struct tjob jobs[THREADS];
@@ -911,9 +821,9 @@ END_TEST
 
 START_TEST(cleanup_sweeps_expired)
 {
-    const char *dir = test_dir("cleanup");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, "cleanup_interval=0.05");
+    const char *dir = tsq_dir("cleanup");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, "cleanup_interval=0.05");
     char key[32];
     for (int i = 0; i < 2000; i++) {
         snprintf(key, sizeof key, "gone-%d", i);
@@ -942,7 +852,7 @@ START_TEST(cleanup_sweeps_expired)
     TU_OK(b, traffic_stop_cleanup(b));
     TU_OK(b, traffic_stop_cleanup(b));           /* not running: OK */
     ck_assert_int_eq(tu_stats(b).reaper_pid, 0); /* the lease was handed back */
-    ck_assert_int_eq(raw_int(p, "SELECT count(*) FROM traffic_entries"), 10);
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT count(*) FROM traffic_entries"), 10);
     TU_OK(b, traffic_close(b));
 }
 END_TEST
@@ -951,15 +861,15 @@ END_TEST
  * the other takes over once the lease (2 intervals + 1 s) has run out. */
 START_TEST(cleanup_one_reaper_and_takeover)
 {
-    const char *dir = test_dir("lease");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, "cleanup_interval=0.1");
+    const char *dir = tsq_dir("lease");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, "cleanup_interval=0.1");
     int ready[2];
     ck_assert_int_eq(pipe(ready), 0);
     pid_t child = fork();
     if (child == 0) {
         traffic_backend *c = NULL;
-        if (traffic_open(db_url(p, "cleanup_interval=0.1"), &c) || traffic_start_cleanup(c)) _exit(1);
+        if (traffic_open(tsq_url(p, "cleanup_interval=0.1"), &c) || traffic_start_cleanup(c)) _exit(1);
         struct traffic_stats st;
         do
             tu_sleep_ms(5);
@@ -995,10 +905,10 @@ END_TEST
  * that holds its write lock (returned; COMMIT and close it). */
 static sqlite3 *locked_by_another(const char *tag, const char *params, traffic_backend **b)
 {
-    const char *p = in_dir(test_dir(tag), "t.db");
-    *b = open_db(p, params);
+    const char *p = tsq_in_dir(tsq_dir(tag), "t.db");
+    *b = tsq_open(p, params);
     TU_OK(*b, traffic_increment(*b, "k", 1, 0, NULL));
-    sqlite3 *db = raw_open(p);
+    sqlite3 *db = tsq_raw_open(p);
     ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     return db;
 }
@@ -1055,11 +965,11 @@ END_TEST
  * go ahead; nothing fails. Released, writes no longer hold back. */
 START_TEST(busy_turnstile_claimant_stuck)
 {
-    const char *dir = test_dir("turn");
-    const char *p = in_dir(dir, "t.db");
-    traffic_backend *b = open_db(p, NULL);
+    const char *dir = tsq_dir("turn");
+    const char *p = tsq_in_dir(dir, "t.db");
+    traffic_backend *b = tsq_open(p, NULL);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL)); /* the pool's connection creates PATH-turn */
-    int fd = open(in_dir(dir, "t.db-turn"), O_RDWR);
+    int fd = open(tsq_in_dir(dir, "t.db-turn"), O_RDWR);
     ck_assert_int_ge(fd, 0);
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
     ck_assert_int_eq(fcntl(fd, F_OFD_SETLK, &fl), 0);
@@ -1099,7 +1009,7 @@ static int cmp_u64(const void *a, const void *b)
 static void latency_worker(const char *p, int n, int pace_us, uint64_t *lat, uint64_t *errs)
 {
     traffic_backend *c = NULL;
-    if (traffic_open(db_url(p, "timeout=30"), &c) != TRAFFIC_OK) _exit(1);
+    if (traffic_open(tsq_url(p, "timeout=30"), &c) != TRAFFIC_OK) _exit(1);
     struct timespec a, z, pause = {0, pace_us * 1000L};
     for (int i = 0; i < n; i++) {
         clock_gettime(CLOCK_MONOTONIC, &a);
@@ -1123,8 +1033,8 @@ static void latency_run(const char *dir, int writers, int pace_us, int sqlite_de
     int per = pace_us ? 3000 : 5000;
     char name[48];
     snprintf(name, sizeof name, "lat-%d-%d-%d.db", writers, pace_us, sqlite_default);
-    const char *p = in_dir(dir, name);
-    traffic_backend *master = open_db(p, "cleanup_interval=60");
+    const char *p = tsq_in_dir(dir, name);
+    traffic_backend *master = tsq_open(p, "cleanup_interval=60");
     start_cleanup_settled(master);
     size_t bytes = sizeof(uint64_t) * ((size_t)LAT_MAX_WRITERS * (size_t)per + 8);
     uint64_t *lat = tu_shared(bytes), *errs = lat + (size_t)LAT_MAX_WRITERS * (size_t)per;
@@ -1154,7 +1064,7 @@ static void latency_run(const char *dir, int writers, int pace_us, int sqlite_de
 
 START_TEST(busy_latency)
 {
-    const char *dir = test_dir("latency");
+    const char *dir = tsq_dir("latency");
     for (int pace = 100; pace >= 0; pace -= 100)
         for (int writers = 2; writers <= LAT_MAX_WRITERS; writers += 2) {
             latency_run(dir, writers, pace, 0);
@@ -1170,7 +1080,7 @@ END_TEST
 START_TEST(long_reader_does_not_stall_writers)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/reader.db", test_dir("reader"));
+    snprintf(path, sizeof path, "%s/reader.db", tsq_dir("reader"));
     traffic_sqlite_options o = {.path = path, .timeout = 0.3};
     traffic_backend *b;
     TU_OK(NULL, traffic_sqlite_open(&o, &b));

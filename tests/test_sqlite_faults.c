@@ -27,6 +27,7 @@
 
 #include <sys/syscall.h>
 
+#include "sqlite_testutil.h"
 #include "testutil.h"
 
 /* ---- a wall clock that this thread alone sees stepped ---------------------------------- *
@@ -60,37 +61,17 @@ int sqlite3_libversion_number(void)
     return v ? v : SQLITE_VERSION_NUMBER;
 }
 
-/* ---- scratch directories and raw SQLite ------------------------------------------------- */
+/* ---- scratch directories --------------------------------------------------------------- */
 
-static char base_dir[256];
-
+/* The suite's scratch directory, and the helpers on it: sqlite_testutil.h. */
 static void base_setup(void)
 {
-    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite-faults")) abort();
+    tsq_setup("sqlite-faults");
 }
 
 static void base_teardown(void)
 {
-    tu_scratch_remove(base_dir);
-}
-
-/* dir/t.db in a fresh directory for one test (static buffer per call site is enough). */
-static const char *test_db(const char *tag, char *buf, size_t cap)
-{
-    char dir[400];
-    snprintf(dir, sizeof dir, "%s/%s", base_dir, tu_name(tag));
-    ck_assert_int_eq(mkdir(dir, 0755), 0);
-    snprintf(buf, cap, "%s/t.db", dir);
-    return buf;
-}
-
-static traffic_backend *open_db(const char *path, const char *params)
-{
-    char url[800];
-    snprintf(url, sizeof url, "sqlite://%s%s%s", path, params ? "?" : "", params ? params : "");
-    traffic_backend *b = NULL;
-    TU_OK(NULL, traffic_open(url, &b));
-    return b;
+    tsq_teardown();
 }
 
 static int try_open(const char *path, traffic_backend **b)
@@ -99,23 +80,6 @@ static int try_open(const char *path, traffic_backend **b)
     snprintf(url, sizeof url, "sqlite://%s", path);
     *b = NULL;
     return traffic_open(url, b);
-}
-
-static sqlite3 *raw_open(const char *path)
-{
-    sqlite3 *db;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 10000);
-    return db;
-}
-
-static void raw_exec(const char *path, const char *sql)
-{
-    sqlite3 *db = raw_open(path);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
-    sqlite3_close(db);
 }
 
 /* Joins t, waiting at most ms; 0 if it ended. */
@@ -176,10 +140,10 @@ START_TEST(t_cancel_inside_calls)
      * the busy handler's sleep with the connection checked out and the fork count raised (the
      * next fork() hung). A cancel must wait until the call is over. */
     char path[512];
-    test_db("cancel", path, sizeof path);
-    traffic_backend *b = open_db(path, "timeout=5&pool_size=1");
+    tsq_db_into("cancel", path, sizeof path);
+    traffic_backend *b = tsq_open(path, "timeout=5&pool_size=1");
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
-    sqlite3 *db = raw_open(path);
+    sqlite3 *db = tsq_raw_open(path);
     ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     struct cancel_call a = {.b = b, .op = TU_INCR}, g = {.b = b, .op = TU_GET};
     pthread_t ta, tb;
@@ -212,20 +176,6 @@ END_TEST
 
 /* ---- 11. the encoding ------------------------------------------------------------------ */
 
-/* The whole file as bytes (malloc'd). */
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc(*n + 1);
-    ck_assert_uint_eq(fread(p, 1, *n, f), *n);
-    fclose(f);
-    return p;
-}
-
 static int exists(const char *path, const char *suffix)
 {
     char name[600];
@@ -239,16 +189,16 @@ START_TEST(t_utf16_database_refused)
      * text, were converted to UTF-16 with every invalid UTF-8 sequence turned into U+FFFD:
      * five distinct keys read back one shared counter. */
     char path[512];
-    test_db("utf16", path, sizeof path);
-    raw_exec(path, "PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (x); DROP TABLE t;");
+    tsq_db_into("utf16", path, sizeof path);
+    tsq_raw_exec(path, "PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (x); DROP TABLE t;");
     size_t n0, n1;
-    char *before = slurp(path, &n0);
+    char *before = tsq_slurp(path, &n0);
     traffic_backend *b;
     int rc = try_open(path, &b);
     ck_assert_msg(rc == TRAFFIC_ECORRUPT, "open of a UTF-16 database -> %s (%s)", traffic_strerror(rc),
                   traffic_errmsg(NULL));
     ck_assert_msg(strstr(traffic_errmsg(NULL), "UTF-16"), "message: %s", traffic_errmsg(NULL));
-    char *after = slurp(path, &n1);
+    char *after = tsq_slurp(path, &n1);
     ck_assert_msg(n0 == n1 && memcmp(before, after, n0) == 0, "the file was changed");
     ck_assert_msg(!exists(path, "-wal") && !exists(path, "-turn"), "files were created next to it");
     free(before);
@@ -256,7 +206,7 @@ START_TEST(t_utf16_database_refused)
 
     /* our own databases are UTF-8: keys that are not valid UTF-8 stay distinct */
     char fresh[512];
-    b = open_db(test_db("utf8", fresh, sizeof fresh), NULL);
+    b = tsq_open(tsq_db_into("utf8", fresh, sizeof fresh), NULL);
     static const char *const keys[] = {"\xff", "\xfe", "\xc3", "\x80x", "\xed\xa0\x80"};
     for (int i = 0; i < 5; i++)
         TU_OK(b, traffic_increment(b, keys[i], i + 1, 0, NULL));
@@ -273,17 +223,17 @@ START_TEST(t_wrong_tables_untouched)
     /* A rollback-journal file with our application_id and user_version but other tables.
      * Before: switched to WAL (bytes 18-19 of the header, and a -wal file), then refused. */
     char path[512];
-    test_db("wrongtables", path, sizeof path);
-    raw_exec(path, "PRAGMA application_id = 1414678083; PRAGMA user_version = 1;"
+    tsq_db_into("wrongtables", path, sizeof path);
+    tsq_raw_exec(path, "PRAGMA application_id = 1414678083; PRAGMA user_version = 1;"
                    "CREATE TABLE traffic_entries (x); CREATE TABLE traffic_lease (y);");
     size_t n0, n1;
-    char *before = slurp(path, &n0);
+    char *before = tsq_slurp(path, &n0);
     ck_assert_int_eq(before[18], 1); /* legacy (rollback) file format */
     traffic_backend *b;
     int rc = try_open(path, &b);
     ck_assert_msg(rc == TRAFFIC_ECORRUPT, "open -> %s (%s)", traffic_strerror(rc), traffic_errmsg(NULL));
     ck_assert_msg(strstr(traffic_errmsg(NULL), "schema"), "message: %s", traffic_errmsg(NULL));
-    char *after = slurp(path, &n1);
+    char *after = tsq_slurp(path, &n1);
     ck_assert_msg(after[18] == 1 && after[19] == 1, "the file was switched to WAL (%d, %d)", after[18], after[19]);
     ck_assert_msg(n0 == n1 && memcmp(before, after, n0) == 0, "the file was changed");
     ck_assert_msg(!exists(path, "-wal") && !exists(path, "-turn"), "files were created next to it");
@@ -321,12 +271,12 @@ START_TEST(t_pool_wait_deadline)
      * connection and waits; the second waits for the pool, then, when the first gives up,
      * opens its own. Before: that open started a fresh timeout (~2 x `timeout` in all). */
     char path[512];
-    test_db("poolopen", path, sizeof path);
-    traffic_backend *b = open_db(path, "timeout=2&pool_size=1");
+    tsq_db_into("poolopen", path, sizeof path);
+    traffic_backend *b = tsq_open(path, "timeout=2&pool_size=1");
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     TU_OK(b, traffic_close(b));
-    b = open_db(path, "timeout=2&pool_size=1"); /* no connection open yet */
-    sqlite3 *db = raw_open(path);
+    b = tsq_open(path, "timeout=2&pool_size=1"); /* no connection open yet */
+    sqlite3 *db = tsq_raw_open(path);
     ck_assert_int_eq(sqlite3_exec(db, "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;", NULL, NULL, NULL),
                      SQLITE_OK);
     struct slow_call first = {.b = b, .op = TU_GET}, second = {.b = b, .op = TU_GET};
@@ -353,10 +303,10 @@ START_TEST(t_pool_wait_monotonic)
      * (here: read an hour behind by the waiting thread, so that its deadline is an hour
      * early) ended it at once, while the connection came back within the call's timeout. */
     char path[512];
-    test_db("poolclock", path, sizeof path);
-    traffic_backend *b = open_db(path, "timeout=1&pool_size=1");
+    tsq_db_into("poolclock", path, sizeof path);
+    traffic_backend *b = tsq_open(path, "timeout=1&pool_size=1");
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
-    sqlite3 *db = raw_open(path);
+    sqlite3 *db = tsq_raw_open(path);
     ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     struct slow_call first = {.b = b, .op = TU_INCR}, second = {.b = b, .op = TU_GET, .skew_ns = -3600000000000LL};
     pthread_t t1, t2;
@@ -392,10 +342,10 @@ START_TEST(t_ttl_counts_from_the_write)
     /* A write with a TTL of 1 s waits 1.5 s for the write lock. Before: its expiry was
      * counted from the start of the call, so the key was born expired. */
     char path[512];
-    test_db("ttlwait", path, sizeof path);
-    traffic_backend *b = open_db(path, "timeout=5");
+    tsq_db_into("ttlwait", path, sizeof path);
+    traffic_backend *b = tsq_open(path, "timeout=5");
     TU_OK(b, traffic_set(b, "warm", "v", 1, 0));
-    sqlite3 *db = raw_open(path);
+    sqlite3 *db = tsq_raw_open(path);
     ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     struct ttl_write w[2] = {{.b = b, .incr = 1}, {.b = b, .incr = 0}};
     pthread_t t[2];
@@ -428,11 +378,11 @@ START_TEST(t_wal_files_of_another_user)
      * (here root, mode 0644) are not. Before: open succeeded and every write then failed
      * with TRAFFIC_EPERM. Open must say so. */
     char path[512];
-    test_db("walperm", path, sizeof path);
-    traffic_backend *b = open_db(path, NULL);
+    tsq_db_into("walperm", path, sizeof path);
+    traffic_backend *b = tsq_open(path, NULL);
     TU_OK(b, traffic_increment(b, "k", 1, 0, NULL));
     TU_OK(b, traffic_close(b));
-    sqlite3 *db = raw_open(path); /* keeps -wal and -shm in place */
+    sqlite3 *db = tsq_raw_open(path); /* keeps -wal and -shm in place */
     ck_assert_int_eq(sqlite3_exec(db, "UPDATE traffic_entries SET counter = counter", NULL, NULL, NULL), SQLITE_OK);
     char dir[512], wal[600], shm[600];
     snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(path, '/') - path), path);
@@ -481,8 +431,8 @@ START_TEST(t_sqlite_too_old)
      * to prepare the statements, reported as TRAFFIC_ECORRUPT ("the traffic schema does not
      * match"), which invites deleting a healthy database. */
     char path[512];
-    test_db("old", path, sizeof path);
-    traffic_backend *b = open_db(path, NULL);
+    tsq_db_into("old", path, sizeof path);
+    traffic_backend *b = tsq_open(path, NULL);
     TU_OK(b, traffic_close(b));
     atomic_store(&fake_sqlite_version, 3034001);
     int rc = try_open(path, &b);
@@ -491,7 +441,7 @@ START_TEST(t_sqlite_too_old)
                   traffic_errmsg(NULL));
     ck_assert_msg(strstr(traffic_errmsg(NULL), "3.34.1") && strstr(traffic_errmsg(NULL), "3.35"), "message: %s",
                   traffic_errmsg(NULL));
-    b = open_db(path, NULL);
+    b = tsq_open(path, NULL);
     TU_OK(b, traffic_close(b));
 }
 END_TEST

@@ -43,6 +43,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sqlite_testutil.h"
 #include "testutil.h"
 
 /* ---- a file system that turned read-only under open descriptors ------------------------ */
@@ -85,24 +86,15 @@ int fdatasync(int fd)
 
 /* ---- scratch directories ---------------------------------------------------------------- */
 
-static char base_dir[256];
-
+/* The suite's scratch directory, and the helpers on it: sqlite_testutil.h. */
 static void base_setup(void)
 {
-    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite-fs")) abort();
+    tsq_setup("sqlite-fs");
 }
 
 static void base_teardown(void)
 {
-    tu_scratch_remove(base_dir);
-}
-
-/* A fresh directory for one test, into buf. */
-static const char *test_dir(const char *tag, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s/%s", base_dir, tu_name(tag));
-    ck_assert_int_eq(mkdir(buf, 0755), 0);
-    return buf;
+    tsq_teardown();
 }
 
 static traffic_backend *open_url(const char *path, const char *params)
@@ -303,7 +295,7 @@ static int disk_full_child(const char *dir)
 START_TEST(t_disk_full)
 {
     char dir[512];
-    run_child("t_disk_full", disk_full_child, test_dir("full", dir, sizeof dir));
+    run_child("t_disk_full", disk_full_child, tsq_dir_into("full", dir, sizeof dir));
 }
 END_TEST
 
@@ -342,7 +334,7 @@ static int read_only_child(const char *dir)
 START_TEST(t_read_only_fs)
 {
     char dir[512];
-    run_child("t_read_only_fs", read_only_child, test_dir("ro", dir, sizeof dir));
+    run_child("t_read_only_fs", read_only_child, tsq_dir_into("ro", dir, sizeof dir));
 }
 END_TEST
 
@@ -381,7 +373,7 @@ static int turn_claimed(int fd)
 START_TEST(t_turnstile_starving_writer_goes_first)
 {
     char dir[512], path[600], turn[700];
-    snprintf(path, sizeof path, "%s/t.db", test_dir("turn", dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/t.db", tsq_dir_into("turn", dir, sizeof dir));
     snprintf(turn, sizeof turn, "%s-turn", path);
     traffic_backend *b = open_url(path, "pool_size=8&timeout=10");
     ck_assert_ptr_nonnull(b);
@@ -472,7 +464,7 @@ static void wal_writer(const char *path, int w, uint64_t *max_wal)
 START_TEST(t_wal_stays_bounded)
 {
     char dir[512], path[600];
-    snprintf(path, sizeof path, "%s/t.db", test_dir("wal", dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/t.db", tsq_dir_into("wal", dir, sizeof dir));
     traffic_backend *b = open_url(path, NULL);
     ck_assert_ptr_nonnull(b);
     uint64_t *max_wal = tu_shared(sizeof *max_wal);

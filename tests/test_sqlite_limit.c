@@ -23,80 +23,24 @@
 #include <unistd.h>
 
 #include "limit/limit.h"
+#include "sqlite_testutil.h"
 #include "testutil.h"
 
 /* White-box hook of backends/sqlite_limit.c: nonzero makes a decision that has written its
  * state SIGKILL its own process before COMMIT. */
 extern _Atomic int sqlite_debug_limit_crash;
 
-/* ---- scratch directories, raw SQLite (as in test_sqlite.c) ------------------------------- */
+/* ---- scratch directories ----------------------------------------------------------------- */
 
-static char base_dir[256];
-
+/* The suite's scratch directory, and the helpers on it: sqlite_testutil.h. */
 static void base_setup(void)
 {
-    if (!tu_scratch_make(base_dir, sizeof base_dir, "sqlite-limit")) abort();
+    tsq_setup("sqlite-limit");
 }
 
 static void base_teardown(void)
 {
-    tu_scratch_remove(base_dir);
-}
-
-/* A new database path in a fresh directory for one test. */
-static const char *test_db(const char *tag)
-{
-    static char buf[4][512];
-    static int n;
-    char *b = buf[n++ % 4];
-    snprintf(b, 512, "%s/%s", base_dir, tu_name(tag));
-    ck_assert_int_eq(mkdir(b, 0755), 0);
-    strcat(b, "/t.db");
-    return b;
-}
-
-static const char *db_url(const char *path, const char *params)
-{
-    static char buf[4][800];
-    static int n;
-    char *b = buf[n++ % 4];
-    snprintf(b, 800, "sqlite://%s%s%s", path, params ? "?" : "", params ? params : "");
-    return b;
-}
-
-static traffic_backend *open_db(const char *path, const char *params)
-{
-    traffic_backend *b = NULL;
-    TU_OK(NULL, traffic_open(db_url(path, params), &b));
-    return b;
-}
-
-static sqlite3 *raw_open(const char *path)
-{
-    sqlite3 *db;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 10000);
-    return db;
-}
-
-/* The first column of the first row of sql, as text (static buffer). */
-static const char *raw_text(const char *path, const char *sql)
-{
-    static char out[4096];
-    sqlite3 *db = raw_open(path);
-    sqlite3_stmt *st;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    out[0] = 0;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-        snprintf(out, sizeof out, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return out;
-}
-
-static long long raw_int(const char *path, const char *sql)
-{
-    return atoll(raw_text(path, sql));
+    tsq_teardown();
 }
 
 static traffic_rule rule_of(const char *text)
@@ -133,18 +77,18 @@ static int64_t wall_us(void)
  * (with the slack of sqlite_limit.c). */
 START_TEST(limit_row_format)
 {
-    const char *p = test_db("format");
-    traffic_backend *b = open_db(p, NULL);
+    const char *p = tsq_db("format");
+    traffic_backend *b = tsq_open(p, NULL);
     traffic_rule tb = rule_of("token_bucket:10/10s"), sw = rule_of("sliding_window:5/60s");
     traffic_decision d;
     int64_t before = wall_us();
     TU_OK(b, traffic_limit(b, "tb", &tb, 3, &d));
     int64_t after = wall_us();
     ck_assert(d.allowed && d.remaining == 7 && d.reset_after == 3.0);
-    ck_assert_int_eq(raw_int(p, "SELECT kind FROM traffic_entries WHERE key = 'tb'"), 0);
-    ck_assert_int_eq(raw_int(p, "SELECT counter FROM traffic_entries WHERE key = 'tb'"), 1 + TRAFFIC_TOKEN_BUCKET);
-    ck_assert_int_eq(raw_int(p, "SELECT length(value) FROM traffic_entries WHERE key = 'tb'"), 24);
-    long long e = raw_int(p, "SELECT expires FROM traffic_entries WHERE key = 'tb'");
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT kind FROM traffic_entries WHERE key = 'tb'"), 0);
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT counter FROM traffic_entries WHERE key = 'tb'"), 1 + TRAFFIC_TOKEN_BUCKET);
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT length(value) FROM traffic_entries WHERE key = 'tb'"), 24);
+    long long e = tsq_raw_int(p, "SELECT expires FROM traffic_entries WHERE key = 'tb'");
     /* at least reset_after, and at most an eighth more (+1 ms): the slack of sqlite_limit.c */
     ck_assert_msg(e >= (before + 3000000) / 1000 && e <= (after + 3000000 + 999) / 1000 + 3000 / 8 + 2,
                   "expires %lld, before %lld us", e, (long long)before);
@@ -156,12 +100,12 @@ START_TEST(limit_row_format)
     for (int i = 0; i < 8; i++)
         snprintf(hex + 2 * i, 3, "%02X", (unsigned)((unsigned long long)tat >> (8 * i)) & 0xff);
     snprintf(hex + 16, sizeof hex - 16, "%032d", 0);
-    ck_assert_str_eq(raw_text(p, "SELECT hex(value) FROM traffic_entries WHERE key = 'tb'"), hex);
+    ck_assert_str_eq(tsq_raw_text(p, "SELECT hex(value) FROM traffic_entries WHERE key = 'tb'"), hex);
     /* the sliding log: 24 bytes, then 16 per entry */
     TU_OK(b, traffic_limit_at(b, "sw", &sw, 1, 1000, &d));
     TU_OK(b, traffic_limit_at(b, "sw", &sw, 2, 2000, &d));
-    ck_assert_int_eq(raw_int(p, "SELECT counter FROM traffic_entries WHERE key = 'sw'"), 1 + TRAFFIC_SLIDING_WINDOW);
-    ck_assert_str_eq(raw_text(p, "SELECT hex(value) FROM traffic_entries WHERE key = 'sw'"),
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT counter FROM traffic_entries WHERE key = 'sw'"), 1 + TRAFFIC_SLIDING_WINDOW);
+    ck_assert_str_eq(tsq_raw_text(p, "SELECT hex(value) FROM traffic_entries WHERE key = 'sw'"),
                      "000000000000000000000000000000000000000000000000"
                      "E8030000000000000100000000000000D0070000000000000200000000000000");
     ck_assert_str_eq(get_text(b, "sw"), "{\"algorithm\":\"sliding_window\",\"log\":[[1000,1],[2000,2]]}");
@@ -174,7 +118,7 @@ START_TEST(limit_row_format)
     ck_assert_int_eq(traffic_limit(b, "sw", &tb, 1, &d), TRAFFIC_ETYPE);
     ck_assert_ptr_nonnull(strstr(traffic_errmsg(b), "sliding_window rate-limit state"));
     /* a damaged state is reported, not decided on */
-    sqlite3 *db = raw_open(p);
+    sqlite3 *db = tsq_raw_open(p);
     ck_assert_int_eq(sqlite3_exec(db, "UPDATE traffic_entries SET value = x'0102' WHERE key = 'tb'", 0, 0, 0),
                      SQLITE_OK);
     sqlite3_close(db);
@@ -186,15 +130,15 @@ START_TEST(limit_row_format)
     ck_assert_uint_eq(st.decisions, 3);
     ck_assert_uint_eq(st.denied, 0);
     TU_OK(b, traffic_close(b));
-    ck_assert_int_eq(raw_int(p, "PRAGMA user_version"), 1); /* no schema change */
+    ck_assert_int_eq(tsq_raw_int(p, "PRAGMA user_version"), 1); /* no schema change */
 }
 END_TEST
 
 /* Expired rows act as absent, whatever they held, though still in the file. */
 START_TEST(limit_expired_is_absent)
 {
-    const char *p = test_db("expired");
-    traffic_backend *b = open_db(p, NULL);
+    const char *p = tsq_db("expired");
+    traffic_backend *b = tsq_open(p, NULL);
     traffic_rule fw = rule_of("fixed_window:2/500ms"), tb = rule_of("token_bucket:5/1s");
     traffic_decision d;
     TU_OK(b, traffic_limit(b, "k", &fw, 1, &d));
@@ -204,7 +148,7 @@ START_TEST(limit_expired_is_absent)
     TU_OK(b, traffic_increment(b, "c", 1, 0.5, NULL));
     TU_OK(b, traffic_set(b, "v", "x", 1, 0.5));
     tu_sleep_ms(700);
-    ck_assert_int_eq(raw_int(p, "SELECT count(*) FROM traffic_entries"), 3); /* not swept */
+    ck_assert_int_eq(tsq_raw_int(p, "SELECT count(*) FROM traffic_entries"), 3); /* not swept */
     ck_assert_int_eq(traffic_exists(b, "k"), 0);
     ck_assert_ptr_null(get_text(b, "k"));
     const char *keys[] = {"k", "c", "v"};
@@ -245,8 +189,8 @@ START_TEST(limit_procs_exact_quota)
 {
     for (size_t k = 0; k < sizeof proc_cases / sizeof *proc_cases; k++) {
         const proc_case *pc = &proc_cases[k];
-        const char *p = test_db("procs");
-        traffic_backend *b = open_db(p, NULL);
+        const char *p = tsq_db("procs");
+        traffic_backend *b = tsq_open(p, NULL);
         TU_OK(b, traffic_close(b));
         traffic_rule r = rule_of(pc->rule);
         uint64_t *sh = tu_shared(4096), *ready = sh, *go = sh + 1, *allowed = sh + 2, *errs = sh + 3, *retries = sh + 4,
@@ -255,7 +199,7 @@ START_TEST(limit_procs_exact_quota)
         for (int w = 0; w < PROCS; w++) {
             if ((pids[w] = fork()) == 0) {
                 traffic_backend *c = NULL;
-                if (traffic_open(db_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
+                if (traffic_open(tsq_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
                 __atomic_add_fetch(ready, 1, __ATOMIC_SEQ_CST);
                 while (!__atomic_load_n(go, __ATOMIC_SEQ_CST)) {
                 }
@@ -289,7 +233,7 @@ START_TEST(limit_procs_exact_quota)
         int64_t most = pc->quota + (pc->refill_ms ? took / pc->refill_ms + 1 : 0);
         ck_assert_msg((int64_t)*allowed >= pc->quota && (int64_t)*allowed <= most, "%s: %llu allowed, want %lld..%lld",
                       pc->rule, (unsigned long long)*allowed, (long long)pc->quota, (long long)most);
-        ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
+        ck_assert_str_eq(tsq_raw_text(p, "PRAGMA integrity_check"), "ok");
         printf("limit_procs_exact_quota: %s%s: %d x %d decisions, %llu allowed, %llu busy retries, %lld ms\n", pc->rule,
                pc->at ? " (fixed instant)" : "", PROCS, PROC_DECISIONS, (unsigned long long)*allowed,
                (unsigned long long)*retries, (long long)took);
@@ -310,7 +254,7 @@ END_TEST
 static void kill_worker(const char *p, int w, volatile uint64_t *done, volatile uint64_t *acked, uint64_t *errs)
 {
     traffic_backend *c = NULL;
-    if (traffic_open(db_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
+    if (traffic_open(tsq_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
     traffic_rule r = {.algorithm = TRAFFIC_FIXED_WINDOW, .limit = KILL_QUOTA, .window = 60};
     for (int i = 0; i < (w == 0 ? 10 * KILL_DECISIONS : KILL_DECISIONS); i++) { /* 0 is killed before its end */
         traffic_decision d;
@@ -327,8 +271,8 @@ static void kill_worker(const char *p, int w, volatile uint64_t *done, volatile 
 START_TEST(limit_sigkill_mid_decisions)
 {
     for (int round = 0; round < 5; round++) {
-        const char *p = test_db("kill");
-        traffic_backend *b = open_db(p, NULL);
+        const char *p = tsq_db("kill");
+        traffic_backend *b = tsq_open(p, NULL);
         TU_OK(b, traffic_close(b));
         uint64_t *sh = tu_shared(4096), *errs = sh + 64;
         volatile uint64_t *done = sh, *acked = sh + 16;
@@ -344,11 +288,11 @@ START_TEST(limit_sigkill_mid_decisions)
         for (int w = 1; w < KILL_WORKERS; w++)
             ck_assert_int_eq(tu_wait(pids[w]), 0);
         ck_assert_uint_eq(*errs, 0);
-        ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
+        ck_assert_str_eq(tsq_raw_text(p, "PRAGMA integrity_check"), "ok");
         uint64_t total = 0;
         for (int w = 0; w < KILL_WORKERS; w++)
             total += acked[w];
-        b = open_db(p, NULL);
+        b = tsq_open(p, NULL);
         long long start = 0, count = 0;
         ck_assert_int_eq(sscanf(get_text(b, "k"),
                                 "{\"algorithm\":\"fixed_window\",\"window_start_us\":%lld,\"count\":%lld}", &start,
@@ -367,8 +311,8 @@ END_TEST
  * that decision remains, the file is sound, and the next decision goes ahead at once. */
 START_TEST(limit_crash_before_commit)
 {
-    const char *p = test_db("crash");
-    traffic_backend *b = open_db(p, NULL);
+    const char *p = tsq_db("crash");
+    traffic_backend *b = tsq_open(p, NULL);
     traffic_rule r = rule_of("fixed_window:10/60s");
     traffic_decision d;
     for (int i = 0; i < 3; i++)
@@ -379,7 +323,7 @@ START_TEST(limit_crash_before_commit)
         pid_t pid = fork();
         if (pid == 0) {
             traffic_backend *c = NULL;
-            if (traffic_open(db_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
+            if (traffic_open(tsq_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
             sqlite_debug_limit_crash = 1;
             traffic_limit_at(c, "k", &r, 2, 5000000, &d); /* does not return */
             _exit(2);
@@ -387,7 +331,7 @@ START_TEST(limit_crash_before_commit)
         ck_assert_int_eq(tu_wait(pid), 128 + SIGKILL);
         ck_assert_str_eq(get_text(b, "k"), before);
     }
-    ck_assert_str_eq(raw_text(p, "PRAGMA integrity_check"), "ok");
+    ck_assert_str_eq(tsq_raw_text(p, "PRAGMA integrity_check"), "ok");
     TU_OK(b, traffic_limit_at(b, "k", &r, 1, 5000000, &d)); /* ETIMEDOUT if the lock outlived its holder */
     ck_assert(d.allowed && d.remaining == 6);
     ck_assert_str_eq(get_text(b, "k"), "{\"algorithm\":\"fixed_window\",\"window_start_us\":5000000,\"count\":4}");
@@ -398,8 +342,8 @@ END_TEST
 /* The state survives closing the file, and another process reads and continues it. */
 START_TEST(limit_reopen_keeps_state)
 {
-    const char *p = test_db("reopen");
-    traffic_backend *b = open_db(p, NULL);
+    const char *p = tsq_db("reopen");
+    traffic_backend *b = tsq_open(p, NULL);
     traffic_rule r = rule_of("leaky_bucket:10/1h,burst=4");
     traffic_decision d;
     int64_t t = 7000000000;
@@ -410,7 +354,7 @@ START_TEST(limit_reopen_keeps_state)
     snprintf(before, sizeof before, "%s", get_text(b, "lb"));
     ck_assert_str_eq(before, "{\"algorithm\":\"leaky_bucket\",\"tat_us\":8080000000}"); /* t + 3 I, I = 360 s */
     TU_OK(b, traffic_close(b));
-    b = open_db(p, NULL);
+    b = tsq_open(p, NULL);
     ck_assert_str_eq(get_text(b, "lb"), before);
     double ttl;
     TU_OK(b, traffic_ttl(b, "lb", &ttl));
@@ -419,7 +363,7 @@ START_TEST(limit_reopen_keeps_state)
     if (pid == 0) {
         traffic_backend *c = NULL;
         traffic_decision e;
-        if (traffic_open(db_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
+        if (traffic_open(tsq_url(p, NULL), &c) != TRAFFIC_OK) _exit(1);
         if (traffic_limit_at(c, "lb", &r, 1, t, &e) != TRAFFIC_OK || !e.allowed || e.remaining != 1) _exit(2);
         traffic_close(c);
         _exit(0);
@@ -436,12 +380,12 @@ END_TEST
  * fails with TRAFFIC_ETIMEDOUT, never earlier; once the lock is free it goes through. */
 START_TEST(limit_busy_timeout)
 {
-    const char *p = test_db("busy");
-    traffic_backend *b = open_db(p, "timeout=0.3");
+    const char *p = tsq_db("busy");
+    traffic_backend *b = tsq_open(p, "timeout=0.3");
     traffic_rule r = rule_of("token_bucket:5/1s");
     traffic_decision d;
     TU_OK(b, traffic_limit(b, "k", &r, 1, &d));
-    sqlite3 *db = raw_open(p);
+    sqlite3 *db = tsq_raw_open(p);
     ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     int64_t t0 = tu_now_ms();
     ck_assert_int_eq(traffic_limit(b, "k", &r, 1, &d), TRAFFIC_ETIMEDOUT);
@@ -588,8 +532,8 @@ START_TEST(limit_differential)
     const char *env = getenv("TRAFFIC_TEST_SEED"); /* to replay a failure */
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)wall_us() | 1;
     rng_state = seed;
-    const char *p = test_db("diff");
-    traffic_backend *b = open_db(p, NULL);
+    const char *p = tsq_db("diff");
+    traffic_backend *b = tsq_open(p, NULL);
     for (int a = 0; a <= TRAFFIC_LEAKY_BUCKET; a++)
         for (int seq = 0; seq < DIFF_SEQS; seq++)
             diff_sequence(b, (traffic_algorithm)a, seq, seed);
