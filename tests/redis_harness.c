@@ -313,6 +313,15 @@ int rh_str(const rh_server *s, char *buf, size_t cap, const char *fmt, ...)
     return ok ? 0 : -1;
 }
 
+const char *rh_prefix(const char *tag)
+{
+    static char bufs[8][128];
+    static int n;
+    char *b = bufs[n++ % 8];
+    snprintf(b, sizeof bufs[0], "%s:", tu_name(tag));
+    return b;
+}
+
 const char *rh_url(const char *fmt, ...)
 {
     static char bufs[8][1024];

@@ -82,6 +82,9 @@ int rh_cluster_owner(const rh_cluster *c, int slot);
  * NULL) runs after each MIGRATE batch. Returns the keys moved, or -1. */
 int rh_cluster_move_slot(rh_cluster *c, int slot, int from, int to, void (*between_batches)(void *), void *arg);
 
+/* A fresh key prefix "tag-<unique>:" (tu_name), in a static rotating buffer. */
+const char *rh_prefix(const char *tag);
+
 /* "redis://127.0.0.1:PORT" and friends, in a static rotating buffer. */
 const char *rh_url(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

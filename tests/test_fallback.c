@@ -34,14 +34,6 @@ static const char *RULE = "fixed_window:100/60s";
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static traffic_backend *open_url(const char *url)
-{
-    traffic_backend *b = NULL;
-    int rc = traffic_open(url, &b);
-    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
-    return b;
-}
-
 static void expect_open_fails(const char *url, int want, const char *needle)
 {
     traffic_backend *b = (traffic_backend *)&b;
@@ -51,14 +43,6 @@ static void expect_open_fails(const char *url, int want, const char *needle)
     ck_assert_ptr_null(b);
     ck_assert_msg(strstr(traffic_errmsg(NULL), needle), "open(%s): message \"%s\" lacks \"%s\"", url,
                   traffic_errmsg(NULL), needle);
-}
-
-static traffic_rule rule_of(const char *text)
-{
-    traffic_rule r;
-    char msg[128];
-    ck_assert_msg(traffic_rule_parse(text, &r, msg, sizeof msg) == TRAFFIC_OK, "%s: %s", text, msg);
-    return r;
 }
 
 static long long redis_exists(const rh_server *s, const char *key)
@@ -122,7 +106,7 @@ START_TEST(t_url_fallback_parameters)
     char url[512];
     snprintf(url, sizeof url, "memory://%s?fallback=memory://%s%%3Fkey_max%%3D100%%26max_size%%3D500&max_size=50", a,
              f1);
-    traffic_backend *b = open_url(url);
+    traffic_backend *b = tu_open(url);
     struct traffic_stats st = tu_stats(b);
     ck_assert_str_eq(st.backend, "memory");
     ck_assert_int_eq(st.serving, TRAFFIC_SERVING_PRIMARY);
@@ -137,12 +121,12 @@ START_TEST(t_url_fallback_parameters)
     TU_OK(t, traffic_close(t));
 
     snprintf(url, sizeof url, "memory://%s?fallback=memory://%s?key_max=99", a, f2);
-    b = open_url(url);
+    b = tu_open(url);
     TU_OK(b, traffic_close(b));
     o = (traffic_memory_options){.name = f2, .key_max = 99};
     TU_OK(NULL, traffic_memory_open(&o, &t));
     TU_OK(t, traffic_close(t));
-    t = open_url(rh_url("memory://%s", a));
+    t = tu_open(rh_url("memory://%s", a));
     ck_assert(json_has(t, "\"serving\":null")); /* a store without fallback */
     TU_OK(t, traffic_close(t));
     TU_OK(NULL, traffic_memory_unlink(a));
@@ -158,8 +142,8 @@ START_TEST(t_passthrough)
     rh_server s = {0};
     ck_assert_int_eq(rh_start(&s, NULL), 0);
     const char *fb = tu_name("fb");
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=pt:&fallback=memory://%s", s.port, fb));
-    traffic_rule r = rule_of(RULE);
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=pt:&fallback=memory://%s", s.port, fb));
+    traffic_rule r = tu_rule(RULE);
     traffic_decision d;
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     TU_OK(b, traffic_increment(b, "c", 5, 0, NULL));
@@ -180,7 +164,7 @@ START_TEST(t_passthrough)
     ck_assert(json_has(b, "\"serving\":\"primary\""));
     ck_assert(json_has(b, "\"switches\":0"));
     /* the fallback holds the breaker's state and nothing else */
-    traffic_backend *t = open_url(rh_url("memory://%s", fb));
+    traffic_backend *t = tu_open(rh_url("memory://%s", fb));
     ck_assert_int_eq(traffic_exists(t, "k") + traffic_exists(t, "c") + traffic_exists(t, "l"), 0);
     ck_assert_int_eq(tu_stats(t).keys, 1);
     TU_OK(t, traffic_close(t));
@@ -230,7 +214,7 @@ static void child_run(const scenario *sc, shared_area *sh, int i)
         atomic_fetch_add(&c->errors, 1);
         _exit(1);
     }
-    traffic_rule r = rule_of(RULE);
+    traffic_rule r = tu_rule(RULE);
     for (;;) {
         int ph = atomic_load(&sh->phase);
         if (ph == PH_STOP) break;
@@ -314,8 +298,8 @@ static long probes_bound(const scenario *sc, int64_t ms)
 
 static void run_outage(const scenario *sc)
 {
-    traffic_rule r = rule_of(RULE);
-    traffic_backend *b = open_url(sc->url);
+    traffic_rule r = tu_rule(RULE);
+    traffic_backend *b = tu_open(sc->url);
     /* Redis uses up the quota first: from here on, whatever passes, the fallback let through. */
     traffic_decision d;
     for (int i = 0; i < LIMIT; i++) {
@@ -468,7 +452,7 @@ static void standalone(int frozen)
     sc.in_primary = s_has;
     run_outage(&sc);
     /* the state gathered in the fallback stays there, as documented */
-    traffic_backend *t = open_url(rh_url("memory://%s", fb));
+    traffic_backend *t = tu_open(rh_url("memory://%s", fb));
     char buf[256];
     size_t len;
     TU_OK(t, traffic_get(t, "rl", buf, sizeof buf - 1, &len));
@@ -498,7 +482,7 @@ START_TEST(t_open_while_down)
     ck_assert_int_eq(rh_start(&s, NULL), 0);
     rh_kill(&s);
     const char *fb = tu_name("fb");
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=fo:&timeout=0.3&fallback=memory://%s&"
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=fo:&timeout=0.3&fallback=memory://%s&"
                                          "fallback_backoff=0.05&fallback_backoff_max=0.5",
                                          s.port, fb));
     struct traffic_stats st = tu_stats(b);
@@ -531,10 +515,10 @@ START_TEST(t_sqlite_fallback)
     ck_assert_int_eq(rh_start(&s, NULL), 0);
     char path[512];
     snprintf(path, sizeof path, "%s/%s.db", rh_dir(), tu_name("fb"));
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=fo:&timeout=0.3&fallback=sqlite://%s&"
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=fo:&timeout=0.3&fallback=sqlite://%s&"
                                          "fallback_backoff_max=0.5",
                                          s.port, path));
-    traffic_rule r = rule_of("fixed_window:5/60s");
+    traffic_rule r = tu_rule("fixed_window:5/60s");
     traffic_decision d;
     TU_OK(b, traffic_limit(b, "k", &r, 1, &d));
     rh_kill(&s);

@@ -44,32 +44,14 @@ static rh_cluster CL; /* three cluster masters */
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-/* A fresh prefix "tag-<unique>:" in a rotating buffer. */
-static const char *prefix_of(const char *tag)
-{
-    static char bufs[8][128];
-    static int n;
-    char *b = bufs[n++ % 8];
-    snprintf(b, sizeof bufs[0], "%s:", tu_name(tag));
-    return b;
-}
-
-static traffic_backend *open_url(const char *url)
-{
-    traffic_backend *b = NULL;
-    int rc = traffic_open(url, &b);
-    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
-    return b;
-}
-
 static traffic_backend *open_standalone(const char *prefix, const char *extra)
 {
-    return open_url(rh_url("redis://127.0.0.1:%d?prefix=%s%s%s", S.port, prefix, extra ? "&" : "", extra ? extra : ""));
+    return tu_open(rh_url("redis://127.0.0.1:%d?prefix=%s%s%s", S.port, prefix, extra ? "&" : "", extra ? extra : ""));
 }
 
 static traffic_backend *open_cluster(const char *prefix, const char *extra)
 {
-    return open_url(rh_url("redis+cluster://127.0.0.1:%d,127.0.0.1:%d?prefix=%s%s%s", CL.nodes[0].port,
+    return tu_open(rh_url("redis+cluster://127.0.0.1:%d,127.0.0.1:%d?prefix=%s%s%s", CL.nodes[0].port,
                            CL.nodes[2].port, prefix, extra ? "&" : "", extra ? extra : ""));
 }
 
@@ -191,7 +173,7 @@ START_TEST(t_options)
     /* TCP and unix socket through the options, with a db, a prefix, a pool */
     char hosts[64];
     snprintf(hosts, sizeof hosts, "127.0.0.1:%d", S.port);
-    const char *prefix = prefix_of("opts");
+    const char *prefix = rh_prefix("opts");
     traffic_redis_options tcp = {.hosts = hosts, .db = 7, .prefix = prefix, .timeout = 0.5, .pool_size = 2};
     TU_OK(NULL, traffic_redis_open(&tcp, &b));
     TU_OK(b, traffic_set(b, "k", "tcp", 3, 0));
@@ -214,10 +196,10 @@ START_TEST(t_options)
     freeReplyObject(r);
 
     /* an empty prefix is allowed: keys are then the bare names */
-    b = open_url(rh_url("redis://127.0.0.1:%d/8?prefix=", S.port));
+    b = tu_open(rh_url("redis://127.0.0.1:%d/8?prefix=", S.port));
     TU_OK(b, traffic_increment(b, "bare", 3, 0, NULL));
     TU_OK(b, traffic_close(b));
-    b = open_url(rh_url("redis://127.0.0.1:%d/8?prefix=bar", S.port));
+    b = tu_open(rh_url("redis://127.0.0.1:%d/8?prefix=bar", S.port));
     ck_assert_int_eq(tu_counter(b, "e"), 3); /* "bar"+"e" */
     TU_OK(b, traffic_close(b));
 }
@@ -227,7 +209,7 @@ END_TEST
 
 START_TEST(t_encoding)
 {
-    const char *p = prefix_of("enc");
+    const char *p = rh_prefix("enc");
     traffic_backend *b = open_standalone(p, NULL);
     char key[256], raw[64];
     int64_t out = 0;
@@ -280,10 +262,10 @@ END_TEST
 
 START_TEST(t_prefix_isolation)
 {
-    const char *pa = prefix_of("isoa"), *pb = prefix_of("isob");
+    const char *pa = rh_prefix("isoa"), *pb = rh_prefix("isob");
     traffic_backend *a = open_standalone(pa, NULL), *b = open_standalone(pb, NULL);
     /* glob characters in a prefix are literal: "g*[x]:" must not clear "gQx:k" */
-    traffic_backend *g = open_url(rh_url("redis://127.0.0.1:%d?prefix=g%%2A%%5Bx%%5D:", S.port));
+    traffic_backend *g = tu_open(rh_url("redis://127.0.0.1:%d?prefix=g%%2A%%5Bx%%5D:", S.port));
     char key[64];
     for (int i = 0; i < 50; i++) {
         snprintf(key, sizeof key, "k%d", i);
@@ -329,7 +311,7 @@ END_TEST
 
 START_TEST(t_noscript)
 {
-    traffic_backend *b = open_standalone(prefix_of("nos"), NULL);
+    traffic_backend *b = open_standalone(rh_prefix("nos"), NULL);
     int64_t out = 0;
     TU_OK(b, traffic_increment(b, "c", 1, 0, &out));
     char ok[16];
@@ -346,7 +328,7 @@ END_TEST
  * script: OOM is EFULL (as for set), a read-only replica is not a "bytes value". */
 START_TEST(t_script_errors_keep_their_meaning)
 {
-    traffic_backend *b = open_standalone(prefix_of("err"), NULL);
+    traffic_backend *b = open_standalone(rh_prefix("err"), NULL);
     TU_OK(b, traffic_increment(b, "c", 1, 0, NULL));
     char ok[16];
     ck_assert_int_eq(rh_str(&S, ok, sizeof ok, "CONFIG SET maxmemory 1"), 0);
@@ -441,9 +423,9 @@ static void expect_totals(traffic_backend *b, int64_t each)
 
 START_TEST(t_processes_exact)
 {
-    const char *url = rh_url("redis://127.0.0.1:%d?prefix=%s", S.port, prefix_of("procs"));
+    const char *url = rh_url("redis://127.0.0.1:%d?prefix=%s", S.port, rh_prefix("procs"));
     ck_assert_int_eq(run_children(url, NULL, 2), 0);
-    traffic_backend *b = open_url(url);
+    traffic_backend *b = tu_open(url);
     expect_totals(b, PROCS * PROC_INCRS / PROC_KEYS);
     TU_OK(b, traffic_close(b));
 }
@@ -454,7 +436,7 @@ START_TEST(t_fork_parent_handle)
     /* The parent opens and uses the handle (its pool is connected), then keeps using it while
      * its children use the same handle: any byte a child sent on a parent's socket would
      * desynchronise the parent's replies, and the totals would not come out exact. */
-    traffic_backend *b = open_standalone(prefix_of("fork"), "pool_size=2");
+    traffic_backend *b = open_standalone(rh_prefix("fork"), "pool_size=2");
     TU_OK(b, traffic_increment(b, "k0", 0, 0, NULL));
     long long clients0 = 0;
     redisReply *r = rh_cmd(&S, "INFO clients");
@@ -497,7 +479,7 @@ END_TEST
 START_TEST(t_threads_small_pool)
 {
     /* 8 threads share 2 connections: they wait their turn, nobody fails */
-    traffic_backend *b = open_standalone(prefix_of("pool"), "pool_size=2");
+    traffic_backend *b = open_standalone(rh_prefix("pool"), "pool_size=2");
     atomic_int failures = 0;
     pthread_t tid[8];
     struct incr_job jobs[8];
@@ -549,7 +531,7 @@ START_TEST(t_server_killed)
 {
     rh_server s = {0};
     ck_assert_int_eq(rh_start(&s, NULL), 0);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=kill:&timeout=0.5", s.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=kill:&timeout=0.5", s.port));
     atomic_int stop = 0;
     struct fault_thread f[3];
     memset(f, 0, sizeof f);
@@ -600,7 +582,7 @@ START_TEST(t_server_frozen)
      * waiting for the only pooled connection gives up in time too. */
     rh_server s = {0};
     ck_assert_int_eq(rh_start(&s, NULL), 0);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=frz:&timeout=0.3&pool_size=1", s.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=frz:&timeout=0.3&pool_size=1", s.port));
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     rh_pause(&s, 1);
     tu_timed g = {.b = b, .op = TU_GET, .key = "k"};
@@ -634,7 +616,7 @@ START_TEST(t_auth_password)
     rh_server s = {0};
     snprintf(s.password, sizeof s.password, "p@ss:w/rd");
     ck_assert_int_eq(rh_start(&s, "requirepass \"p@ss:w/rd\"\n"), 0);
-    traffic_backend *b = open_url(rh_url("redis://:p%%40ss%%3Aw%%2Frd@127.0.0.1:%d?prefix=auth:", s.port));
+    traffic_backend *b = tu_open(rh_url("redis://:p%%40ss%%3Aw%%2Frd@127.0.0.1:%d?prefix=auth:", s.port));
     TU_OK(b, traffic_increment(b, "c", 2, 0, NULL));
     ck_assert_int_eq(tu_counter(b, "c"), 2);
     TU_OK(b, traffic_close(b));
@@ -655,7 +637,7 @@ START_TEST(t_auth_acl_user)
     ck_assert_int_eq(rh_start(&s, "user default on >adminpw ~* &* +@all\n"
                                   "user app on >apppw ~app:* +@all -flushall -flushdb -select\n"),
                      0);
-    traffic_backend *b = open_url(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=app:", s.port));
+    traffic_backend *b = tu_open(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=app:", s.port));
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     TU_OK(b, traffic_increment(b, "c", 1, 0, NULL));
     TU_OK(b, traffic_clear(b));
@@ -666,7 +648,7 @@ START_TEST(t_auth_acl_user)
     /* a database the user may not SELECT: a refusal, not a bad URL */
     expect_open_fails(rh_url("redis://app:apppw@127.0.0.1:%d/1", s.port), TRAFFIC_EPERM, "NOPERM");
     /* a prefix outside the user's key pattern: each call says NOPERM */
-    b = open_url(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=other:", s.port));
+    b = tu_open(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=other:", s.port));
     ck_assert_int_eq(traffic_set(b, "k", "v", 1, 0), TRAFFIC_EPERM);
     ck_assert_msg(strstr(traffic_errmsg(b), "NOPERM"), "%s", traffic_errmsg(b));
     ck_assert_int_eq(traffic_increment(b, "c", 1, 0, NULL), TRAFFIC_EPERM);
@@ -682,7 +664,7 @@ START_TEST(t_sentinel_failover)
     rh_sentinel_set set;
     ck_assert_int_eq(rh_sentinel_start(&set, 1, "sentpw"), 0);
     int fd, dead = refused_port(&fd); /* a sentinel that is down is skipped */
-    traffic_backend *b = open_url(rh_url("redis+sentinel://:sentpw@127.0.0.1:%d,127.0.0.1:%d/mymaster?prefix=fo:"
+    traffic_backend *b = tu_open(rh_url("redis+sentinel://:sentpw@127.0.0.1:%d,127.0.0.1:%d/mymaster?prefix=fo:"
                                          "&timeout=0.5",
                                          dead, set.sentinels[0].port));
     int64_t out = 0;
@@ -761,7 +743,7 @@ END_TEST
 
 START_TEST(t_cluster_clear_stats)
 {
-    const char *p = prefix_of("cl");
+    const char *p = rh_prefix("cl");
     traffic_backend *b = open_cluster(p, NULL);
     long long before[RH_CLUSTER_MAX];
     for (int n = 0; n < CL.n; n++)
@@ -899,7 +881,7 @@ START_TEST(t_cluster_all_nodes_out)
     rh_cluster cl = {0};
     ck_assert_int_eq(rh_cluster_start(&cl, 3), 0);
     traffic_backend *b =
-        open_url(rh_url("redis+cluster://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d?prefix=out:&timeout=0.3&pool_size=2",
+        tu_open(rh_url("redis+cluster://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d?prefix=out:&timeout=0.3&pool_size=2",
                         cl.nodes[0].port, cl.nodes[1].port, cl.nodes[2].port));
     enum { N = 6 };
     char key[32];
@@ -959,9 +941,9 @@ END_TEST
 
 START_TEST(t_cluster_exact_processes)
 {
-    const char *url = rh_url("redis+cluster://127.0.0.1:%d?prefix=%s", CL.nodes[1].port, prefix_of("clp"));
+    const char *url = rh_url("redis+cluster://127.0.0.1:%d?prefix=%s", CL.nodes[1].port, rh_prefix("clp"));
     ck_assert_int_eq(run_children(url, NULL, 2), 0);
-    traffic_backend *b = open_url(url);
+    traffic_backend *b = tu_open(url);
     expect_totals(b, PROCS * PROC_INCRS / PROC_KEYS);
     TU_OK(b, traffic_clear(b));
     TU_OK(b, traffic_close(b));
@@ -996,7 +978,7 @@ START_TEST(t_cluster_fork_under_load)
 #if TU_ASAN
     return; /* forks while threads allocate: not under this ASan (testutil.h) */
 #endif
-    traffic_backend *b = open_cluster(prefix_of("cf"), NULL);
+    traffic_backend *b = open_cluster(rh_prefix("cf"), NULL);
     atomic_int stop = 0, failures = 0;
     struct hammer m[3];
     pthread_t tid[3];
@@ -1063,7 +1045,7 @@ START_TEST(t_cluster_fork_gate)
 #if TU_ASAN
     return; /* the reader allocates while the main thread forks: not under this ASan (testutil.h) */
 #endif
-    traffic_backend *b = open_cluster(prefix_of("fg"), NULL);
+    traffic_backend *b = open_cluster(rh_prefix("fg"), NULL);
     TU_OK(b, traffic_increment(b, "k0", 1, 0, NULL)); /* the library's atfork handlers are in place */
     ck_assert_int_eq(pthread_atfork(NULL, release_reader, NULL), 0);
     atomic_store(&rx_rcu_test_inside, hold_reader);

@@ -41,14 +41,6 @@ unsigned rx_key_slot(const char *key, size_t len);
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static traffic_backend *open_url(const char *url)
-{
-    traffic_backend *b = NULL;
-    int rc = traffic_open(url, &b);
-    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
-    return b;
-}
-
 /* "127.0.0.1:p1,127.0.0.1:p2,..." of the masters of c, in a static buffer. */
 static const char *cluster_hosts(const rh_cluster *c)
 {
@@ -245,7 +237,7 @@ START_TEST(t_cluster_frozen_master_failover)
     key_on(&cl, prefix, 1, "o", other, sizeof other);
     int replica = rh_cluster_add(&cl, 0);
     ck_assert_int_ge(replica, 0);
-    traffic_backend *b = open_url(rh_url("redis+cluster://%s?prefix=%s&timeout=0.5", cluster_hosts(&cl), prefix));
+    traffic_backend *b = tu_open(rh_url("redis+cluster://%s?prefix=%s&timeout=0.5", cluster_hosts(&cl), prefix));
     int64_t v = 0;
     TU_OK(b, traffic_increment(b, key, 10, 0, &v));
     TU_OK(b, traffic_increment(b, other, 1, 0, &v));
@@ -296,7 +288,7 @@ START_TEST(t_clear_refused)
     char extra[512];
     snprintf(extra, sizeof extra, "%smasterauth adminpw\nreplicaof 127.0.0.1 %d\n", acl, m.port);
     ck_assert_int_eq(rh_start(&r, extra), 0);
-    traffic_backend *b = open_url(rh_url("redis://:adminpw@127.0.0.1:%d?prefix=cl:", m.port));
+    traffic_backend *b = tu_open(rh_url("redis://:adminpw@127.0.0.1:%d?prefix=cl:", m.port));
     char key[16];
     for (int i = 0; i < 20; i++) {
         snprintf(key, sizeof key, "k%d", i);
@@ -304,14 +296,14 @@ START_TEST(t_clear_refused)
     }
     ck_assert_int_eq(rh_wait_synced(&m, &r, 10000), 0);
 
-    traffic_backend *rb = open_url(rh_url("redis://:adminpw@127.0.0.1:%d?prefix=cl:", r.port));
+    traffic_backend *rb = tu_open(rh_url("redis://:adminpw@127.0.0.1:%d?prefix=cl:", r.port));
     int rc = traffic_clear(rb);
     ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "clear on a replica -> %s (%s)", traffic_strerror(rc),
                   traffic_errmsg(rb));
     ck_assert_msg(strstr(traffic_errmsg(rb), "READONLY"), "message: %s", traffic_errmsg(rb));
     TU_OK(rb, traffic_close(rb));
 
-    traffic_backend *ab = open_url(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=cl:", m.port));
+    traffic_backend *ab = tu_open(rh_url("redis://app:apppw@127.0.0.1:%d?prefix=cl:", m.port));
     rc = traffic_clear(ab);
     ck_assert_msg(rc == TRAFFIC_EPERM, "clear without UNLINK -> %s (%s)", traffic_strerror(rc), traffic_errmsg(ab));
     ck_assert_msg(strstr(traffic_errmsg(ab), "NOPERM"), "message: %s", traffic_errmsg(ab));
@@ -339,7 +331,7 @@ START_TEST(t_cluster_grown)
      * returned OK leaving its keys). */
     rh_cluster cl;
     ck_assert_int_eq(rh_cluster_start(&cl, 3), 0);
-    traffic_backend *b = open_url(rh_url("redis+cluster://%s?prefix=gr:", cluster_hosts(&cl)));
+    traffic_backend *b = tu_open(rh_url("redis+cluster://%s?prefix=gr:", cluster_hosts(&cl)));
     enum { N = 200 };
     char key[32];
     for (int i = 0; i < N; i++) {
@@ -532,7 +524,7 @@ START_TEST(t_signal_during_frozen_server)
     ck_assert_int_eq(sigaction(SIGUSR1, &sa, NULL), 0);
     rh_server s = {0};
     ck_assert_int_eq(rh_start(&s, NULL), 0);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=sig:&timeout=0.3&pool_size=1", s.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=sig:&timeout=0.3&pool_size=1", s.port));
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     rh_pause(&s, 1);
     struct ticked_call get = {.b = b, .op = TU_GET};
@@ -576,7 +568,7 @@ START_TEST(t_cluster_reload_storm)
     char dead_key[32], live_key[32];
     key_on(&cl, "rl:", 0, "d", dead_key, sizeof dead_key);
     key_on(&cl, "rl:", 1, "l", live_key, sizeof live_key);
-    traffic_backend *b = open_url(rh_url("redis+cluster://%s?prefix=rl:&timeout=1", cluster_hosts(&cl)));
+    traffic_backend *b = tu_open(rh_url("redis+cluster://%s?prefix=rl:&timeout=1", cluster_hosts(&cl)));
     TU_OK(b, traffic_set(b, dead_key, "v", 1, 0));
     TU_OK(b, traffic_set(b, live_key, "v", 1, 0));
     rh_kill(&cl.nodes[0]);
@@ -639,7 +631,7 @@ START_TEST(t_readonly_follows_address)
     snprintf(vip, sizeof vip, "%s/vip.sock", rh_dir());
     snprintf(tmp, sizeof tmp, "%s/vip.tmp", rh_dir());
     ck_assert_int_eq(symlink(m.sock, vip), 0);
-    traffic_backend *b = open_url(rh_url("redis+unix://%s?prefix=vip:&pool_size=2", vip));
+    traffic_backend *b = tu_open(rh_url("redis+unix://%s?prefix=vip:&pool_size=2", vip));
     int64_t v = 0;
     TU_OK(b, traffic_increment(b, "c", 5, 0, &v));
     ck_assert_int_eq(rh_wait_synced(&m, &r, 10000), 0);
@@ -668,7 +660,7 @@ START_TEST(t_readonly_follows_address)
     TU_OK(b, traffic_close(b));
 
     /* aimed at a replica for good: a call gives up after two refusals, not sixteen */
-    traffic_backend *rb = open_url(rh_url("redis://127.0.0.1:%d?prefix=vip:", m.port));
+    traffic_backend *rb = tu_open(rh_url("redis://127.0.0.1:%d?prefix=vip:", m.port));
     long long rej0 = cmdstat(&m, "set", "rejected_calls=");
     rc = traffic_set(rb, "k", "v", 1, 0);
     ck_assert_msg(rc == TRAFFIC_EUNAVAILABLE, "set on a replica -> %s (%s)", traffic_strerror(rc), traffic_errmsg(rb));
@@ -811,7 +803,7 @@ START_TEST(t_ports_are_ports)
 
     struct fake_node moved0 = {.sock = real.sock};
     fake_start(&node, FAKE_ANSWER, node_answer, &moved0);
-    b = open_url(rh_url("redis+cluster://127.0.0.1:%d?prefix=pp:&timeout=1", node.port));
+    b = tu_open(rh_url("redis+cluster://127.0.0.1:%d?prefix=pp:&timeout=1", node.port));
     char buf[16];
     size_t len = 0;
     rc = traffic_get(b, "k", buf, sizeof buf, &len);
@@ -830,7 +822,7 @@ START_TEST(t_stats_redis6)
     struct fake_node six = {.sock = "", .redis6 = 1};
     fake_server node;
     fake_start(&node, FAKE_ANSWER, node_answer, &six);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=r6:&timeout=1", node.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=r6:&timeout=1", node.port));
     struct traffic_stats st;
     TU_OK(b, traffic_stats(b, &st));
     ck_assert_uint_eq(st.bytes_used, 1234);
@@ -886,7 +878,7 @@ START_TEST(t_cancel_inside_calls)
      * connection busy for ever. */
     rh_server s = {0};
     ck_assert_int_eq(rh_start(&s, NULL), 0);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=cn:&timeout=3&pool_size=1", s.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=cn:&timeout=3&pool_size=1", s.port));
     TU_OK(b, traffic_set(b, "k", "v", 1, 0));
     rh_pause(&s, 1);
     struct cancel_call a = {.b = b}, g = {.b = b};
@@ -1041,7 +1033,7 @@ START_TEST(t_fallback_primary_no_backoff)
     const char *url = rh_url("redis://127.0.0.1:%d?prefix=nb:&timeout=0.5&fallback=memory://%s"
                              "&fallback_backoff=0.001&fallback_backoff_max=0.001",
                              w.port, tu_name("nb"));
-    traffic_backend *a = open_url(url), *b = open_url(url);
+    traffic_backend *a = tu_open(url), *b = tu_open(url);
     TU_OK(a, traffic_set(a, "warm", "v", 1, 0));
     TU_OK(b, traffic_set(b, "warm", "v", 1, 0));
     fwd_down(&w);
@@ -1140,7 +1132,7 @@ START_TEST(t_scan_never_ends)
             struct endless e = {.mode = mode};
             fake_server node;
             fake_start(&node, FAKE_ANSWER, endless_answer, &e);
-            struct walk_call w = {.b = open_url(rh_url("redis://127.0.0.1:%d?prefix=ne:&timeout=1", node.port)),
+            struct walk_call w = {.b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=ne:&timeout=1", node.port)),
                                   .op = op};
             pthread_t tid;
             ck_assert_int_eq(pthread_create(&tid, NULL, walk_main, &w), 0);
@@ -1208,7 +1200,7 @@ START_TEST(t_reconnect_backoff)
     struct flaky k = {.mu = PTHREAD_MUTEX_INITIALIZER};
     fake_server node;
     fake_start(&node, FAKE_ANSWER, flaky_answer, &k);
-    traffic_backend *b = open_url(rh_url("redis://:pw@127.0.0.1:%d?prefix=bo:&timeout=0.5&pool_size=1", node.port));
+    traffic_backend *b = tu_open(rh_url("redis://:pw@127.0.0.1:%d?prefix=bo:&timeout=0.5&pool_size=1", node.port));
     char buf[8];
     size_t len;
     ck_assert_int_eq(traffic_get(b, "k", buf, sizeof buf, &len), TRAFFIC_ENOTFOUND);
@@ -1280,7 +1272,7 @@ START_TEST(t_sentinel_role_rediscovery)
     fake_start(&sent, FAKE_ANSWER, moving_sentinel_answer, &port);
     fake_start(&nowhere, FAKE_HUNG, NULL, NULL);
     traffic_backend *b =
-        open_url(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=ro:&timeout=1&pool_size=1", sent.port));
+        tu_open(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=ro:&timeout=1&pool_size=1", sent.port));
     char buf[8];
     size_t len = 0;
     TU_OK(b, traffic_get(b, "k", buf, sizeof buf, &len));
@@ -1314,7 +1306,7 @@ START_TEST(t_increment_not_resent)
     ck_assert_int_eq(rh_start(&s, NULL), 0);
     forwarder w;
     fwd_start(&w, s.port);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=nr:&timeout=0.5&pool_size=1", w.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=nr:&timeout=0.5&pool_size=1", w.port));
     int64_t v = 0;
     TU_OK(b, traffic_increment(b, "c", 5, 0, &v));
     ck_assert_int_eq(v, 5);

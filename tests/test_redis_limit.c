@@ -42,34 +42,9 @@ static rh_cluster CL; /* three cluster masters */
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static const char *prefix_of(const char *tag)
-{
-    static char bufs[8][128];
-    static int n;
-    char *b = bufs[n++ % 8];
-    snprintf(b, sizeof bufs[0], "%s:", tu_name(tag));
-    return b;
-}
-
-static traffic_backend *open_url(const char *url)
-{
-    traffic_backend *b = NULL;
-    int rc = traffic_open(url, &b);
-    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
-    return b;
-}
-
 static traffic_backend *open_standalone(const char *prefix)
 {
-    return open_url(rh_url("redis://127.0.0.1:%d?prefix=%s", S.port, prefix));
-}
-
-static traffic_rule rule_of(const char *text)
-{
-    traffic_rule r;
-    char msg[200];
-    ck_assert_msg(traffic_rule_parse(text, &r, msg, sizeof msg) == TRAFFIC_OK, "%s: %s", text, msg);
-    return r;
+    return tu_open(rh_url("redis://127.0.0.1:%d?prefix=%s", S.port, prefix));
 }
 
 /* traffic_get as a NUL-terminated string in a static buffer (or NULL with *rc set). */
@@ -336,7 +311,7 @@ START_TEST(t_differential)
     rng_state = seed * 0x9E3779B97F4A7C15ULL + 1;
     raw_conn = redisConnect("127.0.0.1", S.port);
     ck_assert_msg(raw_conn && !raw_conn->err, "connect");
-    diff_ctx x = {.prefix = prefix_of("diff")};
+    diff_ctx x = {.prefix = rh_prefix("diff")};
     x.b = open_standalone(x.prefix);
     x.stored.log = calloc(LOG_MAX, sizeof *x.stored.log);
     x.work.log = calloc(LOG_MAX, sizeof *x.work.log);
@@ -368,7 +343,7 @@ END_TEST
  * W - rem W / P rounds up to another µs than W - rem / P W would. */
 START_TEST(t_swc_rounding)
 {
-    const char *b_prefix = prefix_of("swc");
+    const char *b_prefix = rh_prefix("swc");
     traffic_backend *b = open_standalone(b_prefix);
     raw_conn = redisConnect("127.0.0.1", S.port);
     ck_assert_msg(raw_conn && !raw_conn->err, "connect");
@@ -429,7 +404,7 @@ START_TEST(t_differential_long_log)
     rng_state = seed * 0x9E3779B97F4A7C15ULL + 1;
     raw_conn = redisConnect("127.0.0.1", S.port);
     ck_assert_msg(raw_conn && !raw_conn->err, "connect");
-    diff_ctx x = {.prefix = prefix_of("long")};
+    diff_ctx x = {.prefix = rh_prefix("long")};
     x.b = open_standalone(x.prefix);
     x.stored.log = calloc(LOG_MAX, sizeof *x.stored.log);
     x.work.log = calloc(LOG_MAX, sizeof *x.work.log);
@@ -458,7 +433,7 @@ END_TEST
  * still decided exactly (the denial's retry is the oldest entry's expiry). */
 START_TEST(t_sliding_log_full)
 {
-    const char *p = prefix_of("full");
+    const char *p = rh_prefix("full");
     traffic_backend *b = open_standalone(p);
     traffic_rule r = {.algorithm = TRAFFIC_SLIDING_WINDOW, .limit = LOG_MAX, .window = 100};
     traffic_limit_state st = {.log = calloc(LOG_MAX, sizeof(traffic_limit_entry)), .log_cap = LOG_MAX};
@@ -501,8 +476,8 @@ END_TEST
 
 START_TEST(t_noscript)
 {
-    traffic_backend *b = open_standalone(prefix_of("nos"));
-    traffic_rule r = rule_of("fixed_window:5/60s");
+    traffic_backend *b = open_standalone(rh_prefix("nos"));
+    traffic_rule r = tu_rule("fixed_window:5/60s");
     traffic_decision d;
     for (int i = 0; i < 2; i++)
         TU_OK(b, traffic_limit_at(b, "k", &r, 1, 1000000, &d));
@@ -525,8 +500,8 @@ END_TEST
  * server's clock (rounded down to the ms), the key lives until the window ends. */
 START_TEST(t_server_time)
 {
-    traffic_backend *b = open_standalone(prefix_of("time"));
-    traffic_rule r = rule_of("fixed_window:5/60s");
+    traffic_backend *b = open_standalone(rh_prefix("time"));
+    traffic_rule r = tu_rule("fixed_window:5/60s");
     int64_t before = server_time_us(&S);
     ck_assert_int_eq(admitted(b, "k", &r, 20), 5);
     int64_t after = server_time_us(&S);
@@ -570,9 +545,9 @@ END_TEST
 
 START_TEST(t_types)
 {
-    const char *p = prefix_of("type");
+    const char *p = rh_prefix("type");
     traffic_backend *b = open_standalone(p);
-    traffic_rule fw = rule_of("fixed_window:3/60s"), tb = rule_of("token_bucket:10/100s,burst=4");
+    traffic_rule fw = tu_rule("fixed_window:3/60s"), tb = tu_rule("token_bucket:10/100s,burst=4");
     traffic_decision d;
     int64_t out;
 
@@ -627,7 +602,7 @@ START_TEST(t_types)
     snprintf(rkey, sizeof rkey, "%sempty", p);
     hr = rh_cmd(&S, "SET %s %s", rkey, "");
     freeReplyObject(hr);
-    traffic_rule swl = rule_of("sliding_window:5/1s");
+    traffic_rule swl = tu_rule("sliding_window:5/1s");
     TU_EXPECT_RC(b, traffic_limit(b, "empty", &swl, 1, &d), TRAFFIC_ETYPE);
     TU_EXPECT_RC(b, traffic_limit(b, "empty", &fw, 1, &d), TRAFFIC_ETYPE);
 
@@ -639,7 +614,7 @@ START_TEST(t_types)
     TU_EXPECT_RC(b, traffic_get(b, "bad", small, sizeof small, &len), TRAFFIC_ECORRUPT);
     hr = rh_cmd(&S, "SET %s %s", rkey, "!2abcdefg"); /* a log of 4.5 records */
     freeReplyObject(hr);
-    traffic_rule sl = rule_of("sliding_window:5/1s");
+    traffic_rule sl = tu_rule("sliding_window:5/1s");
     TU_EXPECT_RC(b, traffic_limit(b, "bad", &sl, 1, &d), TRAFFIC_ECORRUPT);
     TU_EXPECT_RC(b, traffic_get(b, "bad", small, sizeof small, &len), TRAFFIC_ECORRUPT);
     TU_OK(b, traffic_clear(b));
@@ -649,8 +624,8 @@ END_TEST
 
 START_TEST(t_stats)
 {
-    traffic_backend *b = open_standalone(prefix_of("stats"));
-    traffic_rule r = rule_of("sliding_window:2/10s");
+    traffic_backend *b = open_standalone(rh_prefix("stats"));
+    traffic_rule r = tu_rule("sliding_window:2/10s");
     traffic_decision d;
     for (int i = 0; i < 5; i++)
         TU_OK(b, traffic_limit_at(b, "k", &r, 1, 1000 + i, &d));
@@ -671,8 +646,8 @@ END_TEST
 
 START_TEST(t_unix)
 {
-    traffic_backend *b = open_url(rh_url("redis+unix://%s?db=2&prefix=%s", S.sock, prefix_of("unix")));
-    traffic_rule r = rule_of("leaky_bucket:10/100s,burst=2");
+    traffic_backend *b = tu_open(rh_url("redis+unix://%s?db=2&prefix=%s", S.sock, rh_prefix("unix")));
+    traffic_rule r = tu_rule("leaky_bucket:10/100s,burst=2");
     traffic_decision d;
     int64_t t = 3000000;
     for (int i = 0; i < 3; i++) {
@@ -694,8 +669,8 @@ START_TEST(t_sentinel)
 {
     rh_sentinel_set set;
     ck_assert_int_eq(rh_sentinel_start(&set, 1, NULL), 0);
-    traffic_backend *b = open_url(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=sl:", set.sentinels[0].port));
-    traffic_rule r = rule_of("sliding_window_counter:4/10s");
+    traffic_backend *b = tu_open(rh_url("redis+sentinel://127.0.0.1:%d/mymaster?prefix=sl:", set.sentinels[0].port));
+    traffic_rule r = tu_rule("sliding_window_counter:4/10s");
     ck_assert_int_eq(admitted(b, "k", &r, 6), 4);
     char want[128] = "", got[128] = "";
     ck_assert_int_eq(rh_str(&set.master, want, sizeof want, "GET sl:k"), 0);
@@ -712,10 +687,10 @@ END_TEST
 /* Keys of slots on every master: each decided on its own node, NOSCRIPT included. */
 START_TEST(t_cluster)
 {
-    const char *p = prefix_of("cl");
+    const char *p = rh_prefix("cl");
     traffic_backend *b =
-        open_url(rh_url("redis+cluster://127.0.0.1:%d,127.0.0.1:%d?prefix=%s", CL.nodes[0].port, CL.nodes[1].port, p));
-    traffic_rule r = rule_of("token_bucket:3/60s");
+        tu_open(rh_url("redis+cluster://127.0.0.1:%d,127.0.0.1:%d?prefix=%s", CL.nodes[0].port, CL.nodes[1].port, p));
+    traffic_rule r = tu_rule("token_bucket:3/60s");
     char key[32], rkey[200];
     int seen[RH_CLUSTER_MAX] = {0}, keys = 0;
     for (int i = 0; keys < 12 && i < 1000; i++) {

@@ -28,14 +28,6 @@
 #include "redis_harness.h"
 #include "testutil.h"
 
-static traffic_backend *open_url(const char *url)
-{
-    traffic_backend *b = NULL;
-    int rc = traffic_open(url, &b);
-    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
-    return b;
-}
-
 static int count_fn(void *ctx, const char *key, size_t klen, int kind, double ttl)
 {
     (void)key, (void)klen, (void)kind, (void)ttl;
@@ -142,7 +134,7 @@ static int pin_probe_fn(void *ctx, const char *key, size_t klen, int kind, doubl
 
 START_TEST(t_memory_fn_holds_no_pin)
 {
-    traffic_backend *b = open_url("memory://?max_size=64");
+    traffic_backend *b = tu_open("memory://?max_size=64");
     for (int i = 0; i < 10; i++) {
         char key[16];
         snprintf(key, sizeof key, "k%d", i);
@@ -201,7 +193,7 @@ START_TEST(t_sqlite_fn_holds_nothing)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/s.db", dir);
     snprintf(url, sizeof url, "sqlite://%s?pool_size=1&timeout=2", path);
-    traffic_backend *b = open_url(url);
+    traffic_backend *b = tu_open(url);
     for (int i = 0; i < 600; i++) { /* more than two batches */
         char key[16];
         snprintf(key, sizeof key, "k%04d", i);
@@ -227,7 +219,7 @@ START_TEST(t_sqlite_prefix_ranges)
     char dir[] = "/tmp/traffic-scan-XXXXXX", url[700];
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(url, sizeof url, "sqlite://%s/r.db", dir);
-    traffic_backend *b = open_url(url);
+    traffic_backend *b = tu_open(url);
     static const char *const keys[] = {"a",        "a\xff", "a\xff\xff", "a\xff\x62", "b",    "\xff",
                                        "\xff\xff", "ab",    "abc",       "ac",        "a\x01"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
@@ -318,8 +310,8 @@ START_TEST(t_glob_vs_redis)
 {
     rh_server srv = {0};
     ck_assert_int_eq(rh_start(&srv, NULL), 0);
-    traffic_backend *r = open_url(rh_url("redis://127.0.0.1:%d?prefix=g*[1]:", srv.port));
-    traffic_backend *m = open_url("memory://");
+    traffic_backend *r = tu_open(rh_url("redis://127.0.0.1:%d?prefix=g*[1]:", srv.port));
+    traffic_backend *m = tu_open("memory://");
     static const char alpha[] = "ab:*?[]\\-^";
     unsigned seed = 12345;
     enum { NKEYS = 300, NGLOBS = 400 };
@@ -379,7 +371,7 @@ START_TEST(t_redis_prefix_and_foreign_keys)
     rh_server srv = {0};
     ck_assert_int_eq(rh_start(&srv, NULL), 0);
     /* a prefix full of glob characters: escaped, it matches only itself */
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?prefix=p*[x]:", srv.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?prefix=p*[x]:", srv.port));
     TU_OK(b, traffic_set(b, "v", "1", 1, 0));
     TU_OK(b, traffic_increment(b, "c", 1, 0, NULL));
     traffic_rule r = {.algorithm = TRAFFIC_FIXED_WINDOW, .limit = 5, .window = 60};
@@ -428,9 +420,9 @@ START_TEST(t_fallback)
     const char *fb = tu_name("fb");
     char fb_url[256];
     tu_memory_url(fb_url, sizeof fb_url, fb, NULL);
-    traffic_backend *direct = open_url(fb_url);
+    traffic_backend *direct = tu_open(fb_url);
     TU_OK(direct, traffic_set(direct, "f-only", "x", 1, 0));
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d?timeout=0.3&fallback=%s", srv.port, fb_url));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d?timeout=0.3&fallback=%s", srv.port, fb_url));
     for (int i = 0; i < 3000; i++) { /* several SCAN steps */
         char key[16];
         snprintf(key, sizeof key, "p-%d", i);
@@ -478,7 +470,7 @@ static double scan_seconds(traffic_backend *b, long *n)
 
 START_TEST(t_100k_memory)
 {
-    traffic_backend *b = open_url("memory://?max_size=200000");
+    traffic_backend *b = tu_open("memory://?max_size=200000");
     for (int i = 0; i < BIG; i++) {
         char key[32];
         snprintf(key, sizeof key, "key:%d", i);
@@ -498,7 +490,7 @@ START_TEST(t_100k_sqlite)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/big.db", dir);
     snprintf(url, sizeof url, "sqlite://%s", path);
-    traffic_backend *b = open_url(url); /* creates the schema */
+    traffic_backend *b = tu_open(url); /* creates the schema */
     sqlite3 *db;
     ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
     /* one transaction: 100k rows as the backend writes counters (sqlite.c's schema) */
@@ -534,7 +526,7 @@ START_TEST(t_100k_redis)
                             "for i = 1, 100000 do redis.call('SET', 'traffic:key:' .. i, i) end "
                             "return 1"),
                      1);
-    traffic_backend *b = open_url(rh_url("redis://127.0.0.1:%d", srv.port));
+    traffic_backend *b = tu_open(rh_url("redis://127.0.0.1:%d", srv.port));
     keyset s = scan_set(b, NULL, 1);
     ck_assert_int_eq((int)s.n, BIG);
     keyset_free(&s);

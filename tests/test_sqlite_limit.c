@@ -43,14 +43,6 @@ static void base_teardown(void)
     tsq_teardown();
 }
 
-static traffic_rule rule_of(const char *text)
-{
-    traffic_rule r;
-    char msg[200];
-    ck_assert_msg(traffic_rule_parse(text, &r, msg, sizeof msg) == TRAFFIC_OK, "%s: %s", text, msg);
-    return r;
-}
-
 /* traffic_get's text of key (static buffer), or NULL when the key is absent. */
 static const char *get_text(traffic_backend *b, const char *key)
 {
@@ -79,7 +71,7 @@ START_TEST(limit_row_format)
 {
     const char *p = tsq_db("format");
     traffic_backend *b = tsq_open(p, NULL);
-    traffic_rule tb = rule_of("token_bucket:10/10s"), sw = rule_of("sliding_window:5/60s");
+    traffic_rule tb = tu_rule("token_bucket:10/10s"), sw = tu_rule("sliding_window:5/60s");
     traffic_decision d;
     int64_t before = wall_us();
     TU_OK(b, traffic_limit(b, "tb", &tb, 3, &d));
@@ -139,7 +131,7 @@ START_TEST(limit_expired_is_absent)
 {
     const char *p = tsq_db("expired");
     traffic_backend *b = tsq_open(p, NULL);
-    traffic_rule fw = rule_of("fixed_window:2/500ms"), tb = rule_of("token_bucket:5/1s");
+    traffic_rule fw = tu_rule("fixed_window:2/500ms"), tb = tu_rule("token_bucket:5/1s");
     traffic_decision d;
     TU_OK(b, traffic_limit(b, "k", &fw, 1, &d));
     TU_OK(b, traffic_limit(b, "k", &fw, 1, &d));
@@ -192,7 +184,7 @@ START_TEST(limit_procs_exact_quota)
         const char *p = tsq_db("procs");
         traffic_backend *b = tsq_open(p, NULL);
         TU_OK(b, traffic_close(b));
-        traffic_rule r = rule_of(pc->rule);
+        traffic_rule r = tu_rule(pc->rule);
         uint64_t *sh = tu_shared(4096), *ready = sh, *go = sh + 1, *allowed = sh + 2, *errs = sh + 3, *retries = sh + 4,
                  *first_err = sh + 5;
         pid_t pids[PROCS];
@@ -313,7 +305,7 @@ START_TEST(limit_crash_before_commit)
 {
     const char *p = tsq_db("crash");
     traffic_backend *b = tsq_open(p, NULL);
-    traffic_rule r = rule_of("fixed_window:10/60s");
+    traffic_rule r = tu_rule("fixed_window:10/60s");
     traffic_decision d;
     for (int i = 0; i < 3; i++)
         TU_OK(b, traffic_limit_at(b, "k", &r, 1, 5000000, &d));
@@ -344,7 +336,7 @@ START_TEST(limit_reopen_keeps_state)
 {
     const char *p = tsq_db("reopen");
     traffic_backend *b = tsq_open(p, NULL);
-    traffic_rule r = rule_of("leaky_bucket:10/1h,burst=4");
+    traffic_rule r = tu_rule("leaky_bucket:10/1h,burst=4");
     traffic_decision d;
     int64_t t = 7000000000;
     for (int i = 0; i < 3; i++)
@@ -382,7 +374,7 @@ START_TEST(limit_busy_timeout)
 {
     const char *p = tsq_db("busy");
     traffic_backend *b = tsq_open(p, "timeout=0.3");
-    traffic_rule r = rule_of("token_bucket:5/1s");
+    traffic_rule r = tu_rule("token_bucket:5/1s");
     traffic_decision d;
     TU_OK(b, traffic_limit(b, "k", &r, 1, &d));
     sqlite3 *db = tsq_raw_open(p);

@@ -178,3 +178,19 @@ int tu_run(Suite *s)
     remove_leftovers();
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
+
+traffic_backend *tu_open(const char *url)
+{
+    traffic_backend *b = NULL;
+    int rc = traffic_open(url, &b);
+    ck_assert_msg(rc == TRAFFIC_OK && b, "open(%s) -> %s (%s)", url, traffic_strerror(rc), traffic_errmsg(NULL));
+    return b;
+}
+
+traffic_rule tu_rule(const char *text)
+{
+    traffic_rule r;
+    char msg[200];
+    ck_assert_msg(traffic_rule_parse(text, &r, msg, sizeof msg) == TRAFFIC_OK, "%s: %s", text, msg);
+    return r;
+}

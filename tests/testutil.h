@@ -83,6 +83,10 @@ typedef struct tu_timed {
     int64_t took;
 } tu_timed;
 void *tu_timed_call(void *arg);
+/* A handle on url, asserting that it opens (the message names the URL and the error). */
+traffic_backend *tu_open(const char *url);
+/* The rule text parses to, asserting that it does. */
+traffic_rule tu_rule(const char *text);
 /* The handle's statistics, asserting that the call works. */
 struct traffic_stats tu_stats(traffic_backend *b);
 /* Sleeps ms milliseconds, through signals. */
