@@ -24,73 +24,18 @@
 #include <traffic/backend.h>
 
 #include "fuzz.h"
+#include "../tests/limit_model.h"
 
 #define FUZZ_STEPS 24
 #define REMAINING_COUNTED 2048 /* remaining figures checked one request at a time */
-#define LOG_MAX    TRAFFIC_SLIDING_WINDOW_LIMIT_MAX
 #define TIME_END   (INT64_C(1) << 52) /* traffic_limit_at takes 0 <= now < 2^52 */
 
-typedef struct pstate {
-    traffic_limit_state st;
-    traffic_limit_entry log[LOG_MAX];
-} pstate;
-
-static pstate stored, work, tmp, zero;
+static lm_pstate stored, work, tmp, zero;
 
 void fuzz_limit_init(void)
 {
 }
 
-static void pcopy(pstate *dst, const pstate *src)
-{
-    dst->st = src->st;
-    dst->st.log = dst->log;
-    dst->st.log_cap = LOG_MAX;
-    memcpy(dst->log, src->log, src->st.nlog * sizeof *dst->log);
-}
-
-static void pzero(pstate *p)
-{
-    memset(&p->st, 0, sizeof p->st);
-    p->st.log = p->log;
-    p->st.log_cap = LOG_MAX;
-}
-
-static int is_bucket(traffic_algorithm a)
-{
-    return a == TRAFFIC_TOKEN_BUCKET || a == TRAFFIC_LEAKY_BUCKET;
-}
-
-static int64_t most_of(const traffic_rule *r)
-{
-    int64_t cap = r->burst ? r->burst : r->limit;
-    return r->algorithm == TRAFFIC_LEAKY_BUCKET ? cap + 1 : is_bucket(r->algorithm) ? cap : r->limit;
-}
-
-/* The whole µs a decision's seconds came from (test_limit.c's to_us), -1 if none. */
-static int64_t to_us(double s)
-{
-    if (!(fabs(s) < 1e12)) return -1;
-    int64_t us = (int64_t)llround(s * 1e6);
-    for (int64_t k = us - 1; k <= us + 1; k++)
-        if ((double)k / 1e6 == s) return k;
-    return -1;
-}
-
-static int whole_us(double s)
-{
-    return s == 0 || to_us(s) > 0;
-}
-
-static int same_decision(const traffic_decision *x, const traffic_decision *y)
-{
-    return x->allowed == y->allowed && x->limit == y->limit && x->remaining == y->remaining &&
-           x->reset_after == y->reset_after && x->retry_after == y->retry_after && x->delay == y->delay;
-}
-
-#define DEC_FMT "{allowed %d, limit %lld, remaining %lld, reset %.9f, retry %.9f, delay %.9f}"
-#define DEC_ARGS(d)                                                                                                    \
-    (d).allowed, (long long)(d).limit, (long long)(d).remaining, (d).reset_after, (d).retry_after, (d).delay
 #define CTX_FMT "%s %lld/%.17gs burst %lld, step %d, now %lld, cost %lld: "
 #define CTX_ARGS                                                                                                       \
     traffic_algorithm_name(r->algorithm), (long long)r->limit, r->window, (long long)r->burst, step, (long long)now,   \
@@ -101,26 +46,19 @@ static int same_decision(const traffic_decision *x, const traffic_decision *y)
     } while (0)
 
 /* The decision of cost at now on a copy of *p (left alone). */
-static traffic_decision at(const traffic_rule *r, const pstate *p, int64_t now, int64_t cost)
+static traffic_decision at(const traffic_rule *r, const lm_pstate *p, int64_t now, int64_t cost)
 {
     traffic_decision d;
-    pcopy(&tmp, p);
-    int x = traffic_limit_apply(r, &tmp.st, now, cost, &d);
+    int x = lm_at(r, p, &tmp, now, cost, &d);
     if (x < 0) fuzz_fail("traffic_limit_apply -> %d on a state it made (now %lld, cost %lld)", x, (long long)now,
                          (long long)cost);
     return d;
 }
 
-static int64_t passes_in_a_row(const traffic_rule *r, const pstate *p, int64_t now, int64_t cap)
+static int64_t passes_in_a_row(const traffic_rule *r, const lm_pstate *p, int64_t now, int64_t cap)
 {
-    pcopy(&tmp, p);
-    int64_t n = 0;
-    traffic_decision d;
-    while (n <= cap) {
-        if (traffic_limit_apply(r, &tmp.st, now, 1, &d) < 0) fuzz_fail("traffic_limit_apply refused cost 1");
-        if (!d.allowed) break;
-        n++;
-    }
+    int64_t n = lm_passes_in_a_row(r, p, &tmp, now, cap);
+    if (n < 0) fuzz_fail("traffic_limit_apply refused cost 1");
     return n;
 }
 
@@ -150,14 +88,14 @@ static void fuzz_rule(fuzz_in *in, traffic_rule *r)
     r->limit = sel < 128 ? 1 + (int64_t)(fuzz_uint(in, 2) % (sel < 64 ? 64 : 10000)) : fuzz_i64(in);
     r->window = fuzz_window(in);
     sel = fuzz_u8(in);
-    r->burst = !is_bucket(r->algorithm) && sel < 200 ? 0 : sel < 128 ? (int64_t)fuzz_uint(in, 2) % 100 : fuzz_i64(in);
+    r->burst = !lm_is_bucket(r->algorithm) && sel < 200 ? 0 : sel < 128 ? (int64_t)fuzz_uint(in, 2) % 100 : fuzz_i64(in);
 }
 
 /* The next instant: stay, step forward, jump to the last decision's edges, far ahead, or back. */
 static int64_t next_time(fuzz_in *in, int64_t now, const traffic_decision *d, int64_t w)
 {
     uint8_t sel = fuzz_u8(in);
-    int64_t t = now, retry = to_us(d->retry_after), reset = to_us(d->reset_after);
+    int64_t t = now, retry = lm_to_us(d->retry_after), reset = lm_to_us(d->reset_after);
     int64_t x = (int64_t)fuzz_uint(in, 3);
     switch (sel % 8) {
     case 0: break;
@@ -177,19 +115,19 @@ static void check_decision(const traffic_rule *r, int step, int64_t now, int64_t
 {
     traffic_decision d = *dp;
     traffic_algorithm a = r->algorithm;
-    int64_t most = most_of(r), c = cost ? cost : 1;
-    REQUIRE(rc == (d.allowed && cost > 0), CTX_FMT "returned %d for " DEC_FMT, CTX_ARGS, rc, DEC_ARGS(d));
+    int64_t most = lm_most_of(r), c = cost ? cost : 1;
+    REQUIRE(rc == (d.allowed && cost > 0), CTX_FMT "returned %d for " LM_DEC_FMT, CTX_ARGS, rc, LM_DEC_ARGS(d));
     REQUIRE(d.limit == most, CTX_FMT "limit %lld, want %lld", CTX_ARGS, (long long)d.limit, (long long)most);
-    REQUIRE(d.remaining >= 0 && d.remaining <= most, CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
-    REQUIRE(d.reset_after >= 0 && whole_us(d.reset_after), CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
-    REQUIRE(d.delay >= 0 && whole_us(d.delay) && (d.delay == 0 || (a == TRAFFIC_LEAKY_BUCKET && d.allowed)),
-            CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+    REQUIRE(d.remaining >= 0 && d.remaining <= most, CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
+    REQUIRE(d.reset_after >= 0 && lm_whole_us(d.reset_after), CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
+    REQUIRE(d.delay >= 0 && lm_whole_us(d.delay) && (d.delay == 0 || (a == TRAFFIC_LEAKY_BUCKET && d.allowed)),
+            CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
     if (d.allowed)
-        REQUIRE(d.retry_after == 0 && c <= most, CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+        REQUIRE(d.retry_after == 0 && c <= most, CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
     else if (c > most)
-        REQUIRE(d.retry_after == -1, CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+        REQUIRE(d.retry_after == -1, CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
     else
-        REQUIRE(d.retry_after > 0 && whole_us(d.retry_after), CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+        REQUIRE(d.retry_after > 0 && lm_whole_us(d.retry_after), CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
 }
 
 /* What the decision d promises about `stored` (the state after it), tried on copies. */
@@ -197,11 +135,11 @@ static void check_meaning(const traffic_rule *r, int step, int64_t now, int64_t 
 {
     traffic_decision d = *dp;
     int swc = r->algorithm == TRAFFIC_SLIDING_WINDOW_COUNTER;
-    int64_t most = most_of(r), c = cost ? cost : 1;
+    int64_t most = lm_most_of(r), c = cost ? cost : 1;
     if (cost == 0) {
         traffic_decision one = at(r, &stored, now, 1);
         REQUIRE(one.allowed == d.allowed && one.retry_after == d.retry_after && one.delay == d.delay,
-                CTX_FMT "peek " DEC_FMT ", cost 1 " DEC_FMT, CTX_ARGS, DEC_ARGS(d), DEC_ARGS(one));
+                CTX_FMT "peek " LM_DEC_FMT ", cost 1 " LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d), LM_DEC_ARGS(one));
     }
     /* remaining: that many cost-1 requests pass now, and no more. Counted one by one up to
      * REMAINING_COUNTED; beyond, one request of that cost must pass instead, which for the
@@ -213,31 +151,31 @@ static void check_meaning(const traffic_rule *r, int step, int64_t now, int64_t 
                 CTX_FMT "remaining %lld, but %lld pass in a row", CTX_ARGS, (long long)d.remaining, (long long)n);
     } else if (!swc) {
         traffic_decision all = at(r, &stored, now, d.remaining);
-        REQUIRE(all.allowed && all.remaining == 0, CTX_FMT "remaining %lld, but that cost gets " DEC_FMT, CTX_ARGS,
-                (long long)d.remaining, DEC_ARGS(all));
+        REQUIRE(all.allowed && all.remaining == 0, CTX_FMT "remaining %lld, but that cost gets " LM_DEC_FMT, CTX_ARGS,
+                (long long)d.remaining, LM_DEC_ARGS(all));
     }
-    if (!d.allowed && d.retry_after > 0 && now + to_us(d.retry_after) + 2 < TIME_END) {
-        int64_t t = now + to_us(d.retry_after);
+    if (!d.allowed && d.retry_after > 0 && now + lm_to_us(d.retry_after) + 2 < TIME_END) {
+        int64_t t = now + lm_to_us(d.retry_after);
         traffic_decision then = at(r, &stored, t, c), before = at(r, &stored, t - 1, c);
         for (int64_t k = 1; swc && !then.allowed && k <= 2; k++)
             then = at(r, &stored, t + k, c);
         if (swc) before.allowed = 0;
         REQUIRE(then.allowed && !before.allowed,
-                CTX_FMT "retry %.6f, but then " DEC_FMT " and a µs before " DEC_FMT, CTX_ARGS, d.retry_after,
-                DEC_ARGS(then), DEC_ARGS(before));
+                CTX_FMT "retry %.6f, but then " LM_DEC_FMT " and a µs before " LM_DEC_FMT, CTX_ARGS, d.retry_after,
+                LM_DEC_ARGS(then), LM_DEC_ARGS(before));
     }
-    int64_t t = now + to_us(d.reset_after);
+    int64_t t = now + lm_to_us(d.reset_after);
     if (t >= TIME_END) return;
     for (int64_t k = 1; k <= most && k <= 3; k++) {
         int64_t kk = k == 3 ? most : k;
         traffic_decision s1 = at(r, &stored, t, kk), z1 = at(r, &zero, t, kk);
-        REQUIRE(same_decision(&s1, &z1),
-                CTX_FMT "reset %.6f, but then cost %lld gets " DEC_FMT " where an unused key gets " DEC_FMT, CTX_ARGS,
-                d.reset_after, (long long)kk, DEC_ARGS(s1), DEC_ARGS(z1));
+        REQUIRE(lm_same_decision(&s1, &z1),
+                CTX_FMT "reset %.6f, but then cost %lld gets " LM_DEC_FMT " where an unused key gets " LM_DEC_FMT, CTX_ARGS,
+                d.reset_after, (long long)kk, LM_DEC_ARGS(s1), LM_DEC_ARGS(z1));
     }
     if (d.reset_after > 0) {
         traffic_decision s0 = at(r, &stored, t - 1, 0), z0 = at(r, &zero, t - 1, 0);
-        REQUIRE(!same_decision(&s0, &z0), CTX_FMT "reset %.6f, but a µs before the key looks unused", CTX_ARGS,
+        REQUIRE(!lm_same_decision(&s0, &z0), CTX_FMT "reset %.6f, but a µs before the key looks unused", CTX_ARGS,
                 d.reset_after);
     }
 }
@@ -245,17 +183,18 @@ static void check_meaning(const traffic_rule *r, int step, int64_t now, int64_t 
 /* Game 1 on a rule: decisions from the unused state. */
 static void play(const traffic_rule *r, fuzz_in *in)
 {
-    pzero(&stored);
-    pzero(&zero);
-    pzero(&work);
+    lm_pzero(&stored);
+    lm_pzero(&zero);
+    lm_pzero(&work);
     if (traffic_limit_check(r, NULL, 0) != TRAFFIC_OK) {
         traffic_decision d;
         int rc = traffic_limit_apply(r, &work.st, 0, 1, &d);
         if (rc != TRAFFIC_EINVAL) fuzz_fail("apply took a rule that check refused: %d", rc);
         return;
     }
-    if (r->algorithm == TRAFFIC_SLIDING_WINDOW && r->limit > LOG_MAX) fuzz_fail("a log rule over the bound passed");
-    int64_t w = (int64_t)(r->window * 1e6 + 0.5), most = most_of(r);
+    if (r->algorithm == TRAFFIC_SLIDING_WINDOW && r->limit > TRAFFIC_SLIDING_WINDOW_LIMIT_MAX)
+        fuzz_fail("a log rule over the bound passed");
+    int64_t w = (int64_t)(r->window * 1e6 + 0.5), most = lm_most_of(r);
     int64_t now = (int64_t)fuzz_uint(in, 6);
     traffic_decision d = {0};
     for (int step = 0; step < FUZZ_STEPS && in->n; step++) {
@@ -264,10 +203,10 @@ static void play(const traffic_rule *r, fuzz_in *in)
         int64_t cost = sel < 40 ? 0 : sel < 140 ? 1 : sel < 220 ? 1 + (int64_t)(fuzz_uint(in, 3) % (uint64_t)most)
                        : sel < 250                                 ? most + (int64_t)(fuzz_u8(in) % 3)
                                    : llabs(fuzz_i64(in) / 2);
-        pcopy(&work, &stored);
+        lm_pcopy(&work, &stored);
         int rc = traffic_limit_apply(r, &work.st, now, cost, &d);
         check_decision(r, step, now, cost, rc, &d);
-        if (rc == 1) pcopy(&stored, &work); /* what a store keeps */
+        if (rc == 1) lm_pcopy(&stored, &work); /* what a store keeps */
         check_meaning(r, step, now, cost, &d);
     }
 }
@@ -277,12 +216,12 @@ static void damage(fuzz_in *in)
 {
     traffic_rule r;
     fuzz_rule(in, &r);
-    pzero(&work);
+    lm_pzero(&work);
     work.st.a = fuzz_i64(in);
     work.st.b = fuzz_i64(in);
     work.st.c = fuzz_i64(in);
     size_t n = fuzz_u8(in);
-    if (n > 200) n = (size_t)fuzz_uint(in, 2) % (LOG_MAX + 1);
+    if (n > 200) n = (size_t)fuzz_uint(in, 2) % (LM_LOG_CAP + 1);
     for (size_t i = 0; i < n; i++) {
         uint8_t sel = fuzz_u8(in);
         work.log[i].t_us = sel & 1 ? fuzz_i64(in) : (int64_t)fuzz_uint(in, 6);
@@ -290,7 +229,7 @@ static void damage(fuzz_in *in)
     }
     work.st.nlog = n;
     uint8_t sel = fuzz_u8(in);
-    if (sel & 1) work.st.log_cap = (size_t)fuzz_uint(in, 2) % (LOG_MAX + 1);
+    if (sel & 1) work.st.log_cap = (size_t)fuzz_uint(in, 2) % (LM_LOG_CAP + 1);
     if (work.st.log_cap < work.st.nlog) work.st.log_cap = work.st.nlog; /* the array's true room: never past it */
     int64_t now = sel & 2 ? fuzz_i64(in) : (int64_t)fuzz_uint(in, 6);
     int64_t cost = sel & 4 ? fuzz_i64(in) : (int64_t)fuzz_u8(in);
@@ -298,7 +237,7 @@ static void damage(fuzz_in *in)
     int rc = traffic_limit_apply(&r, &work.st, now, cost, &d);
     if (rc != 0 && rc != 1 && rc != TRAFFIC_EINVAL) fuzz_fail("traffic_limit_apply returned %d", rc);
     if (rc >= 0 && (!isfinite(d.reset_after) || !isfinite(d.retry_after) || !isfinite(d.delay)))
-        fuzz_fail("a decision with a non-finite figure: " DEC_FMT, DEC_ARGS(d));
+        fuzz_fail("a decision with a non-finite figure: " LM_DEC_FMT, LM_DEC_ARGS(d));
     if (work.st.nlog > work.st.log_cap) fuzz_fail("the log grew past its room");
 }
 

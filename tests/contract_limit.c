@@ -37,6 +37,7 @@
 
 #include <traffic/backend.h>
 
+#include "limit_model.h"
 #include "testutil.h"
 
 static contract_backend L; /* a copy of the suite's backend; forked tests read it */
@@ -82,22 +83,10 @@ static int64_t to_us(double s)
     return (int64_t)llround(s * 1e6);
 }
 
-static int is_bucket(traffic_algorithm a)
-{
-    return a == TRAFFIC_TOKEN_BUCKET || a == TRAFFIC_LEAKY_BUCKET;
-}
-
 static traffic_rule rule_of(traffic_algorithm a, int64_t limit, double window, int64_t burst)
 {
     traffic_rule r = {.algorithm = a, .limit = limit, .window = window, .burst = burst};
     return r;
-}
-
-/* decision.limit: L for the windows, B for the token bucket, Q + 1 for the leaky bucket. */
-static int64_t most_of(const traffic_rule *r)
-{
-    int64_t cap = r->burst ? r->burst : r->limit;
-    return r->algorithm == TRAFFIC_LEAKY_BUCKET ? cap + 1 : is_bucket(r->algorithm) ? cap : r->limit;
 }
 
 /* The largest sliding_window limit this store keeps: the memory backend stores the log as one
@@ -107,16 +96,6 @@ static int64_t log_limit_max(void)
     int64_t n = ((int64_t)L.value_limit - 8) / 8;
     return n < TRAFFIC_SLIDING_WINDOW_LIMIT_MAX ? n : TRAFFIC_SLIDING_WINDOW_LIMIT_MAX;
 }
-
-static int same_decision(const traffic_decision *x, const traffic_decision *y)
-{
-    return x->allowed == y->allowed && x->limit == y->limit && x->remaining == y->remaining &&
-           x->reset_after == y->reset_after && x->retry_after == y->retry_after && x->delay == y->delay;
-}
-
-#define DEC_FMT "{allowed %d, limit %lld, remaining %lld, reset %.9f, retry %.9f, delay %.9f}"
-#define DEC_ARGS(d)                                                                                                    \
-    (d).allowed, (long long)(d).limit, (long long)(d).remaining, (d).reset_after, (d).retry_after, (d).delay
 
 /* traffic_get's text of key, NUL-terminated; returns the status. */
 static int get_text(traffic_backend *b, const char *key, char *buf, size_t cap)
@@ -421,8 +400,8 @@ static void run_case(traffic_backend *b, const lcase *c)
                                  .reset_after = secs(s->reset),
                                  .retry_after = s->retry < 0 ? -1.0 : secs(s->retry),
                                  .delay = secs(s->delay)};
-        ck_assert_msg(same_decision(&d, &want), "%s step %d (BASE + %lld, cost %lld): got " DEC_FMT ", want " DEC_FMT,
-                      c->name, k + 1, (long long)s->at, (long long)s->cost, DEC_ARGS(d), DEC_ARGS(want));
+        ck_assert_msg(lm_same_decision(&d, &want), "%s step %d (BASE + %lld, cost %lld): got " LM_DEC_FMT ", want " LM_DEC_FMT,
+                      c->name, k + 1, (long long)s->at, (long long)s->cost, LM_DEC_ARGS(d), LM_DEC_ARGS(want));
     }
     char text[512];
     int rc = get_text(b, c->name, text, sizeof text);
@@ -629,7 +608,7 @@ START_TEST(l_kind_algorithms)
         DECIDE_AT(b, key, &r1, 1, BASE);
         d = DECIDE_AT(b, key, &r2, 1, BASE + 1);
         ck_assert_int_eq(d.allowed, 1);
-        ck_assert_int_eq(d.limit, most_of(&r2));
+        ck_assert_int_eq(d.limit, lm_most_of(&r2));
     }
     ldone(b);
 }
@@ -663,7 +642,7 @@ START_TEST(l_kind_delete)
     char key[16];
     for (int a = 0; a < N_ALGOS; a++) {
         traffic_rule r = plain_rule(a);
-        int64_t most = most_of(&r);
+        int64_t most = lm_most_of(&r);
         snprintf(key, sizeof key, "del%d", a);
         traffic_decision d = DECIDE(b, key, &r, most);
         ck_assert_int_eq(d.allowed, 1);
@@ -673,7 +652,7 @@ START_TEST(l_kind_delete)
         TU_OK(b, traffic_delete(b, key));
         EXPECT_ABSENT(b, key);
         d = DECIDE(b, key, &r, most);
-        ck_assert_msg(d.allowed == 1 && d.remaining == 0, "%s after delete: " DEC_FMT, key, DEC_ARGS(d));
+        ck_assert_msg(d.allowed == 1 && d.remaining == 0, "%s after delete: " LM_DEC_FMT, key, LM_DEC_ARGS(d));
     }
     ldone(b);
 }
@@ -697,7 +676,7 @@ START_TEST(l_kind_ttl)
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         snprintf(key, sizeof key, "ttl%zu", i);
         traffic_decision d = DECIDE(b, key, &t[i].r, t[i].cost);
-        ck_assert_msg(d.allowed && d.reset_after >= 20 && d.reset_after <= 120, "%s: " DEC_FMT, key, DEC_ARGS(d));
+        ck_assert_msg(d.allowed && d.reset_after >= 20 && d.reset_after <= 120, "%s: " LM_DEC_FMT, key, LM_DEC_ARGS(d));
         ck_assert_int_eq(traffic_exists(b, key), 1);
         TU_OK(b, traffic_ttl(b, key, &s));
         /* at least reset_after; a backend may keep it up to an eighth longer (traffic.h) */
@@ -733,7 +712,7 @@ START_TEST(l_kind_clear)
         snprintf(key, sizeof key, "c%d", a);
         EXPECT_ABSENT(b, key);
         traffic_decision d = DECIDE(b, key, &r, 1); /* starts afresh */
-        ck_assert_msg(d.allowed && d.remaining == most_of(&r) - 1, "%s after clear: " DEC_FMT, key, DEC_ARGS(d));
+        ck_assert_msg(d.allowed && d.remaining == lm_most_of(&r) - 1, "%s after clear: " LM_DEC_FMT, key, LM_DEC_ARGS(d));
     }
     ldone(b);
 }
@@ -754,7 +733,7 @@ START_TEST(l_kind_expires)
         snprintf(key, sizeof key, "e%d", i);
         int64_t t0 = mono_us();
         traffic_decision d = i < N_ALGOS ? DECIDE(b, key, &rules[i], 1) : DECIDE_AT(b, key, &rules[i], 1, BASE);
-        ck_assert_msg(d.allowed && d.reset_after > 0 && d.reset_after <= 0.2, "%s: " DEC_FMT, key, DEC_ARGS(d));
+        ck_assert_msg(d.allowed && d.reset_after > 0 && d.reset_after <= 0.2, "%s: " LM_DEC_FMT, key, LM_DEC_ARGS(d));
         int e = traffic_exists(b, key);
         /* present, unless the real time since the decision allowed it to go already */
         ck_assert_msg(e == 1 || (e == 0 && mono_us() - t0 >= to_us(d.reset_after)), "%s: exists -> %d", key, e);
@@ -776,16 +755,16 @@ START_TEST(l_denied_stores_nothing)
     char key[16], before[512], text[512];
     for (int a = 0; a < N_ALGOS; a++) {
         traffic_rule r = rule_of((traffic_algorithm)a, 3, 60, 0);
-        int64_t most = most_of(&r);
+        int64_t most = lm_most_of(&r);
         snprintf(key, sizeof key, "p%d", a);
         traffic_decision d = DECIDE_AT(b, key, &r, 0, BASE);
         ck_assert_msg(d.allowed == 1 && d.remaining == most && d.reset_after == 0 && d.retry_after == 0,
-                      "peek on an unused %s key: " DEC_FMT, traffic_algorithm_name(r.algorithm), DEC_ARGS(d));
+                      "peek on an unused %s key: " LM_DEC_FMT, traffic_algorithm_name(r.algorithm), LM_DEC_ARGS(d));
         EXPECT_ABSENT(b, key);
         d = DECIDE_AT(b, key, &r, most + 1, BASE);
         ck_assert_msg(d.allowed == 0 && d.retry_after == -1 && d.remaining == most && d.reset_after == 0,
-                      "cost %lld on an unused %s key: " DEC_FMT, (long long)(most + 1),
-                      traffic_algorithm_name(r.algorithm), DEC_ARGS(d));
+                      "cost %lld on an unused %s key: " LM_DEC_FMT, (long long)(most + 1),
+                      traffic_algorithm_name(r.algorithm), LM_DEC_ARGS(d));
         EXPECT_ABSENT(b, key);
 
         /* a full key: denials and peeks leave its state as it was */
@@ -795,7 +774,7 @@ START_TEST(l_denied_stores_nothing)
         TU_OK(b, get_text(b, key, before, sizeof before));
         for (int k = 0; k < 3; k++) {
             d = DECIDE_AT(b, key, &r, k == 2 ? 0 : 1 + k, BASE + 1000 * k);
-            ck_assert_msg(d.allowed == 0, "%s: " DEC_FMT, key, DEC_ARGS(d));
+            ck_assert_msg(d.allowed == 0, "%s: " LM_DEC_FMT, key, LM_DEC_ARGS(d));
             TU_OK(b, get_text(b, key, text, sizeof text));
             ck_assert_msg(strcmp(text, before) == 0, "%s: a denial changed %s to %s", key, before, text);
         }
@@ -806,7 +785,7 @@ START_TEST(l_denied_stores_nothing)
         TU_OK(b, traffic_limit(b, "n-real", &r, 1, NULL));
         ck_assert_int_eq(traffic_exists(b, "n-real"), 1);
         d = DECIDE_AT(b, key, &r, 0, BASE);
-        ck_assert_msg(d.remaining == 1, "%s after a decision with out NULL: " DEC_FMT, key, DEC_ARGS(d));
+        ck_assert_msg(d.remaining == 1, "%s after a decision with out NULL: " LM_DEC_FMT, key, LM_DEC_ARGS(d));
         TU_OK(b, traffic_delete(b, "n-real"));
     }
     ldone(b);
@@ -905,7 +884,7 @@ static traffic_rule random_rule(uint64_t *s, traffic_algorithm a)
     for (;;) {
         traffic_rule r = rule_of(a, limits[below(s, 8)], windows[below(s, 8)], 0);
         if (a == TRAFFIC_SLIDING_WINDOW) r.limit = 1 + below(s, log_max);
-        if (is_bucket(a)) r.burst = bursts[below(s, 6)];
+        if (lm_is_bucket(a)) r.burst = bursts[below(s, 6)];
         if (traffic_limit_check(&r, NULL, 0) == TRAFFIC_OK) return r;
     }
 }
@@ -984,8 +963,8 @@ START_TEST(l_differential)
 
     for (int seq = 0; seq < DIFF_DECISIONS / DIFF_STEPS; seq++) {
         traffic_rule r = random_rule(&seed, a);
-        int64_t w = to_us(r.window), most = most_of(&r);
-        int64_t unit = is_bucket(a) ? (w + r.limit - 1) / r.limit : w / r.limit;
+        int64_t w = to_us(r.window), most = lm_most_of(&r);
+        int64_t unit = lm_is_bucket(a) ? (w + r.limit - 1) / r.limit : w / r.limit;
         int64_t t = BASE + below(&seed, 2 * w);
         traffic_decision last = {0};
         snprintf(key, sizeof key, "d%d", seq);
@@ -1004,19 +983,19 @@ START_TEST(l_differential)
             state_copy(&work, &k.st);
             int changed = traffic_limit_apply(&r, &work, t, cost, &want);
             ck_assert_int_ge(changed, 0);
-            if (!same_decision(&got, &want)) {
+            if (!lm_same_decision(&got, &want)) {
                 traffic_decision fresh_want = want;
                 int ok = may_have_expired(&k, real1);
                 if (ok) {
                     state_zero(&work);
                     changed = traffic_limit_apply(&r, &work, t, cost, &fresh_want);
-                    ok = same_decision(&got, &fresh_want);
+                    ok = lm_same_decision(&got, &fresh_want);
                 }
                 ck_assert_msg(ok,
                               "seq %d step %d, rule %s %lld/%gs burst %lld, at BASE%+lld, cost %lld:\n"
-                              "  backend " DEC_FMT "\n  want    " DEC_FMT,
+                              "  backend " LM_DEC_FMT "\n  want    " LM_DEC_FMT,
                               seq, step, traffic_algorithm_name(a), (long long)r.limit, r.window, (long long)r.burst,
-                              (long long)(t - BASE), (long long)cost, DEC_ARGS(got), DEC_ARGS(want));
+                              (long long)(t - BASE), (long long)cost, LM_DEC_ARGS(got), LM_DEC_ARGS(want));
                 want = fresh_want;
                 expiries++;
             }
@@ -1137,7 +1116,7 @@ START_TEST(l_concurrent)
         {TRAFFIC_TOKEN_BUCKET, 300, 3600, 0}, /* I = 12 s */
     };
     const traffic_rule *r = &rules[_i];
-    int64_t quota = most_of(r), w = to_us(r->window);
+    int64_t quota = lm_most_of(r), w = to_us(r->window);
     /* how long the calls may take for the quota to be exact, and how much more passes per
      * that much time after it */
     int64_t exact_us = r->algorithm == TRAFFIC_TOKEN_BUCKET   ? (w + r->limit - 1) / r->limit

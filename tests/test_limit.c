@@ -21,41 +21,11 @@
 
 #include <traffic/backend.h>
 
+#include "limit_model.h"
 #include "testutil.h"
 
 #define N_ALGOS 5
 #define BASE    INT64_C(1000000000000)
-
-static int is_bucket(traffic_algorithm a)
-{
-    return a == TRAFFIC_TOKEN_BUCKET || a == TRAFFIC_LEAKY_BUCKET;
-}
-
-static int64_t most_of(const traffic_rule *r)
-{
-    int64_t cap = r->burst ? r->burst : r->limit;
-    return r->algorithm == TRAFFIC_LEAKY_BUCKET ? cap + 1 : is_bucket(r->algorithm) ? cap : r->limit;
-}
-
-/* The whole µs that a decision's seconds were divided from: s * 1e6 rounds a second time, so
- * far from 0 the nearest integer can be one off. -1 if s is no whole number of µs. */
-static int64_t to_us(double s)
-{
-    int64_t us = (int64_t)llround(s * 1e6);
-    for (int64_t k = us - 1; k <= us + 1; k++)
-        if ((double)k / 1e6 == s) return k;
-    return -1;
-}
-
-static int same_decision(const traffic_decision *x, const traffic_decision *y)
-{
-    return x->allowed == y->allowed && x->limit == y->limit && x->remaining == y->remaining &&
-           x->reset_after == y->reset_after && x->retry_after == y->retry_after && x->delay == y->delay;
-}
-
-#define DEC_FMT "{allowed %d, limit %lld, remaining %lld, reset %.9f, retry %.9f, delay %.9f}"
-#define DEC_ARGS(d)                                                                                                    \
-    (d).allowed, (long long)(d).limit, (long long)(d).remaining, (d).reset_after, (d).retry_after, (d).delay
 
 /* ---- traffic_limit_check ------------------------------------------------------------------ */
 
@@ -305,52 +275,23 @@ static int64_t below(uint64_t *s, int64_t n)
     return n <= 0 ? 0 : (int64_t)(rnd(s) % (uint64_t)n);
 }
 
-/* A state with its own log array, so that copies do not share entries. */
-typedef struct pstate {
-    traffic_limit_state st;
-    traffic_limit_entry log[LOG_CAP];
-} pstate;
-
-static void pcopy(pstate *dst, const pstate *src)
-{
-    dst->st = src->st;
-    dst->st.log = dst->log;
-    dst->st.log_cap = LOG_CAP;
-    memcpy(dst->log, src->log, src->st.nlog * sizeof *dst->log);
-}
-
-static void pzero(pstate *p)
-{
-    memset(&p->st, 0, sizeof p->st);
-    p->st.log = p->log;
-    p->st.log_cap = LOG_CAP;
-}
-
 /* The decision of `cost` at `now` on a copy of *p (which is left alone). */
-static traffic_decision at(const traffic_rule *r, const pstate *p, int64_t now, int64_t cost, int *rc)
+static traffic_decision at(const traffic_rule *r, const lm_pstate *p, int64_t now, int64_t cost, int *rc)
 {
-    static pstate tmp;
+    static lm_pstate tmp;
     traffic_decision d;
-    pcopy(&tmp, p);
-    int x = traffic_limit_apply(r, &tmp.st, now, cost, &d);
+    int x = lm_at(r, p, &tmp, now, cost, &d);
     if (x < 0) ck_abort_msg("traffic_limit_apply -> %d", x);
     if (rc) *rc = x;
     return d;
 }
 
 /* How many cost-1 requests in a row pass at now from *p (stops counting past `cap`). */
-static int64_t passes_in_a_row(const traffic_rule *r, const pstate *p, int64_t now, int64_t cap)
+static int64_t passes_in_a_row(const traffic_rule *r, const lm_pstate *p, int64_t now, int64_t cap)
 {
-    static pstate tmp;
-    pcopy(&tmp, p);
-    int64_t n = 0;
-    traffic_decision d;
-    while (n <= cap) {
-        int x = traffic_limit_apply(r, &tmp.st, now, 1, &d);
-        if (x < 0) ck_abort_msg("traffic_limit_apply -> %d", x);
-        if (!d.allowed) break;
-        n++;
-    }
+    static lm_pstate tmp;
+    int64_t n = lm_passes_in_a_row(r, p, &tmp, now, cap);
+    if (n < 0) ck_abort_msg("traffic_limit_apply refused cost 1");
     return n;
 }
 
@@ -362,7 +303,7 @@ static traffic_rule random_rule(uint64_t *s, traffic_algorithm a)
     for (;;) {
         traffic_rule r = {a, limits[below(s, 9)], windows[below(s, 9)], 0};
         if (a == TRAFFIC_SLIDING_WINDOW) r.limit = 1 + below(s, LOG_CAP);
-        if (is_bucket(a)) r.burst = bursts[below(s, 6)];
+        if (lm_is_bucket(a)) r.burst = bursts[below(s, 6)];
         if (traffic_limit_check(&r, NULL, 0) == TRAFFIC_OK) return r;
     }
 }
@@ -379,7 +320,7 @@ static int64_t clamp_time(int64_t t)
 
 static int64_t random_time(uint64_t *s, int64_t t, const traffic_decision *last, int64_t w, int64_t unit)
 {
-    int64_t p = below(s, 100), retry = to_us(last->retry_after), reset = to_us(last->reset_after);
+    int64_t p = below(s, 100), retry = lm_to_us(last->retry_after), reset = lm_to_us(last->reset_after);
     if (p < 25) return t;
     if (p < 45) return clamp_time(t + below(s, unit + 1));
     if (p < 60) return clamp_time(t + below(s, w + 1));
@@ -395,11 +336,6 @@ static int64_t random_time(uint64_t *s, int64_t t, const traffic_decision *last,
     traffic_algorithm_name(r.algorithm), (long long)r.limit, r.window, (long long)r.burst, seq, step, (long long)now,  \
         (long long)cost
 
-static int whole_us(double s)
-{
-    return s == 0 || to_us(s) > 0;
-}
-
 /* The sliding window counter's estimate is a double (traffic.h): its remaining and retry_after
  * come from formulas whose rounding can differ from the estimate's by one request or a µs or
  * two (see p_swc_exact, which holds them to the letter); here they get that much room. */
@@ -411,43 +347,43 @@ START_TEST(p_apply_meaning)
     traffic_algorithm a = (traffic_algorithm)_i;
     int swc = a == TRAFFIC_SLIDING_WINDOW_COUNTER;
     uint64_t seed = UINT64_C(0xfeed0000) + (uint64_t)_i;
-    static pstate stored, work, zero;
-    pzero(&zero);
+    static lm_pstate stored, work, zero;
+    lm_pzero(&zero);
     for (int seq = 0; seq < 2000; seq++) {
         traffic_rule r = random_rule(&seed, a);
-        int64_t w = to_us(r.window), most = most_of(&r);
-        int64_t unit = is_bucket(a) ? (w + r.limit - 1) / r.limit : w / r.limit;
+        int64_t w = lm_to_us(r.window), most = lm_most_of(&r);
+        int64_t unit = lm_is_bucket(a) ? (w + r.limit - 1) / r.limit : w / r.limit;
         int64_t now = BASE + below(&seed, 2 * w);
         traffic_decision d = {0};
-        pzero(&stored);
+        lm_pzero(&stored);
         for (int step = 0; step < 40; step++) {
             if (step) now = random_time(&seed, now, &d, w, unit);
             int64_t p = below(&seed, 100);
             int64_t cost = p < 15 ? 0 : p < 60 ? 1 : p < 90 ? 1 + below(&seed, most) : most + below(&seed, 3);
             int64_t c = cost ? cost : 1;
-            pcopy(&work, &stored);
+            lm_pcopy(&work, &stored);
             int rc = traffic_limit_apply(&r, &work.st, now, cost, &d);
 
             /* sane numbers */
-            REQUIRE(rc == (d.allowed && cost > 0), CTX_FMT "returned %d for " DEC_FMT, CTX_ARGS, rc, DEC_ARGS(d));
+            REQUIRE(rc == (d.allowed && cost > 0), CTX_FMT "returned %d for " LM_DEC_FMT, CTX_ARGS, rc, LM_DEC_ARGS(d));
             REQUIRE(d.limit == most, CTX_FMT "limit %lld, want %lld", CTX_ARGS, (long long)d.limit, (long long)most);
-            REQUIRE(d.remaining >= 0 && d.remaining <= most, CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
-            REQUIRE(d.reset_after >= 0 && whole_us(d.reset_after), CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
-            REQUIRE(d.delay >= 0 && whole_us(d.delay) && (d.delay == 0 || (a == TRAFFIC_LEAKY_BUCKET && d.allowed)),
-                    CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+            REQUIRE(d.remaining >= 0 && d.remaining <= most, CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
+            REQUIRE(d.reset_after >= 0 && lm_whole_us(d.reset_after), CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
+            REQUIRE(d.delay >= 0 && lm_whole_us(d.delay) && (d.delay == 0 || (a == TRAFFIC_LEAKY_BUCKET && d.allowed)),
+                    CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
             if (d.allowed)
-                REQUIRE(d.retry_after == 0 && c <= most, CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+                REQUIRE(d.retry_after == 0 && c <= most, CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
             else if (c > most)
-                REQUIRE(d.retry_after == -1, CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
+                REQUIRE(d.retry_after == -1, CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
             else
-                REQUIRE(d.retry_after > 0 && whole_us(d.retry_after), CTX_FMT DEC_FMT, CTX_ARGS, DEC_ARGS(d));
-            if (rc == 1) pcopy(&stored, &work); /* what a store keeps */
+                REQUIRE(d.retry_after > 0 && lm_whole_us(d.retry_after), CTX_FMT LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d));
+            if (rc == 1) lm_pcopy(&stored, &work); /* what a store keeps */
 
             /* a peek answers as a request of cost 1 would (from the same state, at the same now) */
             if (cost == 0) {
                 traffic_decision one = at(&r, &stored, now, 1, NULL);
                 REQUIRE(one.allowed == d.allowed && one.retry_after == d.retry_after && one.delay == d.delay,
-                        CTX_FMT "peek " DEC_FMT ", cost 1 " DEC_FMT, CTX_ARGS, DEC_ARGS(d), DEC_ARGS(one));
+                        CTX_FMT "peek " LM_DEC_FMT ", cost 1 " LM_DEC_FMT, CTX_ARGS, LM_DEC_ARGS(d), LM_DEC_ARGS(one));
             }
             /* remaining: that many cost-1 requests pass now, and no more */
             if (d.remaining < 100) {
@@ -458,29 +394,29 @@ START_TEST(p_apply_meaning)
             } else {
                 traffic_decision all = at(&r, &stored, now, d.remaining, NULL);
                 REQUIRE(all.allowed && (all.remaining == 0 || (swc && all.remaining == 1)),
-                        CTX_FMT "remaining %lld, but that cost gets " DEC_FMT, CTX_ARGS, (long long)d.remaining,
-                        DEC_ARGS(all));
+                        CTX_FMT "remaining %lld, but that cost gets " LM_DEC_FMT, CTX_ARGS, (long long)d.remaining,
+                        LM_DEC_ARGS(all));
             }
             /* retry_after: the same request passes then, and not a µs before */
             if (!d.allowed && d.retry_after > 0) {
-                int64_t t = now + to_us(d.retry_after);
+                int64_t t = now + lm_to_us(d.retry_after);
                 traffic_decision then = at(&r, &stored, t, c, NULL), before = at(&r, &stored, t - 1, c, NULL);
                 for (int64_t k = 1; swc && !then.allowed && k <= SWC_RETRY_SLACK_US; k++)
                     then = at(&r, &stored, t + k, c, NULL);
                 if (swc) before.allowed = 0;
                 REQUIRE(then.allowed && !before.allowed,
-                        CTX_FMT "retry %.6f, but then " DEC_FMT " and a µs before " DEC_FMT, CTX_ARGS, d.retry_after,
-                        DEC_ARGS(then), DEC_ARGS(before));
+                        CTX_FMT "retry %.6f, but then " LM_DEC_FMT " and a µs before " LM_DEC_FMT, CTX_ARGS, d.retry_after,
+                        LM_DEC_ARGS(then), LM_DEC_ARGS(before));
             }
             /* reset_after: the key behaves as unused then, and not a µs before */
-            int64_t t = now + to_us(d.reset_after), k = 1 + below(&seed, most);
+            int64_t t = now + lm_to_us(d.reset_after), k = 1 + below(&seed, most);
             traffic_decision s1 = at(&r, &stored, t, k, NULL), z1 = at(&r, &zero, t, k, NULL);
-            REQUIRE(same_decision(&s1, &z1),
-                    CTX_FMT "reset %.6f, but then cost %lld gets " DEC_FMT " where an unused key gets " DEC_FMT,
-                    CTX_ARGS, d.reset_after, (long long)k, DEC_ARGS(s1), DEC_ARGS(z1));
+            REQUIRE(lm_same_decision(&s1, &z1),
+                    CTX_FMT "reset %.6f, but then cost %lld gets " LM_DEC_FMT " where an unused key gets " LM_DEC_FMT,
+                    CTX_ARGS, d.reset_after, (long long)k, LM_DEC_ARGS(s1), LM_DEC_ARGS(z1));
             if (d.reset_after > 0) {
                 traffic_decision s0 = at(&r, &stored, t - 1, 0, NULL), z0 = at(&r, &zero, t - 1, 0, NULL);
-                REQUIRE(!same_decision(&s0, &z0), CTX_FMT "reset %.6f, but a µs before the key looks unused", CTX_ARGS,
+                REQUIRE(!lm_same_decision(&s0, &z0), CTX_FMT "reset %.6f, but a µs before the key looks unused", CTX_ARGS,
                         d.reset_after);
             }
         }
@@ -511,8 +447,8 @@ START_TEST(p_swc_exact)
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         traffic_rule r = {TRAFFIC_SLIDING_WINDOW_COUNTER, cases[k].limit, cases[k].window, 0};
-        static pstate st;
-        pzero(&st);
+        static lm_pstate st;
+        lm_pzero(&st);
         st.st.a = cases[k].i;
         st.st.b = cases[k].p;
         st.st.c = cases[k].c;
@@ -522,11 +458,11 @@ START_TEST(p_swc_exact)
         ck_assert_msg(n == d.remaining, "case %zu: remaining %lld, but %lld requests of cost 1 pass", k,
                       (long long)d.remaining, (long long)n);
         if (!d.allowed) {
-            int64_t t = now + to_us(d.retry_after);
+            int64_t t = now + lm_to_us(d.retry_after);
             traffic_decision then = at(&r, &st, t, c, NULL), before = at(&r, &st, t - 1, c, NULL);
             ck_assert_msg(then.allowed && !before.allowed,
-                          "case %zu: retry %.6f, but then " DEC_FMT " and a µs before " DEC_FMT, k, d.retry_after,
-                          DEC_ARGS(then), DEC_ARGS(before));
+                          "case %zu: retry %.6f, but then " LM_DEC_FMT " and a µs before " LM_DEC_FMT, k, d.retry_after,
+                          LM_DEC_ARGS(then), LM_DEC_ARGS(before));
         }
     }
 }
