@@ -1343,11 +1343,7 @@ END_TEST
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    Suite *s = suite_create("redis_faults");
-    struct {
-        const char *name;
-        const TTest *test;
-    } cases[] = {
+    const tu_case cases[] = {
         {"cluster_frozen_master", t_cluster_frozen_master_failover},
         {"clear_refused", t_clear_refused},
         {"cluster_grown", t_cluster_grown},
@@ -1366,10 +1362,5 @@ int main(void)
         {"sentinel_role_rediscovery", t_sentinel_role_rediscovery},
         {"increment_not_resent", t_increment_not_resent},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name); /* one case each: CK_RUN_CASE=name runs one */
-        tcase_add_test(tc, cases[i].test);
-        suite_add_tcase(s, tc);
-    }
-    return tu_run(s);
+    return tu_run_cases("redis_faults", cases, sizeof cases / sizeof cases[0], NULL, NULL);
 }

@@ -450,11 +450,7 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("sqlite_faults");
-    struct {
-        const char *name;
-        const TTest *test;
-    } cases[] = {
+    const tu_case cases[] = {
         {"cancel", t_cancel_inside_calls},
         {"utf16", t_utf16_database_refused},
         {"wrong_tables", t_wrong_tables_untouched},
@@ -464,11 +460,5 @@ int main(void)
         {"wal_files_of_another_user", t_wal_files_of_another_user},
         {"sqlite_too_old", t_sqlite_too_old},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
-        tcase_add_test(tc, cases[i].test);
-        suite_add_tcase(s, tc);
-    }
-    return tu_run(s);
+    return tu_run_cases("sqlite_faults", cases, sizeof cases / sizeof cases[0], base_setup, base_teardown);
 }

@@ -484,21 +484,11 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("sqlite_fs");
-    struct {
-        const char *name;
-        const TTest *test;
-    } cases[] = {
+    const tu_case cases[] = {
         {"disk_full", t_disk_full},
         {"read_only_fs", t_read_only_fs},
         {"turnstile", t_turnstile_starving_writer_goes_first},
         {"wal_bounded", t_wal_stays_bounded},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
-        tcase_add_test(tc, cases[i].test);
-        suite_add_tcase(s, tc);
-    }
-    return tu_run(s);
+    return tu_run_cases("sqlite_fs", cases, sizeof cases / sizeof cases[0], base_setup, base_teardown);
 }

@@ -179,6 +179,18 @@ int tu_run(Suite *s)
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
+int tu_run_cases(const char *suite, const tu_case *cases, size_t n, SFun setup, SFun teardown)
+{
+    Suite *s = suite_create(suite);
+    for (size_t i = 0; i < n; i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        if (setup || teardown) tcase_add_unchecked_fixture(tc, setup, teardown);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    return tu_run(s);
+}
+
 traffic_backend *tu_open(const char *url)
 {
     traffic_backend *b = NULL;

@@ -95,5 +95,12 @@ void tu_sleep_ms(long ms);
 int64_t tu_now_ms(void);
 /* Runs the suite; returns the process exit status for main(). */
 int tu_run(Suite *s);
+/* A suite of one test case per named test (CK_RUN_CASE=name runs one), each with the
+ * unchecked fixture setup/teardown when given (may be NULL), run by tu_run. */
+typedef struct tu_case {
+    const char *name;
+    const TTest *test;
+} tu_case;
+int tu_run_cases(const char *suite, const tu_case *cases, size_t n, SFun setup, SFun teardown);
 
 #endif
