@@ -9,8 +9,8 @@
  *                       The physical floor of a shared counter. ?stride=64 (default: each
  *                       counter on its own cache line) or 8 (packed, neighbours share lines),
  *                       or larger: 256 spreads 1M counters over as many bytes as the memory
- *                       backend's 1M-key table. ?serial=1: each operation's address waits for
- *                       the previous one's result, so no two of its cache misses overlap - the
+ *                       backend's 1M-key table. ?serial=1: the address of each increment or
+ *                       get waits for the previous one's result, so no two misses overlap - the
  *                       latency of one access, where the default measures the throughput of
  *                       the several a core keeps in flight (issue 15, bench/README.md).
  *   bench:mutex-table   an open-addressing, linear-probing hash table with one record per

@@ -84,18 +84,18 @@ int tbl_retire_expired(struct shm_table *t, struct shm_self *me, struct shm_slot
  * per call, which the caller takes anyway): an entry live then is used, one expired then is
  * treated as absent. S1-S3 hold whatever the reading: they order the CASes on `expires`. */
 
-/* The decider side (S2): 1 when `expires` covers want, 0 when the entry expired first. */
-/* A raise goes an eighth of the remaining time (and at least 1 ms) beyond what is wanted:
- * the reset point of a busy key moves later with almost every admission (a bucket's T by one
+/* The decider side (S2): 1 when `expires` covers want, 0 when the entry expired first.
+ * A raise goes an eighth of the remaining time (and at least 1 ms) beyond what is wanted: the
+ * reset point of a busy key moves later with almost every admission (a bucket's T by one
  * interval), and without the slack each would pay a second CAS on the slot. A state outlives
  * its reset point by at most that much before the reaper can take it; it decides the same as
- * an absent one meanwhile. */
-/* Acquire, every read of `expires` here: an expiry written by an insert (fill, table.c: the
- * word, then the expiry with release) brings that insert's word with it, so the CAS on the
- * word that follows a successful raise cannot land before the insert's word in the word's
- * modification order and be overwritten by it (it fails instead, or S4 holds). Without it a
- * decider that read the word of the entry's previous life, then the new life's expiry, could
- * have its decision overwritten on a weakly ordered machine. */
+ * an absent one meanwhile.
+ * Every read of `expires` here is an acquire: an expiry written by an insert (fill, table.c:
+ * the word, then the expiry with release) brings that insert's word with it, so the word CAS
+ * that follows a successful raise cannot land before the insert's word in the word's
+ * modification order and be overwritten by it (it fails instead, or S4 holds). Without it, a
+ * decider that read the word of the entry's previous life and then the new life's expiry
+ * could have its decision overwritten on a weakly ordered machine. */
 static int raise_expiry(struct shm_slot *s, int64_t want, int64_t now_ms)
 {
     int64_t e = atomic_load_explicit(&s->expires, memory_order_acquire);

@@ -29,30 +29,21 @@
 #include "../shm/layout.h"
 #include "testutil.h"
 
-static pid_t crash_child(const char *url, int point, const char *key)
-{
-    pid_t p = fork();
-    if (p == 0) {
-        traffic_backend *b;
-        if (traffic_open(url, &b)) _exit(1);
-        shm_debug_set_crash_point(point);
-        traffic_increment(b, key, 1, 0, NULL);
-        _exit(2); /* not reached when the crash point fires */
-    }
-    return p;
-}
-
-/* A child that SIGKILLs itself at `point` inside a decision on key (rule text). */
-static pid_t crash_child_limit(const char *url, int point, const char *key, const char *rule_text)
+/* A child that SIGKILLs itself at `point` inside an increment of key, or, given a rule text,
+ * inside a decision on key. */
+static pid_t crash_child(const char *url, int point, const char *key, const char *rule_text)
 {
     pid_t p = fork();
     if (p == 0) {
         traffic_backend *b;
         traffic_rule rule;
         traffic_decision d;
-        if (traffic_open(url, &b) || traffic_rule_parse(rule_text, &rule, NULL, 0)) _exit(1);
+        if (traffic_open(url, &b) || (rule_text && traffic_rule_parse(rule_text, &rule, NULL, 0))) _exit(1);
         shm_debug_set_crash_point(point);
-        traffic_limit(b, key, &rule, 1, &d);
+        if (rule_text)
+            traffic_limit(b, key, &rule, 1, &d);
+        else
+            traffic_increment(b, key, 1, 0, NULL);
         _exit(2); /* not reached when the crash point fires */
     }
     return p;
@@ -69,7 +60,7 @@ START_TEST(reserve_leak_is_repaired)
     for (int i = 0; i < 60; i++) { /* more kills than max_size */
         char key[32];
         snprintf(key, sizeof key, "doomed:%d", i);
-        ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_AFTER_RESERVE, key)), 128 + SIGKILL);
+        ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_AFTER_RESERVE, key, NULL)), 128 + SIGKILL);
     }
     struct traffic_stats st;
     TU_OK(b, traffic_stats(b, &st));
@@ -116,7 +107,7 @@ static shm_table *table_after_latch_crash(const char *name, const char *params, 
                                           size_t urlcap)
 {
     tu_memory_url(url, urlcap, name, params);
-    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, key)), 128 + SIGKILL);
+    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_HOLDING_LATCH, key, NULL)), 128 + SIGKILL);
     shm_params p = {.name = name};
     shm_table *t;
     char err[256];
@@ -339,8 +330,8 @@ START_TEST(expired_entry_replaced_in_place)
     int64_t slot2 = live_slot_of(t, "ctr2");
     ck_assert_int_ge(slot2, 0);
     usleep(20 * 1000);
-    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_REPLACING, "ctr2")), 128 + SIGKILL);
-    ck_assert_int_eq(tu_wait(crash_child_limit(url, SHM_CRASH_REPLACING, "tb", rule_text)), 128 + SIGKILL);
+    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_REPLACING, "ctr2", NULL)), 128 + SIGKILL);
+    ck_assert_int_eq(tu_wait(crash_child(url, SHM_CRASH_REPLACING, "tb", rule_text)), 128 + SIGKILL);
     const int64_t killed[2] = {slot2, tslot};
     for (int i = 0; i < 2; i++) {
         uint64_t c = atomic_load(&shm_slot_at(t, (uint64_t)killed[i])->ctl);
